@@ -1,0 +1,364 @@
+"""Ingestion benchmark: a corpus through the real worker path, against the embedding limit and a LangChain-style
+baseline; plus PDF text extraction (pypdf vs pypdfium2) and the ONNX int8 embedder with a retrieval-quality check.
+
+    .venv/bin/python bench/ingest.py [--corpus ../shared/corpus/nih] [--concurrency 2] [--questions 200]
+
+Starts its own embedded PostgreSQL and Redis in a temporary folder and a real ``kbchat worker`` process; prints
+the figures and removes everything it started. Needs the ``bench`` extra (langchain-text-splitters) and, for the
+ONNX part, the ``onnx`` extra (onnxruntime, onnx).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DEFAULT_CORPUS = ROOT.parent / "shared" / "corpus" / "nih"
+
+
+def line(label: str, value: str) -> None:
+    print(f"  {label:<48} {value}", flush=True)
+
+
+# --- services and the worker ----------------------------------------------------------------------------
+
+
+def start_services(data_dir: Path):
+    from db import migrate
+    from kbchat.services import Services
+    from rag.config import Settings, get_settings
+
+    os.environ["KBCHAT_DATA_DIR"] = str(data_dir)
+    for key in ("KBCHAT_DATABASE_URL", "KBCHAT_REDIS_URL"):
+        os.environ.pop(key, None)
+    services = Services(Settings(data_dir=data_dir), write_state=False)
+    urls = services.start()
+    os.environ["KBCHAT_DATABASE_URL"] = urls.database_url
+    os.environ["KBCHAT_REDIS_URL"] = urls.redis_url
+    get_settings.cache_clear()
+    migrate.upgrade(urls.database_url)
+    return services, urls
+
+
+def start_worker(concurrency: int, log_path: Path) -> subprocess.Popen:
+    from tasks import events
+
+    log = open(log_path, "ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kbchat.cli", "worker", "--queues", "ingest,maintenance",
+         "--concurrency", str(concurrency)],
+        env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        start_new_session=True,
+    )
+    log.close()
+    deadline = time.monotonic() + 120
+    while not events.live_workers():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the worker did not start; see {log_path}")
+        time.sleep(0.3)
+    return process
+
+
+def stop_worker(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def ingest_through_worker(files: list[Path], kb_name: str) -> tuple[float, list]:
+    """Store and enqueue every file as the upload page does; the seconds until all are final, and the documents."""
+    from db.models import FINAL_STATES
+    from db.repositories import documents as document_repo
+    from db.session import session_scope
+    from rag.library import get_or_create_kb, store_upload
+    from tasks.client import enqueue_ingest
+
+    payloads = [(path.name, path.read_bytes()) for path in files]
+    started = time.perf_counter()
+    ids = []
+    for name, data in payloads:
+        with session_scope() as session:
+            kb = get_or_create_kb(session=session, name=kb_name)
+            outcome = store_upload(session=session, kb_id=kb.id, filename=name, data=data)
+        if outcome.status != "queued":
+            raise RuntimeError(f"{name}: {outcome.status} {outcome.error}")
+        enqueue_ingest(outcome.document_id)
+        ids.append(outcome.document_id)
+    while True:
+        with session_scope() as session:
+            documents = document_repo.list_by_ids(session=session, document_ids=ids)
+        if all(d.status in FINAL_STATES for d in documents):
+            return time.perf_counter() - started, documents
+        time.sleep(0.2)
+
+
+def chunk_texts(kb_name: str) -> list[str]:
+    """The texts the pipeline embedded (heading path + chunk), in document order."""
+    from sqlalchemy import text
+
+    from db.session import session_scope
+    from rag.ingestion import _embedding_text
+
+    with session_scope() as session:
+        rows = session.execute(
+            text("SELECT c.heading, c.text FROM chunks c JOIN knowledge_bases k ON k.id = c.kb_id "
+                 "WHERE k.name = :name ORDER BY c.document_id, c.ordinal"), {"name": kb_name}
+        ).all()
+    return [_embedding_text(heading, body) for heading, body in rows]
+
+
+# --- encoders -------------------------------------------------------------------------------------------
+
+
+def torch_model():
+    from sentence_transformers import SentenceTransformer
+
+    from rag.embedding import model_name
+
+    return SentenceTransformer(model_name(), device="cpu")
+
+
+def onnx_model(data_dir: Path):
+    from rag.embedding import model_name
+    from rag.onnx_embedder import OnnxEncoder
+
+    return OnnxEncoder(model_name(), data_dir)
+
+
+def timed_encode(model, texts: list[str], batch_size: int) -> tuple[float, np.ndarray]:
+    model.encode(texts[:batch_size], batch_size=batch_size, normalize_embeddings=True)  # warm up
+    started = time.perf_counter()
+    vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                           show_progress_bar=False)
+    return time.perf_counter() - started, np.asarray(vectors, dtype=np.float32)
+
+
+# --- the LangChain-style baseline -----------------------------------------------------------------------
+
+
+def baseline(files: list[Path], model, database_url: str) -> tuple[float, int, int]:
+    """pypdf pages → RecursiveCharacterTextSplitter(1000, 200) → the same model → one INSERT per row."""
+    import psycopg
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+    from pypdf import PdfReader
+
+    conninfo = database_url.replace("postgresql+psycopg://", "postgresql://")
+    splitter = RecursiveCharacterTextSplitter(chunk_size=1000, chunk_overlap=200)
+    with psycopg.connect(conninfo) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS bench_baseline (id bigserial PRIMARY KEY, source text, page int, "
+                     "text text, embedding vector(384))")
+        conn.commit()
+    pages = chunks = 0
+    started = time.perf_counter()
+    with psycopg.connect(conninfo) as conn:
+        for path in files:
+            reader = PdfReader(path)
+            docs = [(index + 1, page.extract_text() or "") for index, page in enumerate(reader.pages)]
+            pieces = [(page, piece) for page, text in docs for piece in splitter.split_text(text)]
+            vectors = model.encode([p for _, p in pieces], batch_size=32, show_progress_bar=False)
+            with conn.cursor() as cursor:
+                for (page, piece), vector in zip(pieces, vectors, strict=True):
+                    cursor.execute(
+                        "INSERT INTO bench_baseline (source, page, text, embedding) VALUES (%s, %s, %s, %s::vector)",
+                        (path.name, page, piece.replace("\x00", ""), "[" + ",".join(f"{x:.7g}" for x in vector) + "]"),
+                    )
+            conn.commit()
+            pages += len(docs)
+            chunks += len(pieces)
+    return time.perf_counter() - started, pages, chunks
+
+
+# --- extraction -----------------------------------------------------------------------------------------
+
+
+def extraction(files: list[Path]) -> dict[str, tuple[float, int, int]]:
+    """Seconds, pages and characters for pypdf (its defaults and ours) and pypdfium2 on the same files."""
+    import pypdfium2
+    from pypdf import PdfReader, apply_configuration
+    from pypdf.errors import LimitReachedError
+
+    from rag.parsing import PDF_LIMITS
+
+    out: dict[str, tuple[float, int, int]] = {}
+    for label, limits in (("pypdf (its default limits)", {}), ("pypdf (rag.parsing.PDF_LIMITS)", PDF_LIMITS)):
+        started, pages, chars, refused = time.perf_counter(), 0, 0, 0
+        with apply_configuration(**limits):
+            for path in files:
+                try:
+                    reader = PdfReader(io.BytesIO(path.read_bytes()))
+                    texts = [page.extract_text() or "" for page in reader.pages]
+                except LimitReachedError:
+                    refused += 1
+                    continue
+                pages += len(texts)
+                chars += sum(len(t) for t in texts)
+        out[label + (f", {refused} file(s) refused" if refused else "")] = (time.perf_counter() - started, pages, chars)
+    started, pages, chars = time.perf_counter(), 0, 0
+    for path in files:
+        document = pypdfium2.PdfDocument(path.read_bytes())
+        for page in document:
+            textpage = page.get_textpage()
+            chars += len(textpage.get_text_range())
+            textpage.close()
+            page.close()
+            pages += 1
+        document.close()
+    out["pypdfium2"] = (time.perf_counter() - started, pages, chars)
+    return out
+
+
+# --- retrieval quality ----------------------------------------------------------------------------------
+
+_WORD = re.compile(r"[A-Za-z][A-Za-z\-]{3,}")
+
+
+def questions_from_chunks(texts: list[str], count: int, seed: int = 7) -> list[tuple[int, str]]:
+    """(chunk index, question) pairs: a question is a sentence of the chunk with a third of its words dropped and
+    its order shuffled a little, so it is a cue, not a copy. Chunks with too little prose are skipped."""
+    rng = random.Random(seed)
+    candidates = list(range(len(texts)))
+    rng.shuffle(candidates)
+    out = []
+    for index in candidates:
+        body = texts[index].split("\n", 1)[-1]
+        sentences = [s for s in re.split(r"(?<=[.!?])\s+", body) if len(_WORD.findall(s)) >= 8]
+        if not sentences:
+            continue
+        words = _WORD.findall(rng.choice(sentences))
+        kept = [w for i, w in enumerate(words) if i % 3 != 2][:14]
+        if len(kept) >= 5:
+            cut = rng.randrange(1, len(kept))
+            out.append((index, "What about " + " ".join(kept[cut:] + kept[:cut]).lower() + "?"))
+        if len(out) >= count:
+            break
+    return out
+
+
+def recall(model, vectors: np.ndarray, questions: list[tuple[int, str]], ks=(1, 5, 10)) -> dict[int, float]:
+    asked = model.encode([q for _, q in questions], batch_size=64, normalize_embeddings=True)
+    scores = np.asarray(asked, dtype=np.float32) @ vectors.T
+    ranks = [(scores[i] > scores[i, source]).sum() for i, (source, _) in enumerate(questions)]
+    return {k: float(np.mean([r < k for r in ranks])) for k in ks}
+
+
+# --- main -----------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    parser.add_argument("--concurrency", type=int, default=2, help="ingest worker processes (make run uses 2)")
+    parser.add_argument("--questions", type=int, default=200)
+    parser.add_argument("--skip-onnx", action="store_true")
+    args = parser.parse_args()
+    files = sorted(args.corpus.glob("*.pdf"))
+    if not files:
+        print(f"no PDFs in {args.corpus}")
+        return 0
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+    from rag.config import get_settings
+
+    data_dir = Path(tempfile.mkdtemp(prefix="kbchat-bench-"))
+    services = worker = None
+    try:
+        services, urls = start_services(data_dir)
+        settings = get_settings()
+        print(f"kbchat ingest benchmark: {len(files)} files from {args.corpus}, {os.cpu_count()} cores, "
+              f"backend {settings.task_backend}, embedder {settings.embedding_backend}, "
+              f"worker concurrency {args.concurrency}, batch {settings.embedding_batch_size}")
+        worker = start_worker(args.concurrency, data_dir / "worker.log")
+        # Load the model in the worker processes before timing (a once-per-process cost, not throughput).
+        warm = data_dir / "warm-up"
+        warm.mkdir()
+        for number in range(args.concurrency):
+            (warm / f"w{number}.txt").write_text(f"Warm-up document {number}. It loads the embedding model.\n")
+        warm_seconds, _ = ingest_through_worker(sorted(warm.iterdir()), "warm-up")
+
+        seconds, documents = ingest_through_worker(files, "bench")
+        failed = [f"{d.filename}: {d.error}" for d in documents if d.status != "ready"]
+        pages = sum(d.pages or 0 for d in documents)
+        chunks = sum(d.chunk_count for d in documents)
+        print("\nthrough the real worker path (upload → queue → parse → chunk → embed → store)")
+        line("model load + warm-up (not counted)", f"{warm_seconds:.1f} s")
+        line("documents / pages / chunks", f"{len(documents)} / {pages} / {chunks}")
+        for reason in failed:  # e.g. a scanned protocol without a text layer: a correct, explained failure
+            line("  not ingested", reason)
+        line("wall time", f"{seconds:.1f} s")
+        line("pages/s", f"{pages / seconds:.2f}")
+        line("chunks/s", f"{chunks / seconds:.2f}")
+        stop_worker(worker)
+        worker = None
+
+        texts = chunk_texts("bench")
+        torch = torch_model()
+        torch_seconds, torch_vectors = timed_encode(torch, texts, settings.embedding_batch_size)
+        limit_seconds = torch_seconds
+        if settings.embedding_backend == "onnx-int8":
+            limit_seconds, _ = timed_encode(onnx_model(data_dir), texts, settings.embedding_batch_size)
+        encode_rate = len(texts) / limit_seconds
+        print(f"\nthe limit: raw encode of the same {len(texts)} chunk texts, same model and embedder, one process")
+        line(f"{settings.embedding_backend} encode chunks/s", f"{encode_rate:.2f}")
+        line("pipeline chunks/s ÷ raw encode chunks/s", f"{(chunks / seconds) / encode_rate:.2f}  (target ≥ 0.85)")
+
+        base_seconds, base_pages, base_chunks = baseline(files, torch, urls.database_url)
+        print("\nLangChain-style baseline (pypdf → RecursiveCharacterTextSplitter 1000/200 → torch → row INSERTs)")
+        line("pages / chunks", f"{base_pages} / {base_chunks}")
+        line("wall time", f"{base_seconds:.1f} s")
+        line("pages/s", f"{base_pages / base_seconds:.2f}")
+        line("kbchat pages/s ÷ baseline pages/s", f"{(pages / seconds) / (base_pages / base_seconds):.2f}  (target ≥ 2.5)")
+
+        print("\nPDF text extraction on the same files")
+        for label, (secs, n_pages, chars) in extraction(files).items():
+            line(label, f"{n_pages / secs:7.1f} pages/s  {n_pages} pages  {chars:,} chars  {secs:.1f} s")
+
+        if not args.skip_onnx:
+            try:
+                started = time.perf_counter()
+                onnx = onnx_model(data_dir)
+                export_seconds = time.perf_counter() - started
+            except ImportError as exc:
+                print(f"\nONNX int8: skipped ({exc}); pip install -e '.[onnx]'")
+            else:
+                onnx_seconds, onnx_vectors = timed_encode(onnx, texts, settings.embedding_batch_size)
+                cosine = (onnx_vectors * torch_vectors).sum(axis=1)
+                questions = questions_from_chunks(texts, args.questions)
+                before, after = recall(torch, torch_vectors, questions), recall(onnx, onnx_vectors, questions)
+                print("\nONNX with dynamic int8 quantisation (exported locally from the packaged model)")
+                line("export + load (once per data dir)", f"{export_seconds:.1f} s")
+                line("onnx-int8 encode chunks/s", f"{len(texts) / onnx_seconds:.2f}  "
+                     f"({torch_seconds / onnx_seconds:.2f}x torch)")
+                line("cosine to torch vectors: mean / min", f"{cosine.mean():.4f} / {cosine.min():.4f}")
+                line(f"recall of the source chunk, {len(questions)} questions",
+                     "torch " + " ".join(f"@{k} {v:.3f}" for k, v in before.items())
+                     + " | onnx-int8 " + " ".join(f"@{k} {v:.3f}" for k, v in after.items()))
+        return 0
+    finally:
+        if worker is not None:
+            stop_worker(worker)
+        if services is not None:
+            services.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

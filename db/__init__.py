@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy models, the per-process engine and the repositories that hold every query."""

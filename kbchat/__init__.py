@@ -1,0 +1,1 @@
+"""The ``kbchat`` command: the embedded services, the process supervisor and the CLI."""

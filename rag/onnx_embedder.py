@@ -1,0 +1,134 @@
+"""The embedding model as ONNX with dynamic int8 quantisation, exported locally from the packaged model.
+
+sentence-transformers' own ONNX backend needs ``optimum``, whose ONNX package pins ``transformers<4.58``; this
+exports the same graph with ``torch.onnx`` and quantises it with onnxruntime, so it runs beside transformers 5.
+Only mean-pooling models (like all-MiniLM-L6-v2) are supported: pooling and normalisation happen here.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_OPSET = 17
+
+
+def export_dir(model_path: str, data_dir: Path) -> Path:
+    """Where the exported model of ``model_path`` lives under the data dir (one folder per source model)."""
+    import hashlib
+
+    key = hashlib.sha256(str(Path(model_path).resolve()).encode()).hexdigest()[:12]
+    return data_dir / "models" / f"{Path(model_path).name}-{key}-onnx-int8"
+
+
+def ensure_exported(model_path: str, data_dir: Path) -> Path:
+    """The int8 ONNX file for ``model_path``, exported once (under a file lock, so workers never race)."""
+    target = export_dir(model_path, data_dir)
+    model_file = target / "model_int8.onnx"
+    if model_file.exists():
+        return model_file
+    target.mkdir(parents=True, exist_ok=True)
+    with open(target / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not model_file.exists():
+            _export(model_path, target)
+    return model_file
+
+
+def _export(model_path: str, target: Path) -> None:
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from transformers import AutoModel, AutoTokenizer
+
+    pooling = Path(model_path) / "1_Pooling" / "config.json"
+    if pooling.exists() and not json.loads(pooling.read_text()).get("pooling_mode_mean_tokens"):
+        raise RuntimeError(f"KBCHAT_EMBEDDING_BACKEND=onnx-int8 supports mean-pooling models only; {model_path} is not one.")
+    log.info("exporting %s to ONNX int8 in %s (once)", model_path, target)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModel.from_pretrained(model_path, attn_implementation="eager").eval()
+    sample = tokenizer(["an example sentence", "another"], padding=True, return_tensors="pt")
+    names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in sample]
+    fp32 = target / "model_fp32.onnx"
+
+    class Encoder(torch.nn.Module):  # positional inputs in a fixed order, one output
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *inputs):
+            return self.model(**dict(zip(names, inputs, strict=True))).last_hidden_state
+
+    with torch.no_grad():
+        torch.onnx.export(
+            Encoder().eval(),
+            tuple(sample[name] for name in names),
+            str(fp32),
+            input_names=names,
+            output_names=["last_hidden_state"],
+            dynamic_axes={**{name: {0: "batch", 1: "sequence"} for name in names},
+                          "last_hidden_state": {0: "batch", 1: "sequence"}},
+            opset_version=_OPSET,
+            dynamo=False,
+        )
+    partial = target / "model_int8.onnx.partial"
+    # Per-channel weights on the MatMuls only: per-tensor scales (the default) cost ~5 % cosine to the float
+    # vectors; per-channel keeps them at ~0.99. The embedding lookup stays float.
+    quantize_dynamic(str(fp32), str(partial), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                     per_channel=True)
+    os.replace(partial, target / "model_int8.onnx")
+    fp32.unlink(missing_ok=True)
+    for extra in target.glob("*.data"):
+        extra.unlink()
+
+
+class OnnxEncoder:
+    """The subset of SentenceTransformer that kbchat uses: ``tokenizer``, ``encode``, the dimension."""
+
+    def __init__(self, model_path: str, data_dir: Path, max_seq_length: int | None = None) -> None:
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        model_file = ensure_exported(model_path, data_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        config = Path(model_path) / "sentence_bert_config.json"
+        configured = json.loads(config.read_text()).get("max_seq_length") if config.exists() else None
+        self.max_seq_length = max_seq_length or configured or 256
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = os.cpu_count() or 1
+        # Idle threads sleep instead of spinning: workers share the cores with other processes.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+        self._inputs = {i.name for i in self.session.get_inputs()}
+        self.dimension = int(self.encode(["dimension probe"])[0].shape[0])
+
+    def get_embedding_dimension(self) -> int:
+        return self.dimension
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32, normalize_embeddings: bool = True,
+               **_: object) -> np.ndarray:
+        """Mean-pooled, optionally unit-length float32 vectors; batches sorted by length to pad little."""
+        texts = list(texts)
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        results: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
+        for start in range(0, len(texts), batch_size):
+            index = order[start : start + batch_size]
+            encoded = self.tokenizer([texts[i] for i in index], padding=True, truncation=True,
+                                     max_length=self.max_seq_length, return_tensors="np")
+            feeds = {k: v.astype(np.int64) for k, v in encoded.items() if k in self._inputs}
+            hidden = self.session.run(None, feeds)[0]
+            mask = encoded["attention_mask"][..., None].astype(np.float32)
+            pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+            if normalize_embeddings:
+                pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+            for row, i in enumerate(index):
+                results[i] = pooled[row]
+        return np.vstack(results).astype(np.float32) if texts else np.zeros((0, 0), dtype=np.float32)

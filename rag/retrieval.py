@@ -1,0 +1,191 @@
+"""Question → ranked chunks of one knowledge base: vector (HNSW) and full-text search fused, near-duplicates
+collapsed, each hit with its cosine score for the relevance threshold."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import asdict, replace
+
+from sqlalchemy.orm import Session
+
+from db.repositories import chunks as chunk_repo
+from db.repositories.chunks import Hit
+from rag import embedding
+from rag.config import get_settings
+
+# Two passages whose word 3-gram sets overlap this much say the same thing (a re-uploaded file, boilerplate).
+DUPLICATE_JACCARD = 0.8
+
+
+def search(
+    *,
+    session: Session,
+    kb_id: int,
+    question: str,
+    k: int | None = None,
+    document_ids: Sequence[int] | None = None,
+) -> list[Hit]:
+    """The ``k`` best passages for ``question`` (hybrid search, fused by rank), near-duplicates collapsed."""
+    settings = get_settings()
+    question = " ".join(question.split())
+    if not question:
+        return []
+    k = k or settings.top_k
+    vector = embed_question(question)
+    # Fetch more than k: collapsing removes some.
+    hits = chunk_repo.hybrid_search(
+        session=session,
+        kb_id=kb_id,
+        embedding=vector,
+        question=question,
+        text_search_config=settings.text_search_config,
+        limit=k * 3,
+        candidates=settings.retrieval_candidates,
+        rrf_k=settings.rrf_k,
+        ef_search=settings.hnsw_ef_search,
+        document_ids=document_ids,
+    )
+    hits = collapse_duplicates(hits)[:k]
+    if settings.context_neighbours > 0:
+        hits = [with_neighbours(session=session, hit=hit, radius=settings.context_neighbours) for hit in hits]
+    return hits
+
+
+class _QuestionBatcher:
+    """Concurrent questions share model calls: the first caller embeds what is waiting (its own question at
+    once), then keeps embedding whatever arrived meanwhile in one batch, while the others wait for their vector.
+    Twenty chats at once then cost a few batched calls instead of twenty calls queueing for the CPU."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[str, Future]] = []
+        self._running = False
+
+    def embed(self, text: str):
+        future: Future = Future()
+        with self._lock:
+            self._waiting.append((text, future))
+            lead = not self._running
+            self._running = True
+        if lead:
+            self._drain()
+        return future.result()
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                batch, self._waiting = self._waiting, []
+                if not batch:
+                    self._running = False
+                    return
+            try:
+                vectors = embedding.embed([text for text, _ in batch])
+            except BaseException as exc:  # every waiter hears about it, then the next round may succeed
+                for _, future in batch:
+                    future.set_exception(exc)
+                continue
+            for (_, future), vector in zip(batch, vectors, strict=True):
+                future.set_result(vector)
+
+
+_batcher = _QuestionBatcher()
+
+
+def embed_question(question: str):
+    """The question's vector (batched with questions other threads are asking at the same moment)."""
+    return _batcher.embed(question)
+
+
+def collapse_duplicates(hits: list[Hit], max_span: int = 3) -> list[Hit]:
+    """Near-duplicates out, best rank first: hits that are neighbours in one document (overlapping windows) merge
+    into one passage of up to ``max_span`` chunks; a hit whose text nearly repeats a kept one is dropped."""
+    kept: list[Hit] = []
+    spans: list[dict[int, Hit]] = []  # per kept passage: its chunks by ordinal
+    seen: list[set[tuple[str, ...]]] = []  # the word 3-grams of every chunk kept so far
+    for hit in hits:
+        grams = _shingles(hit.text)
+        span = next(
+            (
+                span
+                for span in spans
+                if next(iter(span.values())).document_id == hit.document_id
+                and hit.ordinal in (min(span) - 1, max(span) + 1)
+                and len(span) < max_span
+            ),
+            None,
+        )
+        if span is not None:
+            span[hit.ordinal] = hit
+            i = spans.index(span)
+            kept[i] = _merge(max(span.values(), key=lambda h: h.fused), span)
+        elif any(_jaccard(grams, other) >= DUPLICATE_JACCARD for other in seen):
+            continue
+        else:
+            kept.append(hit)
+            spans.append({hit.ordinal: hit})
+        seen.append(grams)
+    return kept
+
+
+def _merge(best: Hit, span: dict[int, Hit]) -> Hit:
+    """One passage for adjacent chunks: the best hit's identity and scores, the chunks' text in reading order."""
+    chunks = [span[o] for o in sorted(span)]
+    text = chunks[0].text
+    for chunk in chunks[1:]:
+        text = _join_overlapping(text, chunk.text)
+    pages = sorted({c.page for c in chunks if c.page is not None})
+    locator = best.locator
+    if len(pages) > 1 and (locator is None or locator.startswith("p. ")):
+        locator = f"pp. {pages[0]}–{pages[-1]}"
+    return replace(
+        best,
+        text=text,
+        page=best.page if best.page is not None else (pages[0] if pages else None),  # where the match is
+        locator=locator,
+        score=max(c.score for c in chunks),
+        fused=max(c.fused for c in chunks),
+    )
+
+
+def with_neighbours(*, session: Session, hit: Hit, radius: int) -> Hit:
+    """The hit with the text of the chunks around it, overlaps removed, for a fuller passage."""
+    chunks = chunk_repo.neighbours(
+        session=session, document_id=hit.document_id, ordinal=hit.ordinal, radius=radius
+    )
+    if len(chunks) <= 1:
+        return hit
+    text = chunks[0].text
+    for chunk in chunks[1:]:
+        text = _join_overlapping(text, chunk.text)
+    return replace(hit, text=text)
+
+
+def _join_overlapping(left: str, right: str, longest: int = 2000) -> str:
+    """``left`` + ``right`` without the text they share (sliding-window chunks overlap)."""
+    for size in range(min(len(left), len(right), longest), 20, -1):
+        if left.endswith(right[:size]):
+            return left + right[size:]
+    return left + " " + right
+
+
+def _shingles(text: str) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.lower())
+    if len(words) < 3:
+        return {tuple(words)}
+    return {tuple(words[i : i + 3]) for i in range(len(words) - 2)}
+
+
+def _jaccard(a: set, b: set) -> float:
+    if not a or not b:
+        return 0.0
+    return len(a & b) / len(a | b)
+
+
+def hit_to_dict(hit: Hit) -> dict:
+    """The JSON shape of a hit (CLI ``--json``, task results, message citations)."""
+    data = asdict(hit)
+    data["text"] = hit.text
+    return data

@@ -1,0 +1,136 @@
+"""The chat page's parts: the conversations sidebar, past messages, and an answer streaming in from a worker.
+
+An answer is rendered from the whole text so far on every update (never token by token), so Markdown that
+only becomes an image or a link once its last token arrives is neutralised like everything else.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import streamlit as st
+
+from db.repositories import conversations as conversation_repo
+from db.session import session_scope
+from rag.config import get_settings
+from streamlit_app import components
+from tasks.streams import follow, request_stop
+
+MODE_CAPTIONS = {
+    "extractive": "Extractive answer: quoted passages, no language model.",
+    "cache": "From the answer cache: this question was answered before and the knowledge base has not changed.",
+}
+RENDER_EVERY_SECONDS = 0.05
+
+
+def conversation_sidebar(kb_id: int, conversation_key: str) -> set[int]:
+    """New conversation, and the base's conversations to reopen, rename or delete; returns the ids listed."""
+    if st.button("New conversation", icon=":material/add_comment:", width="stretch", key="chat_new"):
+        st.session_state.pop(conversation_key, None)
+        st.rerun()
+    with session_scope() as session:
+        conversations = [(c.id, c.title, c.updated_at) for c in conversation_repo.list_for_kb(session=session, kb_id=kb_id)]
+    if not conversations:
+        return set()
+    st.caption("Conversations")
+    current = st.session_state.get(conversation_key)
+    for conversation_id, title, updated_at in conversations:
+        open_col, menu_col = st.columns([5, 1], vertical_alignment="center")
+        label = title if len(title) <= 40 else title[:39] + "…"
+        if open_col.button(label, key=f"chat_open_{conversation_id}", width="stretch",
+                           help=f"{title} · {updated_at:%Y-%m-%d %H:%M}",
+                           type="primary" if conversation_id == current else "tertiary"):
+            st.session_state[conversation_key] = conversation_id
+            st.rerun()
+        with menu_col.popover("", icon=":material/more_vert:"):
+            new_title = st.text_input("Title", value=title, key=f"chat_title_{conversation_id}", max_chars=200)
+            if st.button("Rename", key=f"chat_rename_{conversation_id}", disabled=not new_title.strip()):
+                with session_scope() as session:
+                    conversation_repo.rename(session=session, conversation_id=conversation_id, title=new_title)
+                st.rerun()
+            if st.button("Delete", key=f"chat_delete_{conversation_id}", icon=":material/delete:"):
+                with session_scope() as session:
+                    conversation_repo.delete_conversation(session=session, conversation_id=conversation_id)
+                if current == conversation_id:
+                    st.session_state.pop(conversation_key, None)
+                st.rerun()
+    return {conversation_id for conversation_id, _, _ in conversations}
+
+
+def render_history(conversation_id: int | None) -> set[str]:
+    """The conversation's messages; returns the task ids whose answers are already saved."""
+    if conversation_id is None:
+        return set()
+    with session_scope() as session:
+        history = [
+            (m.role, m.content, m.citations, m.mode, m.task_id)
+            for m in conversation_repo.messages(session=session, conversation_id=conversation_id)
+        ]
+    for role, content, citations, mode, _ in history:
+        with st.chat_message(role):
+            if role == "assistant":
+                st.markdown(components.safe_markdown(content))
+                if mode in MODE_CAPTIONS:
+                    st.caption(MODE_CAPTIONS[mode])
+                components.citation_cards(citations)
+            else:
+                st.markdown(components.safe_markdown(content))
+    return {task_id for role, *_, task_id in history if role == "assistant" and task_id}
+
+
+def stream_answer(task_id: str) -> dict[str, Any]:
+    """Follow the answer's stream (from its start, so a rerun picks it up again) and render it as it arrives.
+
+    Returns what happened: {"state": "done" | "error" | "timeout", "code", "message"}.
+    """
+    settings = get_settings()
+    status = st.empty()
+    body = st.empty()
+    stop = st.empty()
+    stop.button("Stop", key=f"chat_stop_{task_id}", icon=":material/stop_circle:", on_click=request_stop,
+                args=(task_id,), help="Stop generating this answer")
+    meta: dict[str, Any] = {}
+    done: dict[str, Any] = {}
+    text = ""
+    notices: list[str] = []
+    rendered_at = 0.0
+    try:
+        # The worker itself gives up at the first-token limit; silence beyond that means no worker.
+        for kind, data in follow(task_id, timeout=settings.llm_first_token_timeout_seconds + 30):
+            if kind == "status":
+                status.info(data.get("message", "") if isinstance(data, dict) else str(data),
+                            icon=":material/hourglass_top:")
+            elif kind == "meta":
+                meta = data
+                status.empty()
+            elif kind == "token":
+                text += data
+                if time.monotonic() - rendered_at >= RENDER_EVERY_SECONDS:
+                    body.markdown(components.safe_markdown(text) + " ▌")
+                    rendered_at = time.monotonic()
+            elif kind == "notice":
+                notices.append(str(data))
+            elif kind == "done":
+                done = data
+            elif kind == "error":
+                status.empty()
+                stop.empty()
+                body.markdown(components.safe_markdown(text))
+                if isinstance(data, dict):
+                    return {"state": "error", "code": data.get("code"), "message": data.get("message", "")}
+                return {"state": "error", "code": None, "message": str(data)}
+    except TimeoutError:
+        status.empty()
+        stop.empty()
+        return {"state": "timeout", "code": "no_worker", "message": ""}
+    status.empty()
+    stop.empty()
+    body.markdown(components.safe_markdown(text))
+    for notice in notices:
+        st.warning(notice, icon=":material/info:")
+    mode = done.get("mode") or meta.get("mode")
+    if mode in MODE_CAPTIONS and not done.get("no_answer"):
+        st.caption(MODE_CAPTIONS[mode])
+    components.citation_cards(done.get("citations", meta.get("citations", [])))
+    return {"state": "done"}

@@ -1,0 +1,109 @@
+"""What an admin can do from the monitoring and status pages: run a failed task again, retry every failed
+ingest, re-enqueue stalled documents; and what a task concerns (its document, conversation or knowledge base)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tasks import events
+from tasks.monitoring import decode_args
+from tasks.redis_client import get_redis
+
+
+def retry_task(task_id: str) -> str:
+    """Enqueue the task again with the same name and arguments; returns the new task id.
+
+    An ingest is retried through its document (put back to queued, its attempts reset), so the document's page
+    follows the new task. Raises LookupError when the record expired, ValueError when it cannot be replayed.
+    """
+    from tasks.client import enqueue
+
+    record = events.get_task(task_id)
+    if record is None:
+        raise LookupError(f"task {task_id} is unknown or its record expired")
+    args = decode_args(record.get("args"))
+    if args is None or not record.get("name"):
+        raise ValueError(f"task {task_id} has no stored arguments to run it again with")
+    if record["name"] == "ingest.document":
+        new_id = requeue_documents([int(args[0])])[0]
+    else:
+        new_id = enqueue(record["name"], *args)
+    pipe = get_redis().pipeline()
+    pipe.hset(events.TASK_KEY.format(task_id), "retried_as", new_id)  # keeps its expiry
+    pipe.hset(events.TASK_KEY.format(new_id), "retry_of", task_id)
+    pipe.execute()
+    return new_id
+
+
+def requeue_documents(document_ids: list[int]) -> list[str]:
+    """Put documents back to queued (attempts reset) and enqueue their ingest; returns the task ids."""
+    from db.repositories import documents as document_repo
+    from db.session import session_scope
+    from tasks.client import enqueue_ingest
+
+    with session_scope() as session:
+        existing = [d.id for d in document_repo.list_by_ids(session=session, document_ids=document_ids)]
+        if len(existing) != len(set(document_ids)):
+            missing = sorted(set(document_ids) - set(existing))
+            raise LookupError(f"document(s) {', '.join(map(str, missing))} no longer exist")
+        document_repo.requeue(session=session, document_ids=existing)
+    return [enqueue_ingest(document_id) for document_id in existing]
+
+
+def retry_failed_ingests() -> list[int]:
+    """Re-enqueue every failed document in every knowledge base; returns their ids."""
+    from db.repositories import monitoring as monitoring_repo
+    from db.session import session_scope
+
+    with session_scope() as session:
+        ids = monitoring_repo.failed_document_ids(session=session)
+    if ids:
+        requeue_documents(ids)
+    return ids
+
+
+def short_args(raw: str | None, limit: int = 200) -> str:
+    """The stored arguments as one short line."""
+    args = decode_args(raw)
+    text = json.dumps(args, ensure_ascii=False, default=str)[1:-1] if args is not None else (raw or "")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def task_subject(record: dict) -> dict[str, Any] | None:
+    """The document, conversation or knowledge base a task concerns, looked up now; None when none or gone.
+
+    {"kind": "document" | "conversation" | "knowledge_base", "id", "kb_id", "kb", "label", ...}
+    """
+    from db.repositories import conversations as conversation_repo
+    from db.repositories import knowledge_bases as kb_repo
+    from db.repositories import monitoring as monitoring_repo
+    from db.session import session_scope
+
+    name, args = record.get("name", ""), decode_args(record.get("args")) or []
+    if not args or not name.startswith(("ingest.", "chat.")):
+        return None
+    try:
+        with session_scope() as session:
+            if name == "ingest.document":
+                document = monitoring_repo.document_summary(session=session, document_id=int(args[0]))
+                return {**document, "kind": "document", "label": document["filename"]} if document else None
+            conversation_id = None
+            if name == "chat.summarize":
+                conversation_id = args[0]
+            elif name == "chat.answer" and len(args) > 2:
+                conversation_id = args[2]
+            if conversation_id is not None:
+                conversation = conversation_repo.get(session=session, conversation_id=int(conversation_id))
+                if conversation is not None:
+                    kb = kb_repo.get(session=session, kb_id=conversation.kb_id)
+                    return {"kind": "conversation", "id": conversation.id, "kb_id": conversation.kb_id,
+                            "kb": kb.name if kb else "", "label": conversation.title}
+                if name == "chat.summarize":
+                    return None
+            kb = kb_repo.get(session=session, kb_id=int(args[0]))  # chat.answer, chat.search: (kb_id, question, …)
+            if kb is None:
+                return None
+            return {"kind": "knowledge_base", "id": kb.id, "kb_id": kb.id, "kb": kb.name, "label": kb.name}
+    except (TypeError, ValueError):  # arguments of an unexpected shape
+        return None

@@ -1,0 +1,76 @@
+"""Task bodies, written once as plain functions: take IDs, call one ``rag`` function, return small JSON."""
+
+from __future__ import annotations
+
+from rag import answering, conversation, ingestion, maintenance
+from tasks.context import current_task_id
+from tasks.streams import StopFlag, StreamPublisher
+
+
+def ingest_document(document_id: int) -> dict:
+    """ingest.document: parse, chunk, embed and store one uploaded document."""
+    return ingestion.ingest_document(int(document_id), task_id=current_task_id()).to_dict()
+
+
+def chat_answer(
+    kb_id: int, question: str, conversation_id: int | None = None, document_ids: list[int] | None = None
+) -> dict:
+    """chat.answer: retrieve and answer, streaming the answer into the task's Redis stream."""
+    task_id = current_task_id()
+    emit = StreamPublisher(task_id)
+    if emit.already_streamed():  # retried or redelivered after tokens were shown: never repeat them
+        emit("notice", "The answer was interrupted (its worker stopped). Ask again for a complete answer.")
+        emit("done", {"mode": "llm", "citations": [], "interrupted": True})
+        return {"interrupted": True}
+    try:
+        result = answering.answer_question(
+            kb_id=int(kb_id),
+            question=str(question),
+            conversation_id=int(conversation_id) if conversation_id is not None else None,
+            task_id=task_id,
+            emit=emit,
+            should_stop=StopFlag(task_id),
+            document_ids=[int(d) for d in document_ids] if document_ids else None,
+        )
+        if result.get("summarize"):
+            from tasks.client import enqueue
+
+            enqueue("chat.summarize", int(conversation_id))
+        return result
+    except Exception as exc:
+        from tasks.registry import is_transient
+
+        if not is_transient(exc):  # no retry will finish this stream: tell its reader now, not at its timeout
+            try:
+                emit("error", f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+            except Exception:
+                pass
+        raise
+
+
+def chat_summarize(conversation_id: int) -> dict:
+    """chat.summarize: condense a conversation's older turns into a summary later prompts use."""
+    return conversation.summarize_conversation(int(conversation_id))
+
+
+def chat_search(kb_id: int, question: str, k: int = 10) -> dict:
+    """chat.search: the passages closest to a question (the knowledge bases page's retrieval preview)."""
+    from db.session import session_scope
+    from rag.retrieval import hit_to_dict, search
+
+    with session_scope() as session:
+        hits = search(session=session, kb_id=int(kb_id), question=str(question), k=int(k))
+    return {"hits": [hit_to_dict(h) for h in hits]}
+
+
+def maintenance_reconcile() -> dict:
+    """maintenance.reconcile: re-enqueue documents stuck in a non-final state (e.g. after Redis lost its queues)."""
+    from tasks.client import enqueue_ingest, task_record
+
+    return maintenance.reconcile_stuck_documents(enqueue=enqueue_ingest, task_record=task_record)
+
+
+def give_up_ingest(args: list, error: str) -> None:
+    """When ingest.document fails for good (time limit, retries exhausted), the document says why."""
+    if args:
+        ingestion.fail_document(int(args[0]), error)

@@ -1,0 +1,174 @@
+"""The task bodies on Celery: late acks, reject on worker lost, JSON only, expiring results, events in Redis."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from celery import Celery, signals
+from kombu import Exchange, Queue
+
+from rag.config import get_settings
+from rag.runtime import service_urls
+from tasks import events
+from tasks.context import reset_current_task_id, set_current_task_id
+from tasks.registry import QUEUES, TRANSIENT_ERRORS, TaskSpec, give_up_message, schedule, spec, task_specs
+
+log = logging.getLogger(__name__)
+
+
+def _register(app: Celery, item: TaskSpec) -> None:
+    def run(self, *args, **kwargs):
+        token = set_current_task_id(self.request.id)
+        try:
+            return item.fn(*args, **kwargs)
+        finally:
+            reset_current_task_id(token)
+
+    settings = get_settings()
+    app.task(
+        name=item.name,
+        bind=True,
+        queue=item.queue,
+        autoretry_for=TRANSIENT_ERRORS,
+        retry_backoff=2,
+        retry_backoff_max=settings.retry_backoff_max_seconds,
+        retry_jitter=True,
+        max_retries=item.max_retries,
+        soft_time_limit=item.time_limit,
+        time_limit=item.time_limit + 30,
+    )(run)
+
+
+def create_app() -> Celery:
+    settings = get_settings()
+    urls = service_urls()
+    # An unacknowledged task (its worker died) comes back after this; by default it outlasts the longest task.
+    redelivery = settings.redelivery_timeout_seconds or max(item.time_limit for item in task_specs()) + 300
+    app = Celery("kbchat", broker=urls.redis_url, backend=urls.redis_url)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_expires=settings.result_ttl_seconds,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_track_started=True,
+        worker_prefetch_multiplier=1,
+        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
+        task_default_queue="maintenance",
+        task_default_exchange="maintenance",
+        task_default_routing_key="maintenance",
+        broker_transport_options={"visibility_timeout": redelivery},
+        result_backend_transport_options={"visibility_timeout": redelivery},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,  # Flower (compose monitoring profile) reads these
+        task_send_sent_event=True,
+        beat_schedule={
+            name: {"task": name, "schedule": interval, "options": {"queue": spec(name).queue}}
+            for name, interval in schedule()
+        },
+    )
+    for item in task_specs():
+        _register(app, item)
+    return app
+
+
+app = create_app()
+
+# --- events for the monitoring page, written the same way as on Dramatiq ------------------------------
+_started: dict[str, float] = {}
+_worker: dict[str, object] = {}
+
+
+@signals.before_task_publish.connect
+def _on_publish(sender=None, body=None, headers=None, routing_key=None, **_):
+    headers = headers or {}
+    if headers.get("retries"):
+        return  # a retry re-publishes; the retry event was already recorded
+    args, kwargs = (body[0], body[1]) if isinstance(body, tuple | list) and len(body) >= 2 else ((), {})
+    events.record(
+        headers["id"],
+        events.QUEUED,
+        name=sender or headers.get("task", ""),
+        queue=routing_key or "",
+        args=events.encode_args(args, kwargs),
+        backend="celery",
+    )
+
+
+@signals.task_prerun.connect
+def _on_prerun(task_id=None, task=None, **_):
+    _started[task_id] = time.monotonic()
+    events.record(task_id, events.STARTED, name=task.name, worker=task.request.hostname or "")
+    events.task_started_on(task.request.hostname or "", task_id, task.name)
+
+
+@signals.task_postrun.connect
+def _on_postrun(task_id=None, task=None, **_):
+    events.task_ended_on(task.request.hostname or "", task_id)
+
+
+@signals.task_success.connect
+def _on_success(sender=None, result=None, **_):
+    task_id = sender.request.id
+    runtime = round(time.monotonic() - _started.pop(task_id, time.monotonic()), 3)
+    events.record(task_id, events.SUCCEEDED, name=sender.name, runtime=runtime, result=result,
+                  worker=sender.request.hostname or "")
+    events.count_task(sender.request.hostname or "", ok=True)
+
+
+@signals.task_retry.connect
+def _on_retry(request=None, reason=None, sender=None, **_):
+    exc = reason if isinstance(reason, BaseException) else RuntimeError(str(reason))
+    events.record_failure(request.id, events.RETRY, exc, name=sender.name if sender else "")
+
+
+@signals.task_failure.connect
+def _on_failure(task_id=None, exception=None, sender=None, args=None, **_):
+    runtime = round(time.monotonic() - _started.pop(task_id, time.monotonic()), 3)
+    events.record_failure(task_id, events.FAILED, exception, name=sender.name, runtime=runtime,
+                          worker=sender.request.hostname or "")
+    events.count_task(sender.request.hostname or "", ok=False)
+    item = spec(sender.name)
+    if item.on_give_up:
+        try:
+            item.on_give_up(list(args or []), give_up_message(item, exception))
+        except Exception:
+            log.exception("could not record the failure of %s", task_id)
+
+
+@signals.worker_process_init.connect
+def _on_process_init(**_):
+    from db.session import set_application_name
+
+    set_application_name("kbchat.worker")
+
+
+@signals.celeryd_after_setup.connect
+def _on_setup(sender=None, instance=None, **_):
+    _worker["name"] = sender
+    _worker["instance"] = instance
+
+
+@signals.worker_ready.connect
+def _on_ready(**_):
+    instance = _worker.get("instance")
+    queues = sorted(q.name for q in app.amqp.queues.consume_from.values()) if app.amqp.queues.consume_from else []
+    heartbeat = events.Heartbeat(
+        str(_worker.get("name") or events.worker_id()),
+        {"backend": "celery", "queues": ",".join(queues), "concurrency": getattr(instance, "concurrency", 0)},
+    )
+    heartbeat.start()
+    _worker["heartbeat"] = heartbeat
+    from tasks.client import enqueue
+
+    enqueue("maintenance.reconcile")  # catch up on whatever was stuck while no worker ran
+
+
+@signals.worker_shutdown.connect
+def _on_shutdown(**_):
+    heartbeat = _worker.pop("heartbeat", None)
+    if heartbeat is not None:
+        heartbeat.stop()

@@ -1,0 +1,156 @@
+"""The same task bodies on Dramatiq: Redis broker, retries with backoff, time limits, results in Redis."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Middleware,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
+from dramatiq.results import Results
+from dramatiq.results.backends import RedisBackend
+
+from rag.config import get_settings
+from rag.runtime import service_urls
+from tasks import events
+from tasks.context import reset_current_task_id, set_current_task_id
+from tasks.registry import TaskSpec, give_up_message, is_transient, spec, task_specs
+
+log = logging.getLogger(__name__)
+
+
+class KbchatEvents(Middleware):
+    """Task events and worker heartbeats, in the same records Celery's signals write."""
+
+    def __init__(self) -> None:
+        self._started: dict[str, float] = {}
+        self._heartbeat: events.Heartbeat | None = None
+
+    def before_process_message(self, broker, message):
+        self._started[message.message_id] = time.monotonic()
+        events.record(message.message_id, events.STARTED, name=message.actor_name, queue=message.queue_name,
+                      worker=events.worker_id())
+        events.task_started_on(events.worker_id(), message.message_id, message.actor_name)
+
+    def after_process_message(self, broker, message, *, result=None, exception=None):
+        task_id = message.message_id
+        runtime = round(time.monotonic() - self._started.pop(task_id, time.monotonic()), 3)
+        worker = events.worker_id()
+        events.task_ended_on(worker, task_id)
+        if exception is None:
+            events.record(task_id, events.SUCCEEDED, name=message.actor_name, runtime=runtime, result=result,
+                          worker=worker)
+            events.count_task(worker, ok=True)
+        elif message.failed:  # Retries (earlier in the chain) gave up
+            events.record_failure(task_id, events.FAILED, exception, name=message.actor_name, runtime=runtime,
+                                  worker=worker)
+            events.count_task(worker, ok=False)
+            item = spec(message.actor_name)
+            if item.on_give_up:
+                try:
+                    item.on_give_up(list(message.args), give_up_message(item, exception))
+                except Exception:
+                    log.exception("could not record the failure of %s", task_id)
+        else:
+            events.record_failure(task_id, events.RETRY, exception, name=message.actor_name, worker=worker)
+
+    def after_skip_message(self, broker, message):
+        events.record(message.message_id, events.FAILED, name=message.actor_name, error="skipped (too old)")
+
+    def after_worker_boot(self, broker, worker):
+        from db.session import set_application_name
+
+        set_application_name("kbchat.worker")
+        queues = sorted(worker.consumer_whitelist or broker.get_declared_queues())
+        self._heartbeat = events.Heartbeat(
+            events.worker_id(),
+            {"backend": "dramatiq", "queues": ",".join(q for q in queues if not q.endswith(".DQ")),
+             "concurrency": worker.worker_threads},
+        )
+        self._heartbeat.start()
+        from tasks.client import enqueue
+
+        enqueue("maintenance.reconcile")
+
+    def before_worker_shutdown(self, broker, worker):
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+
+    def after_worker_shutdown(self, broker, worker):
+        from db.session import dispose_engine
+
+        dispose_engine()
+
+
+def _retry_when(max_retries: int):
+    def retry_when(retries: int, exception: BaseException) -> bool:
+        return retries < max_retries and is_transient(exception)
+
+    return retry_when
+
+
+def _register(broker: RedisBroker, item: TaskSpec) -> dramatiq.Actor:
+    def run(*args, **kwargs):
+        message = CurrentMessage.get_current_message()
+        token = set_current_task_id(message.message_id if message else None)
+        try:
+            return item.fn(*args, **kwargs)
+        finally:
+            reset_current_task_id(token)
+
+    run.__name__ = item.name.replace(".", "_")
+    return dramatiq.actor(
+        run,
+        actor_name=item.name,
+        queue_name=item.queue,
+        broker=broker,
+        max_retries=item.max_retries,
+        retry_when=_retry_when(item.max_retries),
+        min_backoff=2000,
+        max_backoff=get_settings().retry_backoff_max_seconds * 1000,
+        time_limit=item.time_limit * 1000,
+        store_results=True,
+    )
+
+
+def create_broker() -> tuple[RedisBroker, dict[str, dramatiq.Actor]]:
+    settings = get_settings()
+    url = service_urls().redis_url
+    broker = RedisBroker(
+        url=url,
+        namespace="kbchat-dramatiq",
+        # A dead worker's unacknowledged messages are requeued by another worker once its heartbeat is this old.
+        heartbeat_timeout=settings.dramatiq_heartbeat_timeout_seconds * 1000,
+        maintenance_chance=settings.dramatiq_maintenance_chance,
+        # after_* hooks run in reverse order: events go first so they see what Retries decided.
+        middleware=[
+            KbchatEvents(),
+            AgeLimit(),
+            TimeLimit(),
+            ShutdownNotifications(),
+            Callbacks(),
+            Pipelines(),
+            Retries(),
+            CurrentMessage(),
+            # Readable result keys (not bare MD5s), so the monitoring page can count them.
+            Results(backend=RedisBackend(url=url, namespace="kbchat-dramatiq-results", use_namespace_prefix_keys=True),
+                    result_ttl=settings.result_ttl_seconds * 1000),
+        ],
+    )
+    broker.kbchat_url = url  # tasks.client rebuilds the broker when the configured URL changes
+    dramatiq.set_broker(broker)
+    actors = {item.name: _register(broker, item) for item in task_specs()}
+    return broker, actors
+
+
+broker, actors = create_broker()

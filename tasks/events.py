@@ -1,0 +1,239 @@
+"""What the monitoring and status pages read: task records, an event stream and worker heartbeats.
+
+Both backends write them the same way, with bounded retention: task records expire with the results, the
+event stream is capped, heartbeats carry a time-to-live.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import traceback as tb
+from typing import Any
+
+from rag.config import get_settings
+from tasks.redis_client import get_redis
+
+TASK_KEY = "kbchat:task:{}"
+EVENTS_KEY = "kbchat:events"
+WORKER_KEY = "kbchat:worker:{}"
+WORKER_PATTERN = "kbchat:worker:*"
+# Every worker seen lately (id → last beat) and its last heartbeat record, so one whose key expired shows offline.
+WORKERS_SEEN_KEY = "kbchat:workers:seen"
+WORKERS_INFO_KEY = "kbchat:workers:info"
+WORKERS_SEEN_SECONDS = 24 * 3600
+WORKERS_SEEN_MAX = 500
+# Task events counted per minute ("<name>|<event>" → n), kept a little over a day: exact hour and day counts.
+STATS_KEY = "kbchat:stats:{}"
+STATS_TTL_SECONDS = 25 * 3600
+
+QUEUED, STARTED, RETRY, SUCCEEDED, FAILED = "queued", "started", "retry", "succeeded", "failed"
+
+
+def _now() -> float:
+    return round(time.time(), 3)
+
+
+def summarise_args(args: tuple | list, kwargs: dict | None = None) -> str:
+    """A short, readable form of a task's arguments (they are IDs and small JSON)."""
+    text = json.dumps({"args": list(args), "kwargs": kwargs or {}}, default=str)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def encode_args(args: tuple | list, kwargs: dict | None = None) -> str:
+    """The task's arguments as JSON, whole up to 16 kB, so the monitoring page can enqueue the task again."""
+    text = json.dumps({"args": list(args), "kwargs": kwargs or {}}, default=str)
+    return text if len(text) <= 16_000 else summarise_args(args, kwargs)
+
+
+def record(task_id: str, event: str, *, name: str = "", queue: str = "", **fields: Any) -> None:
+    """Update the task's record and append the event to the capped stream."""
+    settings = get_settings()
+    now = _now()
+    mapping: dict[str, Any] = {"state": event, "updated_at": now}
+    if name:
+        mapping["name"] = name
+    if queue:
+        mapping["queue"] = queue
+    if event == QUEUED:
+        mapping["queued_at"] = now
+    elif event == STARTED:
+        mapping["started_at"] = now
+    elif event in (SUCCEEDED, FAILED):
+        mapping["finished_at"] = now
+    for key, value in fields.items():
+        if value is not None:
+            mapping[key] = value if isinstance(value, str | int | float) else json.dumps(value, default=str)
+    key = TASK_KEY.format(task_id)
+    pipe = get_redis().pipeline()
+    pipe.hset(key, mapping=mapping)
+    if event == RETRY:
+        pipe.hincrby(key, "retries", 1)
+    elif event == SUCCEEDED:  # an earlier attempt's error is history (kept in the event stream), not this state
+        pipe.hdel(key, "error", "traceback")
+    pipe.expire(key, settings.result_ttl_seconds)
+    stream = {"task_id": task_id, "event": event, "ts": now, "name": name, "queue": queue}
+    for field in ("worker", "runtime", "error"):
+        if fields.get(field) is not None:
+            stream[field] = str(fields[field])[:500]
+    pipe.xadd(EVENTS_KEY, stream, maxlen=settings.events_max_len, approximate=True)
+    stats = STATS_KEY.format(int(now // 60))
+    pipe.hincrby(stats, f"{name or '?'}|{event}", 1)
+    pipe.expire(stats, STATS_TTL_SECONDS)
+    pipe.execute()
+
+
+def record_failure(task_id: str, event: str, exc: BaseException, **fields: Any) -> None:
+    """Record a retry or failure with the error line and the traceback."""
+    trace = "".join(tb.format_exception(type(exc), exc, exc.__traceback__, limit=30))
+    record(task_id, event, error=f"{type(exc).__name__}: {exc}"[:1000], traceback=trace[-8000:], **fields)
+
+
+def get_task(task_id: str) -> dict[str, Any] | None:
+    """The task's record, or None when unknown or expired."""
+    data = get_redis().hgetall(TASK_KEY.format(task_id))
+    if not data:
+        return None
+    for key in ("result",):
+        if key in data:
+            try:
+                data[key] = json.loads(data[key])
+            except ValueError:
+                pass
+    return data
+
+
+def recent_events(count: int = 100) -> list[dict[str, str]]:
+    return [fields for _, fields in get_redis().xrevrange(EVENTS_KEY, count=count)]
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Heartbeat:
+    """A thread that keeps the worker's key alive; when the worker dies the key expires and it shows offline."""
+
+    def __init__(self, worker: str, info: dict[str, Any]) -> None:
+        self.worker = worker
+        self.info = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": _now(), **info}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kbchat-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            r = get_redis()
+            last = r.hgetall(WORKER_KEY.format(self.worker))
+            r.delete(WORKER_KEY.format(self.worker))
+            if last:  # a clean stop: the monitoring page says "stopped", not "offline"
+                last["stopped_at"] = _now()
+                r.hset(WORKERS_INFO_KEY, self.worker, json.dumps(last))
+        except Exception:
+            pass
+
+    def beat(self) -> None:
+        settings = get_settings()
+        key = WORKER_KEY.format(self.worker)
+        mapping = {k: v if isinstance(v, str | int | float) else json.dumps(v) for k, v in self.info.items()}
+        now = mapping["last_heartbeat"] = _now()
+        pipe = get_redis().pipeline()
+        pipe.hset(key, mapping=mapping)
+        pipe.expire(key, settings.heartbeat_ttl_seconds)
+        pipe.hgetall(key)
+        record = pipe.execute()[-1]
+        # The registry of workers seen lately, bounded by age and count.
+        pipe = get_redis().pipeline()
+        pipe.zadd(WORKERS_SEEN_KEY, {self.worker: now})
+        pipe.hset(WORKERS_INFO_KEY, self.worker, json.dumps(record))
+        pipe.zrangebyscore(WORKERS_SEEN_KEY, 0, now - WORKERS_SEEN_SECONDS)
+        pipe.zrange(WORKERS_SEEN_KEY, 0, -WORKERS_SEEN_MAX - 1)
+        forgotten = set().union(*pipe.execute()[-2:])
+        if forgotten:
+            pipe = get_redis().pipeline()
+            pipe.zrem(WORKERS_SEEN_KEY, *forgotten)
+            pipe.hdel(WORKERS_INFO_KEY, *forgotten)
+            pipe.execute()
+
+    def _run(self) -> None:
+        from tasks.monitoring import maybe_sample_queues
+
+        interval = get_settings().heartbeat_interval_seconds
+        while not self._stop.is_set():
+            try:
+                self.beat()
+                maybe_sample_queues()  # whichever worker beats first in each interval records the queue depths
+            except Exception:  # Redis restarting: try again next beat
+                pass
+            self._stop.wait(interval)
+
+
+# Changes a worker's heartbeat record only while it exists: a write after expiry must not leave a key without TTL.
+_UPDATE_WORKER = """
+if redis.call('exists', KEYS[1]) == 0 then return 0 end
+if ARGV[1] ~= '' then redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) end
+if ARGV[3] ~= '' then redis.call('hdel', KEYS[1], ARGV[3]) end
+if ARGV[4] ~= '' then redis.call('hincrby', KEYS[1], ARGV[4], 1) end
+return 1
+"""
+
+
+def _update_worker(worker: str, *, set_field: str = "", value: str = "", delete: str = "", count: str = "") -> None:
+    get_redis().eval(_UPDATE_WORKER, 1, WORKER_KEY.format(worker), set_field, value, delete, count)
+
+
+def task_started_on(worker: str, task_id: str, name: str) -> None:
+    """Show the task as one the worker is running now (field ``task:<id>`` on its heartbeat record)."""
+    _update_worker(worker, set_field=f"task:{task_id}", value=json.dumps({"name": name, "started_at": _now()}))
+
+
+def task_ended_on(worker: str, task_id: str) -> None:
+    """The attempt ended (success, failure or retry): the worker no longer runs it."""
+    _update_worker(worker, delete=f"task:{task_id}")
+
+
+def count_task(worker: str, ok: bool) -> None:
+    """Count a processed or failed task on the worker's heartbeat record."""
+    _update_worker(worker, count="processed" if ok else "failed")
+
+
+def live_workers() -> list[dict[str, str]]:
+    r = get_redis()
+    workers = []
+    for key in r.scan_iter(WORKER_PATTERN, count=500):
+        data = r.hgetall(key)
+        if data:
+            data["id"] = key.split(":", 2)[2]
+            workers.append(data)
+    return sorted(workers, key=lambda w: w["id"])
+
+
+EMPTY_RETRIEVALS_KEY = "kbchat:retrieval:empty"  # capped stream: kb_id, question, top_score, ts
+EMPTY_RETRIEVALS_COUNT_KEY = "kbchat:retrieval:empty_count"  # hash: kb_id → count, plus "total"
+
+
+def record_empty_retrieval(kb_id: int, question: str, top_score: float | None) -> None:
+    """A question no passage was relevant enough for (the monitoring and alerting pages read these)."""
+    settings = get_settings()
+    pipe = get_redis().pipeline()
+    pipe.xadd(
+        EMPTY_RETRIEVALS_KEY,
+        {"kb_id": kb_id, "question": question[:300], "top_score": "" if top_score is None else round(top_score, 4),
+         "ts": _now()},
+        maxlen=settings.events_max_len,
+        approximate=True,
+    )
+    pipe.hincrby(EMPTY_RETRIEVALS_COUNT_KEY, str(kb_id), 1)
+    pipe.hincrby(EMPTY_RETRIEVALS_COUNT_KEY, "total", 1)
+    pipe.execute()
+
+
+def recent_empty_retrievals(count: int = 100) -> list[dict[str, str]]:
+    return [fields for _, fields in get_redis().xrevrange(EMPTY_RETRIEVALS_KEY, count=count)]

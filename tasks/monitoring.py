@@ -1,0 +1,322 @@
+"""What the monitoring page and the Prometheus exporter read: queue depth on either backend, workers (online and
+lately gone), task counts, throughput and run times, recent failures, stalled documents. (What an admin can do
+about them is in ``tasks.admin``.)
+
+Queue depth is read from the brokers' own Redis keys, so it is exact and needs no worker to answer:
+
+- Celery (kombu's Redis transport): a list per queue plus one per priority step (``ingest``, ``ingest\\x06\\x163``,
+  ``…6``, ``…9``), and the ``unacked`` hash of messages a worker holds but has not acknowledged (running,
+  prefetched, or waiting out a retry countdown).
+- Dramatiq (Redis broker, namespace ``kbchat-dramatiq``): ``<ns>:<queue>`` lists the waiting message ids and
+  ``<ns>:<queue>.msgs`` holds every unacknowledged message (waiting or taken by a worker); ``<queue>.DQ.msgs``
+  holds retries waiting out their backoff and the ``<queue>.XQ`` sorted set the dead-lettered ones.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rag.config import get_settings
+from tasks import events
+from tasks.redis_client import get_redis
+from tasks.registry import QUEUES
+
+DRAMATIQ_NAMESPACE = "kbchat-dramatiq"  # tasks/dramatiq_app.py (a test holds the two together)
+
+# Queue depth history: one sample per interval from whichever process gets there first, a day of them kept.
+HISTORY_KEY = "kbchat:queues:history"
+HISTORY_LOCK_KEY = "kbchat:queues:history:lock"
+SAMPLE_SECONDS = 30
+HISTORY_MAX = 24 * 3600 // SAMPLE_SECONDS
+
+FINISHED = (events.SUCCEEDED, events.FAILED)
+STATES = (events.QUEUED, events.STARTED, events.SUCCEEDED, events.FAILED, events.RETRY)
+
+
+# --- queues ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class QueueDepth:
+    backend: str
+    queue: str
+    waiting: int = 0  # ready for the next free worker
+    reserved: int = 0  # taken by a worker, not acknowledged yet
+    delayed: int = 0  # Dramatiq: retries waiting out their backoff
+    dead: int = 0  # Dramatiq: dead-lettered (kept a week, then dropped)
+    by_priority: dict[int, int] = field(default_factory=dict)  # Celery: waiting per priority step
+
+    @property
+    def pending(self) -> int:
+        """Every message not finished yet (dead letters are finished: they will not run again)."""
+        return self.waiting + self.reserved + self.delayed
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "pending": self.pending}
+
+
+def queue_depths(backend: str | None = None, queues: tuple[str, ...] | list[str] = QUEUES) -> list[QueueDepth]:
+    """Depth of each queue on ``backend`` (default: the configured one), read from the broker's keys."""
+    backend = backend or get_settings().task_backend
+    return _dramatiq_depths(list(queues)) if backend == "dramatiq" else _celery_depths(list(queues))
+
+
+def _celery_depths(queues: list[str]) -> list[QueueDepth]:
+    from kombu.transport.redis import PRIORITY_STEPS, Channel
+
+    pipe = get_redis().pipeline()
+    for queue in queues:
+        for step in PRIORITY_STEPS:
+            pipe.llen(f"{queue}{Channel.sep}{step}" if step else queue)
+    pipe.hvals(Channel.unacked_key)  # bounded by workers × prefetch
+    *lengths, unacked = pipe.execute()
+    reserved: dict[str, int] = defaultdict(int)
+    for raw in unacked:
+        try:
+            reserved[json.loads(raw)[2]] += 1  # [message, exchange, routing key]; routing key = queue here
+        except (ValueError, IndexError, TypeError):
+            continue
+    depths = []
+    for i, queue in enumerate(queues):
+        counts = lengths[i * len(PRIORITY_STEPS) : (i + 1) * len(PRIORITY_STEPS)]
+        depths.append(
+            QueueDepth("celery", queue, waiting=sum(counts), reserved=reserved.get(queue, 0),
+                       by_priority=dict(zip(PRIORITY_STEPS, counts, strict=True)))
+        )
+    return depths
+
+
+def _dramatiq_depths(queues: list[str]) -> list[QueueDepth]:
+    pipe = get_redis().pipeline()
+    for queue in queues:
+        base = f"{DRAMATIQ_NAMESPACE}:{queue}"
+        pipe.llen(base)
+        pipe.hlen(f"{base}.msgs")
+        pipe.hlen(f"{base}.DQ.msgs")
+        pipe.zcard(f"{base}.XQ")
+    values = pipe.execute()
+    depths = []
+    for i, queue in enumerate(queues):
+        waiting, unacked, delayed, dead = values[i * 4 : i * 4 + 4]
+        depths.append(QueueDepth("dramatiq", queue, waiting=waiting, reserved=max(0, unacked - waiting),
+                                 delayed=delayed, dead=dead))
+    return depths
+
+
+def sample_queues() -> None:
+    """Append the configured backend's queue depths to the capped history stream."""
+    backend = get_settings().task_backend
+    sample: dict[str, Any] = {"ts": round(time.time(), 3), "backend": backend}
+    for depth in queue_depths(backend):
+        sample[f"{depth.queue}.waiting"] = depth.waiting
+        sample[f"{depth.queue}.reserved"] = depth.reserved
+        sample[f"{depth.queue}.delayed"] = depth.delayed
+        sample[f"{depth.queue}.dead"] = depth.dead
+    get_redis().xadd(HISTORY_KEY, sample, maxlen=HISTORY_MAX, approximate=True)
+
+
+def maybe_sample_queues() -> bool:
+    """Take a sample unless another process took one in the last ``SAMPLE_SECONDS`` (workers call this each beat)."""
+    if get_redis().set(HISTORY_LOCK_KEY, 1, nx=True, ex=SAMPLE_SECONDS):
+        sample_queues()
+        return True
+    return False
+
+
+def queue_history(seconds: float) -> list[dict[str, Any]]:
+    """Samples of the last ``seconds``, oldest first: ts, backend and ``<queue>.<state>`` counts."""
+    start = int((time.time() - seconds) * 1000)
+    rows = []
+    for _, sample in get_redis().xrange(HISTORY_KEY, min=str(start), max="+"):
+        rows.append({k: (v if k == "backend" else float(v) if k == "ts" else int(v)) for k, v in sample.items()})
+    return rows
+
+
+# --- workers ---------------------------------------------------------------------------------------------------
+
+
+def workers() -> list[dict[str, Any]]:
+    """Workers seen in the last day: online (heartbeat key alive), stopped (shut down cleanly) or offline
+    (heartbeat expired: killed, crashed or cut off). Each with its current tasks and counts."""
+    r = get_redis()
+    live = {w["id"]: w for w in events.live_workers()}
+    seen = dict(r.zrange(events.WORKERS_SEEN_KEY, 0, -1, withscores=True))
+    infos = r.hgetall(events.WORKERS_INFO_KEY)
+    rows = []
+    for worker_id in set(live) | set(seen):
+        if worker_id in live:
+            record, status = live[worker_id], "online"
+        else:
+            try:
+                record = json.loads(infos.get(worker_id) or "{}")
+            except ValueError:
+                record = {}
+            status = "stopped" if record.get("stopped_at") else "offline"
+        rows.append(_worker_row(worker_id, status, record, seen.get(worker_id)))
+    _drop_finished_current_tasks([row for row in rows if row["status"] == "online"])
+    order = {"online": 0, "offline": 1, "stopped": 2}
+    return sorted(rows, key=lambda row: (order[row["status"]], -(row["last_heartbeat"] or 0), row["id"]))
+
+
+def _worker_row(worker_id: str, status: str, record: dict, last_seen: float | None) -> dict[str, Any]:
+    current = []
+    for key, value in record.items():
+        if key.startswith("task:"):
+            try:
+                info = json.loads(value)
+            except ValueError:
+                info = {}
+            current.append({"id": key[5:], "name": info.get("name", ""), "started_at": info.get("started_at")})
+    return {
+        "id": worker_id,
+        "status": status,
+        "backend": record.get("backend", ""),
+        "host": record.get("host", ""),
+        "pid": int(record.get("pid") or 0),
+        "queues": record.get("queues", ""),
+        "concurrency": int(record.get("concurrency") or 0),
+        "current": sorted(current, key=lambda t: t["started_at"] or 0),
+        "processed": int(record.get("processed") or 0),
+        "failed": int(record.get("failed") or 0),
+        "started_at": float(record["started_at"]) if record.get("started_at") else None,
+        "last_heartbeat": float(record.get("last_heartbeat") or last_seen or 0) or None,
+        "stopped_at": float(record["stopped_at"]) if record.get("stopped_at") else None,
+    }
+
+
+def _drop_finished_current_tasks(rows: list[dict]) -> None:
+    """A prefork child killed mid-task leaves its ``task:<id>`` field behind; the task record knows better."""
+    ids = [task["id"] for row in rows for task in row["current"]]
+    if not ids:
+        return
+    pipe = get_redis().pipeline()
+    for task_id in ids:
+        pipe.hget(events.TASK_KEY.format(task_id), "state")
+    states = dict(zip(ids, pipe.execute(), strict=True))
+    for row in rows:
+        row["current"] = [t for t in row["current"] if states.get(t["id"]) in (events.STARTED, None)]
+
+
+# --- tasks -----------------------------------------------------------------------------------------------------
+
+
+def _minute_counts(seconds: float) -> list[tuple[int, dict[str, int]]]:
+    """(minute, {"<name>|<event>": n}) for each minute of the last ``seconds``, oldest first."""
+    now = int(time.time() // 60)
+    minutes = list(range(now - max(1, math.ceil(seconds / 60)) + 1, now + 1))
+    pipe = get_redis().pipeline()
+    for minute in minutes:
+        pipe.hgetall(events.STATS_KEY.format(minute))
+    return [(m, {k: int(v) for k, v in counts.items()}) for m, counts in zip(minutes, pipe.execute(), strict=True)]
+
+
+def task_counts(seconds: float) -> dict[str, dict[str, int]]:
+    """Events in the last ``seconds`` per task name and state, plus ``"all"``: {name: {state: n}}."""
+    totals: dict[str, dict[str, int]] = {"all": dict.fromkeys(STATES, 0)}
+    for _, counts in _minute_counts(seconds):
+        for key, n in counts.items():
+            name, _, state = key.rpartition("|")
+            if state in STATES:
+                totals.setdefault(name, dict.fromkeys(STATES, 0))[state] += n
+                totals["all"][state] += n
+    return totals
+
+
+def throughput(seconds: float, bucket_seconds: int = 60) -> list[dict[str, Any]]:
+    """Finished tasks per minute in buckets of ``bucket_seconds``: [{minute (epoch s), succeeded, failed, retry}]."""
+    per_bucket = max(1, bucket_seconds // 60)
+    buckets: dict[int, dict[str, float]] = {}
+    for minute, counts in _minute_counts(seconds):
+        start = (minute // per_bucket) * per_bucket * 60
+        row = buckets.setdefault(start, {events.SUCCEEDED: 0.0, events.FAILED: 0.0, events.RETRY: 0.0})
+        for key, n in counts.items():
+            state = key.rpartition("|")[2]
+            if state in row:
+                row[state] += n / per_bucket  # a rate per minute, whatever the bucket
+    return [{"minute": start, **row} for start, row in sorted(buckets.items())]
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    """Nearest-rank percentile of a sorted list."""
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def runtime_percentiles(seconds: float, limit: int = 20_000) -> list[dict[str, Any]]:
+    """Run time of the tasks that succeeded in the last ``seconds``, per task name (newest ``limit`` events)."""
+    start = int((time.time() - seconds) * 1000)
+    runtimes: dict[str, list[float]] = defaultdict(list)
+    for _, entry in get_redis().xrevrange(events.EVENTS_KEY, max="+", min=str(start), count=limit):
+        if entry.get("event") == events.SUCCEEDED and entry.get("runtime"):
+            runtimes[entry.get("name") or "?"].append(float(entry["runtime"]))
+    rows = []
+    for name, values in sorted(runtimes.items()):
+        values.sort()
+        rows.append({"task": name, "runs": len(values), "mean": sum(values) / len(values),
+                     **{f"p{q}": _percentile(values, q) for q in (50, 90, 95, 99)}, "max": values[-1]})
+    return rows
+
+
+def recent_failures(limit: int = 20, scan: int = 5000) -> list[dict[str, Any]]:
+    """The newest failed tasks (one row per task) with the error, traceback and whether they can be retried."""
+    failed: dict[str, dict] = {}
+    for _, entry in get_redis().xrevrange(events.EVENTS_KEY, count=scan):
+        if entry.get("event") == events.FAILED and entry["task_id"] not in failed:
+            failed[entry["task_id"]] = entry
+            if len(failed) >= limit:
+                break
+    pipe = get_redis().pipeline()
+    for task_id in failed:
+        pipe.hgetall(events.TASK_KEY.format(task_id))
+    rows = []
+    for (task_id, entry), record in zip(failed.items(), pipe.execute(), strict=True):
+        rows.append({
+            "task_id": task_id,
+            "name": record.get("name") or entry.get("name", ""),
+            "queue": record.get("queue") or entry.get("queue", ""),
+            "failed_at": float(entry.get("ts") or 0),
+            "error": record.get("error") or entry.get("error", ""),
+            "traceback": record.get("traceback", ""),
+            "worker": record.get("worker") or entry.get("worker", ""),
+            "args": record.get("args", ""),
+            "retries": int(record.get("retries") or 0),
+            "retried_as": record.get("retried_as"),
+            "state": record.get("state", "expired"),
+            "retryable": decode_args(record.get("args")) is not None,
+        })
+    return rows
+
+
+# --- stored arguments and stalled documents ----------------------------------------------------------------
+
+
+def decode_args(raw: str | None) -> list | None:
+    """The positional arguments stored with a task (``events.encode_args``), or None when they cannot be replayed."""
+    try:
+        data = json.loads(raw or "")
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("args"), list) or data.get("kwargs"):
+        return None
+    return data["args"]
+
+
+def stalled_documents(older_than_seconds: float) -> list[dict[str, Any]]:
+    """Documents in a non-final state that have not moved for ``older_than_seconds``, with their task's state."""
+    from datetime import timedelta
+
+    from db.repositories import monitoring as monitoring_repo
+    from db.session import session_scope
+
+    with session_scope() as session:
+        rows = monitoring_repo.stalled_documents(session=session, older_than=timedelta(seconds=older_than_seconds))
+    pipe = get_redis().pipeline()
+    for row in rows:
+        pipe.hget(events.TASK_KEY.format(row["task_id"] or "-"), "state")
+    for row, state in zip(rows, pipe.execute(), strict=True):
+        row["task_state"] = state or ("expired" if row["task_id"] else "none")
+    return rows

@@ -1,0 +1,78 @@
+"""Which tasks exist, on which queue, with which limits: the one table both backends register from."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis.exceptions
+import sqlalchemy.exc
+
+from rag.config import get_settings
+from tasks import bodies
+
+QUEUES = ("ingest", "chat", "maintenance")
+
+# Worth retrying with backoff: the database or Redis is restarting or unreachable for a moment.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.DisconnectionError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    fn: Callable
+    queue: str
+    time_limit: int  # seconds
+    max_retries: int
+    on_give_up: Callable[[list, str], None] | None = None
+
+
+def task_specs() -> list[TaskSpec]:
+    settings = get_settings()
+    return [
+        TaskSpec(
+            "ingest.document",
+            bodies.ingest_document,
+            "ingest",
+            settings.ingest_time_limit_seconds,
+            settings.max_retries,
+            on_give_up=bodies.give_up_ingest,
+        ),
+        TaskSpec("chat.answer", bodies.chat_answer, "chat", settings.chat_time_limit_seconds, 2),
+        TaskSpec("chat.search", bodies.chat_search, "chat", 60, 2),
+        TaskSpec("chat.summarize", bodies.chat_summarize, "chat", settings.chat_time_limit_seconds, 2),
+        TaskSpec("maintenance.reconcile", bodies.maintenance_reconcile, "maintenance", 300, 2),
+    ]
+
+
+def spec(name: str) -> TaskSpec:
+    for item in task_specs():
+        if item.name == name:
+            return item
+    raise KeyError(f"unknown task {name!r}")
+
+
+def schedule() -> list[tuple[str, float]]:
+    """Periodic jobs as (task name, interval in seconds), for Celery beat and the Dramatiq-mode scheduler."""
+    return [("maintenance.reconcile", float(get_settings().reconcile_interval_seconds))]
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT_ERRORS)
+
+
+def give_up_message(spec: TaskSpec, exc: BaseException) -> str:
+    """What a person sees on a document whose task failed for good."""
+    name = type(exc).__name__
+    if "TimeLimit" in name:
+        return f"Processing took longer than the {spec.time_limit} s limit and was stopped."
+    if is_transient(exc):
+        return f"Gave up after {spec.max_retries} retries: a service was unavailable ({name}: {exc})."[:1000]
+    return f"Internal error while processing ({name}: {exc}). Retry it; if it fails again, report it."[:1000]

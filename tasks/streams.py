@@ -1,0 +1,101 @@
+"""Answer streams: the chat worker appends events to a Redis stream keyed by the task id; readers follow it.
+
+Events, in order: ``status`` ({message, code}: retrying, trimming) while nothing is shown yet, one ``meta``
+({mode, citations}), ``token`` (text), ``notice`` (text: why the answer ended early), then ``done``
+({mode, citations, timings, stopped?, interrupted?}) or ``error`` (text, or {code, message}). A reader asks the
+worker to stop with ``request_stop``; the worker checks it between tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from rag.config import get_settings
+from tasks.redis_client import get_redis
+
+STREAM_KEY = "kbchat:stream:{}"
+STARTED_KEY = "kbchat:stream:{}:started"  # set with the first token: a redelivered task must not repeat them
+STOP_KEY = "kbchat:stop:{}"
+TERMINAL = ("done", "error")
+
+
+class StreamPublisher:
+    """Append answer events (meta, token, done, error) to the task's stream."""
+
+    def __init__(self, task_id: str) -> None:
+        self.key = STREAM_KEY.format(task_id)
+        self.started_key = STARTED_KEY.format(task_id)
+        self.ttl = get_settings().stream_ttl_seconds
+        self._first = True
+        self._tokens = False
+
+    def __call__(self, kind: str, data: Any) -> None:
+        r = get_redis()
+        payload = data if isinstance(data, str) else json.dumps(data, default=str)
+        pipe = r.pipeline()
+        pipe.xadd(self.key, {"kind": kind, "data": payload})
+        if self._first or kind in TERMINAL:
+            pipe.expire(self.key, self.ttl)
+            self._first = False
+        if kind == "token" and not self._tokens:
+            pipe.set(self.started_key, 1, ex=self.ttl)
+            self._tokens = True
+        pipe.execute()
+
+    def already_streamed(self) -> bool:
+        """Whether an earlier attempt of this task already sent tokens (the task was retried or redelivered)."""
+        return bool(get_redis().exists(self.started_key))
+
+
+def request_stop(task_id: str) -> None:
+    """Ask the worker answering ``task_id`` to stop; it ends the stream with a notice."""
+    get_redis().set(STOP_KEY.format(task_id), 1, ex=get_settings().stream_ttl_seconds)
+
+
+class StopFlag:
+    """``flag()`` is True once someone asked to stop this task; Redis is read at most every 100 ms."""
+
+    def __init__(self, task_id: str, interval: float = 0.1) -> None:
+        self.key = STOP_KEY.format(task_id)
+        self.interval = interval
+        self._checked = 0.0
+        self._stopped = False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if not self._stopped and now - self._checked >= self.interval:
+            self._checked = now
+            try:
+                self._stopped = bool(get_redis().exists(self.key))
+            except Exception:  # Redis hiccup: keep answering, look again next time
+                pass
+        return self._stopped
+
+
+def follow(task_id: str, *, timeout: float = 120.0, block_ms: int = 1000) -> Iterator[tuple[str, Any]]:
+    """Yield (kind, data) as the worker writes them, until done or error; raise TimeoutError on silence."""
+    r = get_redis()
+    key = STREAM_KEY.format(task_id)
+    last_id = "0-0"
+    deadline = time.monotonic() + timeout
+    while True:
+        response = r.xread({key: last_id}, block=block_ms, count=200)
+        if not response:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no answer for task {task_id} within {timeout:.0f} s")
+            continue
+        deadline = time.monotonic() + timeout
+        for entry_id, fields in response[0][1]:
+            last_id = entry_id
+            kind, data = fields["kind"], fields["data"]
+            if kind != "token":
+                try:
+                    data = json.loads(data)
+                except ValueError:
+                    pass
+            yield kind, data
+            if kind in TERMINAL:
+                return

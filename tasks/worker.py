@@ -1,0 +1,32 @@
+"""Start a worker for the configured backend on the given queues (replaces this process)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+from rag.config import get_settings
+from tasks.registry import QUEUES
+
+
+def worker_argv(queues: list[str], concurrency: int) -> list[str]:
+    """The command line of a worker process consuming ``queues``."""
+    unknown = sorted(set(queues) - set(QUEUES))
+    if unknown:
+        raise ValueError(f"unknown queue(s) {', '.join(unknown)}; the queues are {', '.join(QUEUES)}")
+    if get_settings().task_backend == "dramatiq":
+        # One process with threads: the model is loaded once and shared; chat tasks mostly wait on I/O.
+        return [sys.executable, "-m", "dramatiq", "tasks.dramatiq_app", "--processes", "1",
+                "--threads", str(concurrency), "--queues", *queues]
+    # Chat answers wait on the network, so threads; ingestion is CPU-bound, so processes.
+    pool = "threads" if set(queues) == {"chat"} else "prefork"
+    name = f"kbchat-{'-'.join(queues)}-{os.getpid()}@{socket.gethostname()}"
+    return [sys.executable, "-m", "celery", "-A", "tasks.celery_app:app", "worker", "--queues", ",".join(queues),
+            "--concurrency", str(concurrency), "--pool", pool, "--hostname", name, "--loglevel", "INFO",
+            "--without-gossip", "--without-mingle"]
+
+
+def exec_worker(queues: list[str], concurrency: int) -> None:
+    argv = worker_argv(queues, concurrency)
+    os.execv(argv[0], argv)

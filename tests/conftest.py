@@ -1,0 +1,252 @@
+"""Shared fixtures: real PostgreSQL+pgvector and Redis (embedded unless KBCHAT_*_URL say otherwise), real workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "demo"
+BACKENDS = ("celery", "dramatiq")
+
+
+def _reset_caches() -> None:
+    """Forget everything derived from settings, so a changed environment takes effect in this process."""
+    from db.session import dispose_engine
+    from rag.config import get_settings
+    from tasks import client, redis_client
+
+    get_settings.cache_clear()
+    client._backend.cache_clear()
+    redis_client.reset()
+    dispose_engine()
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """Migrated PostgreSQL and a Redis for the whole run; their URLs are exported to KBCHAT_* for children."""
+    from db import migrate
+    from kbchat.services import Services
+    from rag.config import Settings
+
+    data_dir = tmp_path_factory.mktemp("kbchat-data")
+    saved = {k: os.environ.get(k) for k in ("KBCHAT_DATABASE_URL", "KBCHAT_REDIS_URL", "KBCHAT_DATA_DIR")}
+    os.environ["KBCHAT_DATA_DIR"] = str(data_dir)
+    running = Services(Settings(data_dir=data_dir), write_state=False)
+    urls = running.start()
+    os.environ["KBCHAT_DATABASE_URL"] = urls.database_url
+    os.environ["KBCHAT_REDIS_URL"] = urls.redis_url
+    _reset_caches()
+    migrate.upgrade(urls.database_url)
+    try:
+        yield {"database_url": urls.database_url, "redis_url": urls.redis_url, "data_dir": str(data_dir)}
+    finally:
+        _reset_caches()
+        running.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@dataclass
+class WorkerHandle:
+    backend: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_worker(backend: str, log_path: Path, queues: str = "ingest,chat,maintenance",
+                 extra_env: dict[str, str] | None = None, wait: bool = True) -> WorkerHandle:
+    """A real worker process (``kbchat worker``) on ``backend``; waits for its heartbeat."""
+    from tasks import events
+
+    env = dict(os.environ, KBCHAT_TASK_BACKEND=backend, PYTHONUNBUFFERED="1", **(extra_env or {}))
+    log = open(log_path, "ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kbchat.cli", "worker", "--queues", queues, "--concurrency", "1"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+    )
+    log.close()
+    handle = WorkerHandle(backend, process, log_path)
+    if wait:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if any(w.get("backend") == backend and _pid_in_tree(process.pid, int(w.get("pid", 0)))
+                   for w in events.live_workers()):
+                return handle
+            if process.poll() is not None:
+                raise RuntimeError(f"{backend} worker exited:\n{handle.log()[-3000:]}")
+            time.sleep(0.2)
+        stop_worker(handle)
+        raise RuntimeError(f"{backend} worker sent no heartbeat:\n{handle.log()[-3000:]}")
+    return handle
+
+
+def _pid_in_tree(root: int, pid: int) -> bool:
+    import psutil
+
+    if pid == root:
+        return True
+    try:
+        return any(child.pid == pid for child in psutil.Process(root).children(recursive=True))
+    except psutil.NoSuchProcess:
+        return False
+
+
+def stop_worker(handle: WorkerHandle, timeout: float = 30) -> None:
+    """SIGTERM the worker's main process (as a supervisor would), wait; SIGKILL whatever is left in its group."""
+    if handle.process.poll() is None:
+        # Only the main process: Dramatiq's child treats a second SIGTERM (group + forwarded) as "kill now".
+        handle.process.send_signal(signal.SIGTERM)
+        try:
+            handle.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(handle.process.pid, signal.SIGKILL)
+            handle.process.wait()
+    try:  # reap any grandchild left in the group
+        os.killpg(handle.process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request, services) -> Iterator[str]:
+    """Each task-layer test runs once per backend; this process enqueues on the same backend."""
+    os.environ["KBCHAT_TASK_BACKEND"] = request.param
+    _reset_caches()
+    yield request.param
+    os.environ.pop("KBCHAT_TASK_BACKEND", None)
+    _reset_caches()
+
+
+@pytest.fixture(scope="session")
+def worker(backend, tmp_path_factory) -> Iterator[WorkerHandle]:
+    """A real worker on all queues for the current backend, shared by the tests of that backend."""
+    handle = start_worker(backend, tmp_path_factory.mktemp(f"worker-{backend}") / "worker.log")
+    try:
+        yield handle
+    finally:
+        stop_worker(handle)
+
+
+@pytest.fixture
+def kb(services) -> tuple[int, str]:
+    """A fresh, empty knowledge base for one test."""
+    from db.session import session_scope
+    from rag.library import get_or_create_kb
+
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    with session_scope() as session:
+        created = get_or_create_kb(session=session, name=name)
+        return created.id, name
+
+
+def wait_for_documents(document_ids: list[int], timeout: float = 120) -> dict[int, object]:
+    """Poll until every document is ready or failed; fail the test on timeout."""
+    from db.models import FINAL_STATES
+    from db.repositories import documents as document_repo
+    from db.session import session_scope
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with session_scope() as session:
+            documents = {d.id: d for d in document_repo.list_by_ids(session=session, document_ids=document_ids)}
+        if all(d.status in FINAL_STATES for d in documents.values()):
+            return documents
+        if time.monotonic() > deadline:
+            pytest.fail(f"documents not final after {timeout}s: {[(d.id, d.status) for d in documents.values()]}")
+        time.sleep(0.3)
+
+
+def upload(kb_id: int, filename: str, data: bytes):
+    """Store a file the way the upload page does and enqueue it; returns the outcome."""
+    from db.session import session_scope
+    from rag.library import store_upload
+    from tasks.client import enqueue_ingest
+
+    with session_scope() as session:
+        outcome = store_upload(session=session, kb_id=kb_id, filename=filename, data=data)
+    if outcome.status == "queued":
+        enqueue_ingest(outcome.document_id)
+    return outcome
+
+
+def make_pdf(pages: list[str]) -> bytes:
+    """A real text PDF with one string per page (fpdf2)."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=11)
+    for text in pages:
+        pdf.add_page()
+        pdf.multi_cell(0, 6, text)
+    return bytes(pdf.output())
+
+
+# --- helpers for the integration tests (appended; the fixtures above are unchanged) ---------------------
+
+
+def wait_until(predicate, timeout: float, message: str, interval: float = 0.2):
+    """Poll ``predicate`` until it returns something truthy and return that; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s: {message}")
+        time.sleep(interval)
+
+
+def run_cli(*args: str, env: dict[str, str | None] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``python -m kbchat.cli ARGS`` with this process's environment (the services' URLs, the backend);
+    ``env`` overrides variables, a None value removes one."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1")
+    for key, value in (env or {}).items():
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = value
+    return subprocess.run(
+        [sys.executable, "-m", "kbchat.cli", *args],
+        env=full_env, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def task_events(task_id: str, count: int = 5000) -> list[dict[str, str]]:
+    """The capped ``kbchat:events`` stream's entries for one task, oldest first."""
+    from tasks import events
+
+    return [e for e in reversed(events.recent_events(count)) if e.get("task_id") == task_id]
+
+
+def backdate_document(document_id: int, seconds: int) -> None:
+    """Make a document look untouched for ``seconds`` (as if its queue message was lost long ago)."""
+    from sqlalchemy import text
+
+    from db.session import session_scope
+
+    with session_scope() as session:
+        session.execute(
+            text("UPDATE documents SET updated_at = now() - make_interval(secs => :s) WHERE id = :id"),
+            {"s": seconds, "id": document_id},
+        )
+
+
+def stop_worker_gracefully(handle: WorkerHandle, timeout: float = 30) -> None:
+    """Stop a worker the way a supervisor or ``docker stop`` does (``stop_worker`` does exactly that)."""
+    stop_worker(handle, timeout)

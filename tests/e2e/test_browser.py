@@ -1,0 +1,221 @@
+"""End to end in headless Chromium: ``kbchat run`` (its own embedded PostgreSQL and Redis, its own workers),
+create a knowledge base in the browser, upload a demo report, wait for it to be ready, ask about it, and see
+the answer cite the report's page. Then Ctrl-C the app and check that nothing it started is left behind.
+
+Chromium is Debian's (``make chromium`` installs it); Playwright only drives it and never downloads a browser.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import DEMO, ROOT
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+REPORT = DEMO / "20071229X02007.pdf"  # a Piper PA-22 that hit trees and wires on final approach to an airstrip
+QUESTION = "What did the Piper hit on final approach to the private airstrip?"
+START_TIMEOUT = 240  # first start: initdb, migrations, workers loading the embedding model, Streamlit
+READY_TIMEOUT = 180  # the upload row reaching "ready"
+ANSWER_TIMEOUT = 180
+
+
+@dataclass
+class App:
+    process: subprocess.Popen
+    url: str
+    data_dir: Path
+    lines: list[str] = field(default_factory=list)
+    ready: threading.Event = field(default_factory=threading.Event)
+
+    def output(self) -> str:
+        return "".join(self.lines[-60:])
+
+    def logs(self) -> str:
+        """The tail of each child's log under the data dir, for a failure message."""
+        parts = []
+        for log in sorted((self.data_dir / "logs").glob("*.log")):
+            parts.append(f"--- {log.name}\n{log.read_text(errors='replace')[-2500:]}")
+        return "\n".join(parts)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _read_output(app: App) -> None:
+    assert app.process.stdout is not None
+    for line in app.process.stdout:
+        app.lines.append(line)
+        if line.startswith("kbchat is ready"):
+            app.ready.set()
+
+
+def _started_by(app: App) -> list[psutil.Process]:
+    """Every process the app runs: its descendants, and the embedded servers (daemonised, so not descendants)."""
+    found = {}
+    try:
+        for process in [psutil.Process(app.process.pid), *psutil.Process(app.process.pid).children(recursive=True)]:
+            found[process.pid] = process
+    except psutil.NoSuchProcess:
+        pass
+    for process in psutil.process_iter(["cmdline"]):
+        if str(app.data_dir) in " ".join(process.info["cmdline"] or []):
+            found[process.pid] = process
+    return list(found.values())
+
+
+def _left_over(processes: list[psutil.Process]) -> list[str]:
+    """The ones still there (a zombie counts: nothing here reaps orphans)."""
+    left = []
+    for process in processes:
+        try:
+            if process.is_running():  # same pid *and* start time: not a reused pid
+                left.append(f"{process.pid} {process.status()} {' '.join(process.cmdline())[:160]}")
+        except psutil.NoSuchProcess:
+            pass
+    return left
+
+
+def _stop(app: App, processes: list[psutil.Process]) -> list[str]:
+    """Ctrl-C for the whole app (SIGINT to its process group) and wait; then report, and kill, anything left."""
+    if app.process.poll() is None:
+        os.killpg(app.process.pid, signal.SIGINT)
+        try:
+            app.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+    deadline = time.monotonic() + 15
+    while (left := _left_over(processes)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for process in processes:  # never leave orphans, even when the test fails
+        try:
+            if process.is_running():
+                process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    if app.process.poll() is None:
+        app.process.kill()
+    app.process.wait()
+    return left
+
+
+@pytest.fixture
+def app(tmp_path_factory) -> Iterator[App]:
+    """``kbchat run --no-demo`` in its own session, on a free port, with its own data dir and embedded services."""
+    data_dir = tmp_path_factory.mktemp("e2e") / "data"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("KBCHAT_DATABASE_URL", "KBCHAT_REDIS_URL", "KBCHAT_TASK_BACKEND", "KBCHAT_TGI_URL")}
+    env.update(KBCHAT_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kbchat.cli", "run", "--port", str(port), "--no-demo"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    started = App(process, f"http://127.0.0.1:{port}", data_dir)
+    reader = threading.Thread(target=_read_output, args=(started,), daemon=True)
+    reader.start()
+    processes: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not started.ready.wait(0.5):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"kbchat run did not get ready:\n{started.output()}\n{started.logs()}")
+        processes = _started_by(started)
+        names = " ".join(" ".join(p.cmdline()) for p in processes)
+        assert "streamlit" in names and "redis-server" in names and "postgres" in names, names
+        yield started
+    finally:
+        processes = processes or _started_by(started)
+        left = _stop(started, processes)
+        reader.join(timeout=5)
+    assert process.returncode == 0, f"kbchat run exited with {process.returncode}:\n{started.output()}"
+    assert "kbchat: stopped." in started.output()
+    assert not left, "left running after kbchat run stopped:\n" + "\n".join(left)
+
+
+@pytest.fixture
+def chromium() -> Path:
+    """Debian's Chromium; its absence fails the test (before the app starts) with the command that installs it."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make chromium` installs Debian's Chromium for this test.")
+    return CHROMIUM
+
+
+def test_upload_a_report_and_ask_about_it_in_the_browser(chromium, app, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    kb_name = f"Aviation reports {uuid.uuid4().hex[:6]}"
+    ours = {process.pid for process in psutil.Process().children(recursive=True)}  # the app's
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        # Playwright's driver and Chromium's processes: they must be gone once the browser is closed.
+        driver_and_browser = [p for p in psutil.Process().children(recursive=True) if p.pid not in ours]
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(f"{app.url}/upload")
+            expect(page.get_by_role("heading", name="Upload documents")).to_be_visible(timeout=60_000)
+
+            # A fresh install has no knowledge base: the picker offers to create one, in place.
+            page.get_by_label("Name of the new knowledge base").fill(kb_name)
+            page.get_by_role("button", name="Create").click()
+            expect(page.get_by_text(f"Documents in “{kb_name}”")).to_be_visible(timeout=60_000)
+
+            page.locator("input[type=file]").set_input_files(str(REPORT))
+            add = page.get_by_role("button", name="Add to knowledge base")
+            expect(add).to_be_enabled(timeout=60_000)
+            add.click()
+            row = page.get_by_test_id("stHorizontalBlock").filter(has_text=REPORT.name)
+            expect(row).to_contain_text("ready", timeout=READY_TIMEOUT * 1000)  # the status badge
+            expect(row).to_contain_text("4 pages")
+            page.screenshot(path=str(tmp_path / "upload.png"), full_page=True)
+
+            # The row links to its ingest task's record (Streamlit opens Markdown links in a new tab).
+            with page.expect_popup() as popup:
+                row.get_by_role("link", name="task details").click()
+            status = popup.value
+            expect(status.get_by_role("heading", name="ingest.document")).to_be_visible(timeout=60_000)
+            expect(status.get_by_test_id("stMetric").filter(has_text="State")).to_contain_text("succeeded")
+            status.screenshot(path=str(tmp_path / "status.png"), full_page=True)
+            status.close()
+
+            page.get_by_test_id("stSidebarNav").get_by_text("Ask", exact=True).click()
+            expect(page.get_by_role("heading", name="Ask your documents")).to_be_visible(timeout=60_000)
+            box = page.get_by_test_id("stChatInputTextArea")
+            box.fill(QUESTION)
+            box.press("Enter")
+            citation = page.get_by_test_id("stExpander").filter(
+                has_text=re.compile(rf"{re.escape(REPORT.name)}, pp?\. \d")
+            )
+            expect(citation.first).to_be_visible(timeout=ANSWER_TIMEOUT * 1000)
+            expect(page.get_by_test_id("stChatMessage").last).to_contain_text("utility wires")
+            page.screenshot(path=str(tmp_path / "answer.png"), full_page=True)
+        except BaseException:
+            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+            print(f"screenshot: {tmp_path / 'failure.png'}\n{app.output()}\n{app.logs()}")
+            raise
+        finally:
+            browser.close()
+    deadline = time.monotonic() + 15
+    while (left := _left_over(driver_and_browser)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, "left running after the browser closed:\n" + "\n".join(left)

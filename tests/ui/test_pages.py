@@ -1,0 +1,286 @@
+"""The Streamlit pages in AppTest, through the entrypoint, over data made by real tasks on real services.
+
+AppTest runs the page scripts in this process: what a page enqueues goes through ``tasks.client`` on the
+session's backend to the ``worker`` fixture's real worker, so the data the pages show (documents, answers,
+task records) is made by real tasks on both backends.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import DEMO, ROOT, _reset_caches, make_pdf, upload, wait_for_documents
+
+pytestmark = pytest.mark.ui
+
+ENTRYPOINT = ROOT / "streamlit_app" / "app.py"
+# switch_page paths are relative to the entrypoint's folder (streamlit_app/); the pages live beside it.
+UPLOAD, CHAT, STATUS = "../pages/upload.py", "../pages/chat.py", "../pages/status.py"
+NEW_KB = "➕ New knowledge base…"
+
+# Page 2 is about the cable, in several chunks of the library's small (32-token) chunk size. The question is
+# answered in the middle of the page, so the passage quoted (the best chunk merged with its neighbours) is p. 2.
+CABLE_PAGE = (
+    "Divers from the harbour authority repaired the submarine telegraph cable near the harbour mouth in March. "
+    "A trawler had snagged the submarine telegraph cable during a storm and cut the link to the island. "
+    "The repair of the submarine telegraph cable took the divers four days in cold and murky water. "
+    "The divers spliced a new section of armoured telegraph cable between two marker buoys. "
+    "After the repair the submarine telegraph cable carried messages to the island again. "
+    "The harbour authority paid the divers a bonus for repairing the submarine cable so quickly."
+)
+PAGES = [
+    "The lighthouse keeper logged a northerly gale on the first night of November and lit the spare lamp. "
+    "He cleaned the salt from the lantern glass every hour and noted each ship that passed the point.",
+    CABLE_PAGE,
+    "A volcanic eruption buried the apricot orchard under grey ash. The cooperative paid the farmers from its "
+    "reserve fund, and the orchard was replanted with young trees two years later.",
+]
+
+
+@dataclass
+class Library:
+    """A knowledge base with one ready and one failed document, both ingested by real tasks."""
+
+    kb_id: int
+    kb_name: str
+    ready_name: str
+    failed_name: str
+    ready_task: str
+    failed_error: str
+
+
+@pytest.fixture(scope="module")
+def library(worker) -> Library:
+    from db.repositories import knowledge_bases as kb_repo
+    from db.session import session_scope
+    from rag.library import get_or_create_kb
+
+    with session_scope() as session:
+        kb = get_or_create_kb(session=session, name=f"ui-{worker.backend}-{uuid.uuid4().hex[:8]}")
+        kb_id, kb_name = kb.id, kb.name
+        kb_repo.set_chunking(session=session, kb_id=kb_id, chunk_tokens=32, chunk_overlap_tokens=8)
+    good = upload(kb_id, "harbour-log.pdf", make_pdf(PAGES))
+    bad = upload(kb_id, "broken.pdf", b"%PDF-1.4 this is not really a PDF")
+    assert good.status == bad.status == "queued"
+    documents = wait_for_documents([good.document_id, bad.document_id], timeout=180)
+    ready, failed = documents[good.document_id], documents[bad.document_id]
+    assert ready.status == "ready", ready.error
+    assert failed.status == "failed" and failed.error
+    return Library(kb_id, kb_name, ready.filename, failed.filename, ready.task_id, failed.error)
+
+
+def open_app() -> AppTest:
+    """The entrypoint, run once so that its navigation is registered (switch_page needs it)."""
+    at = AppTest.from_file(str(ENTRYPOINT), default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def open_page(page: str, **query: str) -> AppTest:
+    at = open_app()
+    for key, value in query.items():
+        at.query_params[key] = value
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def choose_kb(at: AppTest, key: str, name: str) -> AppTest:
+    at.selectbox(key=key).select(name).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(elements) -> list[str]:
+    return [str(e.value) for e in elements]
+
+
+# --- the entrypoint ---------------------------------------------------------------------------------------------
+
+
+def test_entrypoint_renders_the_navigation_and_opens_on_ask(services):
+    at = open_app()
+    # AppTest keeps what st.navigation registered (the browser draws the menu from it).
+    registered = {info["page_name"]: Path(info["script_path"]) for info in at._registered_pages.values()}
+    assert list(registered)[:3] == ["Ask", "Upload", "Knowledge bases"]
+    assert registered["Task status"] == ROOT / "pages" / "status.py"
+    assert texts(at.title) == ["Ask your documents"]
+    assert any("Task backend" in c for c in texts(at.sidebar.caption))
+    for name, script in registered.items():  # every page in the menu opens cleanly
+        at.switch_page(os.path.relpath(script, ENTRYPOINT.parent)).run()
+        assert not at.exception, (name, at.exception)
+        assert at.title and not any(e.startswith("No services") for e in texts(at.error)), (name, texts(at.error))
+
+
+# --- upload -------------------------------------------------------------------------------------------------------
+
+
+def test_upload_page_lists_documents_with_status_and_failure_reason(library):
+    at = choose_kb(open_page(UPLOAD), "upload_kb", library.kb_name)
+    assert texts(at.title) == ["Upload documents"]
+    assert f"Documents in “{library.kb_name}”" in texts(at.subheader)
+    # One row per document: its name, then its status badge.
+    rows = dict(zip(texts(at.markdown)[0::2], texts(at.markdown)[1::2], strict=True))
+    assert rows[f"**{library.ready_name}**"] == ":green-badge[:material/check_circle: ready]", rows
+    assert rows[f"**{library.failed_name}**"] == ":red-badge[:material/error: failed]", rows
+    assert any("3 pages" in c for c in texts(at.caption)), texts(at.caption)
+    errors = texts(at.error)
+    assert library.failed_error in errors, errors
+    assert "damaged" in library.failed_error  # a reason a person can act on, not a traceback
+
+
+def test_upload_page_creates_a_knowledge_base_in_place(services):
+    from db.repositories import knowledge_bases as kb_repo
+    from db.session import session_scope
+
+    name = f"Created in place {uuid.uuid4().hex[:6]}"
+    at = open_page(UPLOAD)
+    choose_kb(at, "upload_kb", NEW_KB)
+    at.button(key="upload_kb_create").click().run()  # no name yet
+    assert texts(at.error) == ["A knowledge base needs a name."]
+    at.text_input(key="upload_kb_new").input(name)
+    at.button(key="upload_kb_create").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, texts(at.error)
+    with session_scope() as session:
+        assert kb_repo.get_by_name(session=session, name=name) is not None
+    # The page moves on to the new base, ready for files.
+    assert at.selectbox(key="upload_kb").value == name
+    assert f"Documents in “{name}”" in texts(at.subheader)
+    assert not at.text_input  # the name field is gone
+
+
+def test_knowledge_bases_page_creates_a_base_and_selects_it(services):
+    from db.repositories import knowledge_bases as kb_repo
+    from db.session import session_scope
+
+    name = f"From the KB page {uuid.uuid4().hex[:6]}"
+    at = open_page("../pages/knowledge_bases.py")
+    at.text_input(key="kbs_new_name").input(name)
+    at.button(key="kbs_create").click().run()
+    assert not at.exception, at.exception
+    with session_scope() as session:
+        assert kb_repo.get_by_name(session=session, name=name) is not None
+    assert at.selectbox(key="kbs_kb").value == name
+
+
+def test_upload_page_adds_files_and_reports_duplicates(worker, kb):
+    """AppTest of streamlit 1.67 can set st.file_uploader's files: the page's own upload path, end to end."""
+    from db.repositories import documents as document_repo
+    from db.session import session_scope
+
+    kb_id, kb_name = kb
+    pdf = sorted(DEMO.glob("*.pdf"))[0]
+    at = choose_kb(open_page(UPLOAD), "upload_kb", kb_name)
+    assert at.button(key="upload_add").disabled  # nothing chosen yet
+    at.file_uploader[0].set_value([(pdf.name, pdf.read_bytes(), "application/pdf"),
+                                   ("empty.txt", b"", "text/plain")]).run()
+    at.button(key="upload_add").click().run()
+    assert not at.exception, at.exception
+    assert any("empty.txt" in e and "not added" in e for e in texts(at.error)), texts(at.error)
+    with session_scope() as session:
+        documents = document_repo.list_for_kb(session=session, kb_id=kb_id)
+    assert [d.filename for d in documents] == [pdf.name]
+    assert wait_for_documents([documents[0].id], timeout=180)[documents[0].id].status == "ready"
+    at.run()
+    assert f"**{pdf.name}**" in " ".join(texts(at.markdown))
+
+    # The same file again: reported as a duplicate, nothing queued.
+    at.file_uploader[0].set_value((f"copy of {pdf.name}", pdf.read_bytes(), "application/pdf")).run()
+    at.button(key="upload_add").click().run()
+    assert any("duplicate" in w and pdf.name in w for w in texts(at.warning)), texts(at.warning)
+    with session_scope() as session:
+        assert len(document_repo.list_for_kb(session=session, kb_id=kb_id)) == 1
+
+
+# --- chat ---------------------------------------------------------------------------------------------------------
+
+
+def test_chat_answers_with_the_passage_and_a_page_citation_and_keeps_the_conversation(library):
+    from db.repositories import conversations as conversation_repo
+    from db.session import session_scope
+
+    at = choose_kb(open_page(CHAT), "chat_kb", library.kb_name)
+    question = "How long did the repair of the submarine telegraph cable take?"
+    at.chat_input[0].set_value(question).run()
+    assert not at.exception, at.exception
+    assert not at.error, texts(at.error)
+
+    def assistant_text(at: AppTest) -> str:
+        messages = [m for m in at.chat_message if m.name == "assistant"]
+        assert messages, "no assistant message"
+        return " ".join(texts(messages[-1].markdown))
+
+    assert "took the divers four days" in assistant_text(at)
+    labels = [e.label for e in at.expander]
+    assert any(label.startswith("[1]") and f"{library.ready_name}, p. 2" in label for label in labels), labels
+
+    # Saved by the worker: a fresh session (a reload) reopens it from the database with its citations.
+    conversation_id = at.session_state[f"chat_conversation_{library.kb_id}"]
+    with session_scope() as session:
+        saved = [(m.role, m.content, m.citations)
+                 for m in conversation_repo.messages(session=session, conversation_id=conversation_id)]
+    assert [role for role, _, _ in saved] == ["user", "assistant"]
+    assert saved[0][1] == question and "took the divers four days" in saved[1][1]
+    assert saved[1][2][0]["document"] == library.ready_name and saved[1][2][0]["page"] == 2
+
+    at.run()  # the rerun shows the conversation from the database
+    assert [m.name for m in at.chat_message] == ["user", "assistant"]
+    assert "took the divers four days" in assistant_text(at)
+    assert any(f"{library.ready_name}, p. 2" in e.label for e in at.expander)
+    # The conversation is listed in the sidebar, titled by its question (shortened, whole in the tooltip).
+    listed = [b for b in at.sidebar.button if b.key == f"chat_open_{conversation_id}"]
+    assert listed and question.startswith(listed[0].label.rstrip("…")) and question in listed[0].help
+
+
+# --- task status ------------------------------------------------------------------------------------------------
+
+
+def test_status_page_shows_a_real_ingest_task(library):
+    at = open_page(STATUS, task=library.ready_task)
+    assert at.text_input[0].value == library.ready_task
+    assert texts(at.subheader) == ["ingest.document"]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["State"] == "succeeded", metrics
+    assert not at.warning
+
+
+def test_status_page_explains_an_unknown_task(services):
+    at = open_page(STATUS, task=str(uuid.uuid4()))
+    warnings = texts(at.warning)
+    assert len(warnings) == 1 and warnings[0].startswith("No record of this task"), warnings
+    assert not at.metric
+
+
+# --- no services ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_services(monkeypatch, tmp_path) -> Iterator[None]:
+    """No KBCHAT_*_URL and a data dir with no running ``kbchat run`` in it; the session's services come back after."""
+    monkeypatch.delenv("KBCHAT_DATABASE_URL", raising=False)
+    monkeypatch.delenv("KBCHAT_REDIS_URL", raising=False)
+    monkeypatch.setenv("KBCHAT_DATA_DIR", str(tmp_path))
+    _reset_caches()
+    yield
+    monkeypatch.undo()
+    _reset_caches()
+
+
+@pytest.mark.parametrize("page", [None, UPLOAD, STATUS, "../pages/knowledge_bases.py"])
+def test_pages_without_services_say_so_plainly(no_services, page):
+    at = AppTest.from_file(str(ENTRYPOINT), default_timeout=60).run()
+    if page is not None:
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
+    errors = texts(at.error)
+    assert len(errors) == 1 and errors[0].startswith("No services:"), errors
+    assert "make run" in errors[0]

@@ -1,0 +1,124 @@
+"""The task table both backends register from, failure classification, and worker command lines."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import sqlalchemy.exc
+from redis import exceptions as redis_exceptions
+
+from tasks import registry
+from tasks.registry import QUEUES, give_up_message, is_transient, schedule, spec, task_specs
+from tasks.worker import worker_argv
+
+
+def test_every_task_is_on_a_known_queue():
+    specs = task_specs()
+    assert specs and all(s.queue in QUEUES for s in specs)
+    assert {s.queue for s in specs} == set(QUEUES)  # and every queue has work
+
+
+def test_task_names_are_the_dotted_names():
+    names = [s.name for s in task_specs()]
+    assert {"ingest.document", "chat.answer", "maintenance.reconcile"} <= set(names)
+    assert len(names) == len(set(names))
+    assert all(re.fullmatch(r"[a-z]+\.[a-z_]+", n) and n.split(".")[0] == spec(n).queue for n in names)
+
+
+def test_time_limits_and_retries_come_from_settings(settings_env):
+    settings_env(ingest_time_limit_seconds=123, chat_time_limit_seconds=45, max_retries=7)
+    assert spec("ingest.document").time_limit == 123 and spec("ingest.document").max_retries == 7
+    assert spec("chat.answer").time_limit == 45
+    assert spec("ingest.document").on_give_up is not None
+
+
+def test_unknown_task_name_raises():
+    with pytest.raises(KeyError):
+        spec("ingest.nothing")
+
+
+def test_reconcile_runs_on_the_configured_interval(settings_env):
+    settings_env(reconcile_interval_seconds=90)
+    assert schedule() == [("maintenance.reconcile", 90.0)]
+
+
+@pytest.mark.parametrize(
+    "exc,transient",
+    [
+        (sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection")), True),
+        (sqlalchemy.exc.InterfaceError("SELECT 1", {}, Exception("connection already closed")), True),
+        (redis_exceptions.ConnectionError("Connection refused"), True),
+        (redis_exceptions.TimeoutError("Timeout reading from socket"), True),
+        (ConnectionResetError("reset by peer"), True),
+        (ValueError("document 3 does not exist"), False),
+        (sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("duplicate key")), False),
+        (KeyError("x"), False),
+    ],
+)
+def test_is_transient(exc: BaseException, transient: bool):
+    assert is_transient(exc) is transient
+
+
+def test_give_up_message_explains_a_time_limit():
+    class SoftTimeLimitExceeded(Exception):  # Celery's name; the class itself is not needed
+        pass
+
+    ingest = spec("ingest.document")
+    message = give_up_message(ingest, SoftTimeLimitExceeded())
+    assert f"{ingest.time_limit} s limit" in message
+
+
+def test_give_up_message_for_transient_and_other_errors():
+    ingest = spec("ingest.document")
+    transient = give_up_message(ingest, redis_exceptions.ConnectionError("refused"))
+    assert f"after {ingest.max_retries} retries" in transient and "ConnectionError" in transient
+    other = give_up_message(ingest, RuntimeError("x" * 5000))
+    assert "Internal error" in other and "RuntimeError" in other and len(other) <= 1000
+
+
+# --- tasks.worker -------------------------------------------------------------------------------------------
+
+
+def _option(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def test_unknown_queue_is_refused(settings_env):
+    settings_env(task_backend="celery")
+    with pytest.raises(ValueError, match="unknown queue.*email"):
+        worker_argv(["chat", "email"], 2)
+
+
+def test_celery_chat_only_worker_uses_threads(settings_env):
+    settings_env(task_backend="celery")
+    argv = worker_argv(["chat"], 8)
+    assert argv[1:4] == ["-m", "celery", "-A"]
+    assert _option(argv, "--pool") == "threads"
+    assert _option(argv, "--queues") == "chat" and _option(argv, "--concurrency") == "8"
+
+
+@pytest.mark.parametrize("queues", [["ingest"], ["ingest", "chat", "maintenance"], ["chat", "maintenance"]])
+def test_celery_worker_with_other_queues_uses_processes(settings_env, queues: list[str]):
+    settings_env(task_backend="celery")
+    argv = worker_argv(queues, 2)
+    assert _option(argv, "--pool") == "prefork"
+    assert _option(argv, "--queues") == ",".join(queues)
+
+
+def test_dramatiq_worker_listens_on_the_queues(settings_env):
+    settings_env(task_backend="dramatiq")
+    argv = worker_argv(["ingest", "maintenance"], 3)
+    assert argv[1:4] == ["-m", "dramatiq", "tasks.dramatiq_app"]
+    queues_at = argv.index("--queues")
+    assert argv[queues_at + 1 :] == ["ingest", "maintenance"]
+    assert _option(argv, "--threads") == "3" and _option(argv, "--processes") == "1"
+    assert "celery" not in argv
+
+
+def test_registry_reads_settings_lazily(settings_env):
+    settings_env(max_retries=2)
+    first = spec("ingest.document").max_retries
+    settings_env(max_retries=9)
+    assert (first, spec("ingest.document").max_retries) == (2, 9)
+    assert registry.get_settings().max_retries == 9
