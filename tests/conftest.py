@@ -212,6 +212,15 @@ def wait_until(predicate, timeout: float, message: str, interval: float = 0.2):
         time.sleep(interval)
 
 
+def finished_task_record(task_id: str, state: str = "succeeded", timeout: float = 30) -> dict:
+    """The task record once it says ``state``. A document row turns final inside the task body and the record only
+    after the body returns, so a test that saw the document finish must wait a moment for the record."""
+    from tasks import events
+
+    return wait_until(lambda: (r := events.get_task(task_id)) and r.get("state") == state and r, timeout,
+                      f"task {task_id} to be recorded as {state}")
+
+
 def run_cli(*args: str, env: dict[str, str | None] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
     """``python -m kbchat.cli ARGS`` with this process's environment (the services' URLs, the backend);
     ``env`` overrides variables, a None value removes one."""

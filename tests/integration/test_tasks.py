@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import (
     ROOT,
     backdate_document,
+    finished_task_record,
     make_pdf,
     start_worker,
     stop_worker,
@@ -256,8 +257,7 @@ def test_bad_files_fail_or_are_rejected_with_clear_messages_and_the_good_one_is_
         assert "Traceback" not in document.error
         assert document.chunk_count == 0 and not _chunks(document.id)
         # A file that cannot be read is a handled outcome, not a crashed task.
-        record = events.get_task(document.task_id)
-        assert record["state"] == "succeeded", record
+        record = finished_task_record(document.task_id)
         assert record["result"]["status"] == "failed" and words in record["result"]["error"]
 
 
@@ -588,5 +588,5 @@ def test_reconcile_requeues_a_document_whose_queue_message_was_lost(worker, kb):
     document = wait_for_documents([document_id], timeout=60)[document_id]
     assert document.status == "ready", document.error
     assert document.task_id
-    record = events.get_task(document.task_id)
-    assert record["name"] == "ingest.document" and record["state"] == "succeeded"
+    record = finished_task_record(document.task_id)
+    assert record["name"] == "ingest.document"
