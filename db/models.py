@@ -172,3 +172,44 @@ class ConversationSummary(Base):
     token_count: Mapped[int] = mapped_column(Integer, default=0)
     mode: Mapped[str | None] = mapped_column(String(20))  # llm | extractive
     created_at: Mapped[datetime] = _created()
+
+
+class EvalRun(Base):
+    """One retrieval evaluation of a knowledge base: sampled chunks, a question for each, where retrieval ranked them."""
+
+    __tablename__ = "eval_runs"
+    __table_args__ = (Index("ix_eval_runs_kb_started", "kb_id", "started_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    kb_id: Mapped[int] = mapped_column(ForeignKey("knowledge_bases.id", ondelete="CASCADE"))
+    trigger: Mapped[str] = mapped_column(String(20))  # scheduled | cli | page
+    status: Mapped[str] = mapped_column(String(20), default="running")  # running | succeeded | failed
+    seed: Mapped[int] = mapped_column(BigInteger)
+    sample_size: Mapped[int] = mapped_column(Integer)
+    questions: Mapped[int] = mapped_column(Integer, default=0)
+    question_mode: Mapped[str | None] = mapped_column(String(20))  # llm | extractive | mixed
+    hit_at_1: Mapped[float | None] = mapped_column(Float)
+    hit_at_5: Mapped[float | None] = mapped_column(Float)
+    hit_at_10: Mapped[float | None] = mapped_column(Float)
+    mrr: Mapped[float | None] = mapped_column(Float)
+    details: Mapped[list | None] = mapped_column(JSONB)
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Alert(Base):
+    """An alert raised by a scheduled job, and whether the webhook took it."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (Index("ix_alerts_created_at", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))  # empty_retrievals | retrieval_drop
+    kb_id: Mapped[int | None] = mapped_column(ForeignKey("knowledge_bases.id", ondelete="SET NULL"))
+    message: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict] = mapped_column(JSONB)
+    delivery: Mapped[str] = mapped_column(String(20))  # sent | failed | not_configured
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    delivery_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created()
