@@ -52,6 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=120, help="seconds to wait for the answer to start")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("eval", help="evaluate retrieval: sampled chunks, a question each, hit@1/5/10 and MRR")
+    p.add_argument("--kb", required=True)
+    p.add_argument("--seed", type=int, help="sampling seed (default KBCHAT_EVAL_SEED, the nightly run's)")
+    p.add_argument("--sample", type=int, help="chunks to sample (default KBCHAT_EVAL_SAMPLE_SIZE)")
+    p.add_argument("--json", action="store_true", help="print the run, with per-question details, as JSON")
+
+    p = sub.add_parser("check", help="consistency of documents, chunks and stored files (and stuck documents)")
+    p.add_argument("--kb", help="only this knowledge base (default: all)")
+    p.add_argument("--fix", action="store_true", help="fix what is found (re-index, remove orphans, re-enqueue)")
+    p.add_argument("--json", action="store_true")
+
     sub.add_parser("healthcheck", help="exit 0 when PostgreSQL and Redis answer (for container health checks)")
 
     p = sub.add_parser("metrics", help="Prometheus exporter: queue depth, workers, task counts and run times")
@@ -358,6 +369,66 @@ def _cmd_ask(args) -> int:
     return 0
 
 
+def _cmd_eval(args) -> int:
+    from tqdm import tqdm
+
+    from db.repositories import evaluations as eval_repo
+    from db.session import session_scope
+    from rag.evaluation import evaluate_kb
+
+    _check_services()
+    kb_id = _kb_id(args.kb)
+    with tqdm(total=0, unit="question", file=sys.stderr, disable=args.json, desc="evaluating") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        summary = evaluate_kb(kb_id, trigger="cli", seed=args.seed, sample_size=args.sample, progress=progress)
+    with session_scope() as session:
+        run = eval_repo.get(session=session, run_id=summary["run_id"])
+        details = list(run.details or []) if run else []
+    if args.json:
+        print(json.dumps({**summary, "details": details}, indent=2, ensure_ascii=False))
+        return 0
+    if not summary["questions"]:
+        print(f"{args.kb}: nothing to evaluate (no ready documents with text)")
+        return 0
+    print(f"{args.kb}: {summary['questions']} questions ({summary['question_mode']}), seed {summary['seed']}, "
+          f"run {summary['run_id']}")
+    print(f"  hit@1 {summary['hit_at_1']:.2f}   hit@5 {summary['hit_at_5']:.2f}   "
+          f"hit@10 {summary['hit_at_10']:.2f}   MRR {summary['mrr']:.3f}")
+    missed = sorted(details, key=lambda d: (d["rank"] is not None, -(d["rank"] or 0)))[:5]
+    if missed and (missed[0]["rank"] is None or missed[0]["rank"] > 1):
+        print("  worst questions:")
+        for d in missed:
+            where = f"p. {d['page']}" if d.get("page") else (d.get("locator") or "")
+            rank = "not in top 10" if d["rank"] is None else f"rank {d['rank']}"
+            print(f"    {rank:<14} {d['question'][:90]}  ({d['document']}{', ' + where if where else ''})")
+    if summary.get("alert"):
+        print(f"  alert raised: {summary['alert']['message']}")
+    return 0
+
+
+def _cmd_check(args) -> int:
+    from rag.consistency import check
+
+    _check_services()
+    kb_id = _kb_id(args.kb) if args.kb else None
+    report = check(kb_id=kb_id, fix=args.fix)
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False, default=str))
+    else:
+        scope = f"knowledge base {args.kb!r}" if args.kb else f"{report['knowledge_bases']} knowledge base(s)"
+        if not report["problems"]:
+            print(f"consistent: {scope}, nothing to fix")
+        for p in report["problems"]:
+            where = " / ".join(str(x) for x in (p.get("kb"), p.get("document")) if x)
+            print(f"{p['kind']:<20} {where}: {p['detail']} — {p['action']}")
+    unfixed = [p for p in report["problems"] if not args.fix or p["kind"] == "missing_blob"]
+    return 1 if unfixed else 0
+
+
 def _citation_json(citation: dict) -> dict:
     """The citation fields the CLI promises (README: ``kbchat ask --json``)."""
     keys = ("n", "document", "document_id", "page", "locator", "chunk_id", "score", "text")
@@ -373,6 +444,8 @@ COMMANDS = {
     "ingest": _cmd_ingest,
     "search": _cmd_search,
     "ask": _cmd_ask,
+    "eval": _cmd_eval,
+    "check": _cmd_check,
     "healthcheck": _cmd_healthcheck,
     "metrics": _cmd_metrics,
 }

@@ -7,7 +7,7 @@ import streamlit as st
 from db.repositories import monitoring as monitoring_repo
 from db.session import session_scope
 from rag.config import get_settings
-from streamlit_app import components
+from streamlit_app import components, quality_view
 from streamlit_app import monitoring_view as view
 from tasks import events, monitoring
 
@@ -35,8 +35,8 @@ def live() -> None:
     view.show_note()
     view.headline(depths, workers, hour, window)
 
-    queues_tab, workers_tab, tasks_tab, failures_tab, documents_tab, services_tab = st.tabs(
-        ["Queues", "Workers", "Tasks", "Failures", "Stuck documents", "Services"], key="mon_tab"
+    queues_tab, workers_tab, tasks_tab, failures_tab, documents_tab, quality_tab, services_tab = st.tabs(
+        ["Queues", "Workers", "Tasks", "Failures", "Stuck documents", "Quality", "Services"], key="mon_tab"
     )
     with queues_tab:
         view.queues(depths, backend, window)
@@ -56,6 +56,8 @@ def live() -> None:
         minutes = st.number_input("Not moved for more than (minutes)", min_value=1, max_value=24 * 60, value=5,
                                   key="mon_stalled_minutes", width=260)
         view.stalled_documents(int(minutes))
+    with quality_tab:
+        quality_view.quality()
     with services_tab:
         view.services(window, window_label)
 

@@ -85,6 +85,32 @@ class Settings(BaseSettings):
         default=1200, description="Conversation history in a prompt; older turns beyond it are summarised."
     )
 
+    # --- scheduled quality and upkeep ------------------------------------------------------------
+    eval_at: str = Field(default="02:30", description="Nightly retrieval evaluation of every knowledge base, HH:MM UTC.")
+    eval_sample_size: int = Field(default=50, description="Chunks sampled per evaluation (stratified over documents).")
+    eval_seed: int = Field(default=1, description="Sampling seed of the nightly run; kbchat eval --seed picks another.")
+    eval_drop_alert: float = Field(
+        default=0.1, description="Alert when hit@5 or MRR falls this much below the previous run with the same seed."
+    )
+    eval_details_retention_days: int = Field(default=30, description="Per-question details kept; metrics stay.")
+    consistency_interval_seconds: int = Field(default=3600, description="Documents vs chunks vs blobs, fixed.")
+    cleanup_interval_seconds: int = Field(default=3600, description="Old events, streams, eval details, alerts.")
+    alert_check_interval_seconds: int = Field(default=300, description="How often the alert rules are checked.")
+    alert_webhook_url: SecretStr | None = Field(
+        default=None, description="Alerts are POSTed here as JSON (Slack-style 'text' included); unset = page only."
+    )
+    alert_webhook_timeout_seconds: float = 10.0
+    alert_webhook_retries: int = Field(default=4, description="Retries on refused connections, timeouts, 429, 5xx.")
+    alert_webhook_backoff_seconds: float = Field(default=2.0, description="First retry delay; doubles, with jitter.")
+    alert_period_seconds: int = Field(default=3600, description="The same alert is sent at most once per period.")
+    empty_retrieval_alert_rate: float = Field(
+        default=0.3, description="Alert when more than this share of questions in the window found no passage."
+    )
+    empty_retrieval_alert_min_questions: int = Field(default=5, description="Fewer questions than this: no alert.")
+    empty_retrieval_window_seconds: int = 3600
+    events_retention_days: int = Field(default=7, description="Task events, empty retrievals, queue history.")
+    alert_retention_days: int = 90
+
     # --- generation server (TGI, or any OpenAI-compatible server: vLLM, llama.cpp, Ollama) -------
     tgi_url: str = Field(default="", description="Base URL of the server; empty = extractive answers, no LLM.")
     tgi_model: str = Field(default="tgi", description="Model name sent in requests (TGI ignores it).")
@@ -114,6 +140,14 @@ class Settings(BaseSettings):
             if value.startswith(prefix):
                 return "postgresql+psycopg://" + value[len(prefix) :]
         return value
+
+    @field_validator("eval_at")
+    @classmethod
+    def _hh_mm(cls, value: str) -> str:
+        hour, _, minute = value.partition(":")
+        if not (hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60):
+            raise ValueError(f"expected HH:MM (UTC), like 02:30; got {value!r}")
+        return f"{int(hour):02d}:{int(minute):02d}"
 
     @field_validator("redis_url")
     @classmethod

@@ -14,8 +14,14 @@ from rag.config import get_settings
 log = logging.getLogger(__name__)
 
 
+def moved_recently(task_id: str | None, task_record: Callable[[str], dict | None]) -> bool:
+    """A document's task record moved within the stuck timeout: a long backlog or a long document, not a stall."""
+    record = task_record(task_id) if task_id else None
+    return bool(record) and time.time() - float(record.get("updated_at", 0)) < get_settings().stuck_after_seconds
+
+
 def reconcile_stuck_documents(
-    *, enqueue: Callable[[int], object], task_record: Callable[[str], dict | None]
+    *, enqueue: Callable[[int], object], task_record: Callable[[str], dict | None], kb_id: int | None = None
 ) -> dict:
     """Re-enqueue documents stuck in a non-final state past the timeout; fail those that used up their attempts.
 
@@ -29,10 +35,10 @@ def reconcile_stuck_documents(
         candidates = [
             (d.id, d.task_id, d.attempts)
             for d in document_repo.list_stuck(session=session, older_than=timedelta(seconds=stuck_after))
+            if kb_id is None or d.kb_id == kb_id
         ]
     for document_id, task_id, attempts in candidates:
-        record = task_record(task_id) if task_id else None
-        if record and time.time() - float(record.get("updated_at", 0)) < stuck_after:
+        if moved_recently(task_id, task_record):
             continue
         with session_scope() as session:
             if attempts > settings.max_retries:

@@ -70,6 +70,46 @@ def maintenance_reconcile() -> dict:
     return maintenance.reconcile_stuck_documents(enqueue=enqueue_ingest, task_record=task_record)
 
 
+def maintenance_evaluate(
+    kb_id: int | None = None, seed: int | None = None, sample_size: int | None = None, trigger: str = "scheduled"
+) -> dict:
+    """maintenance.evaluate: retrieval evaluation of one knowledge base; without one, a task per base is queued."""
+    from rag import evaluation
+
+    if kb_id is None:
+        from db.repositories import knowledge_bases as kb_repo
+        from db.session import session_scope
+        from tasks.client import enqueue
+
+        with session_scope() as session:
+            ids = [kb.id for kb in kb_repo.list_knowledge_bases(session=session)]
+        return {"enqueued": {str(i): enqueue("maintenance.evaluate", i, seed, sample_size, trigger) for i in ids}}
+    return evaluation.evaluate_kb(int(kb_id), trigger=trigger, seed=seed, sample_size=sample_size)
+
+
+def maintenance_consistency(kb_id: int | None = None) -> dict:
+    """maintenance.consistency: documents, chunks and stored files agree; what does not is fixed."""
+    from rag import consistency
+    from tasks.client import enqueue_ingest, task_record
+
+    return consistency.check(kb_id=int(kb_id) if kb_id is not None else None, fix=True,
+                             enqueue_ingest=enqueue_ingest, task_record=task_record)
+
+
+def maintenance_alerts() -> dict:
+    """maintenance.alerts: the alert rules (the empty-retrieval share); an alert goes to the webhook."""
+    from rag import alerts
+
+    return alerts.check_empty_retrievals()
+
+
+def maintenance_cleanup() -> dict:
+    """maintenance.cleanup: old events, streams, evaluation details, alerts and stray stored files removed."""
+    from rag import cleanup
+
+    return cleanup.cleanup()
+
+
 def give_up_ingest(args: list, error: str) -> None:
     """When ingest.document fails for good (time limit, retries exhausted), the document says why."""
     if args:

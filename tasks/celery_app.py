@@ -6,13 +6,23 @@ import logging
 import time
 
 from celery import Celery, signals
+from celery.schedules import crontab
 from kombu import Exchange, Queue
 
 from rag.config import get_settings
 from rag.runtime import service_urls
 from tasks import events
 from tasks.context import reset_current_task_id, set_current_task_id
-from tasks.registry import QUEUES, TRANSIENT_ERRORS, TaskSpec, give_up_message, schedule, spec, task_specs
+from tasks.registry import (
+    QUEUES,
+    TRANSIENT_ERRORS,
+    Periodic,
+    TaskSpec,
+    give_up_message,
+    schedule,
+    spec,
+    task_specs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,16 @@ def _register(app: Celery, item: TaskSpec) -> None:
     )(run)
 
 
+def _beat_entry(job: Periodic) -> dict:
+    """Celery beat's entry for a periodic job: an interval, or a daily crontab (beat runs in UTC)."""
+    if job.at:
+        hour, minute = job.hour_minute
+        when = crontab(hour=hour, minute=minute)
+    else:
+        when = job.every
+    return {"task": job.name, "schedule": when, "options": {"queue": spec(job.name).queue}}
+
+
 def create_app() -> Celery:
     settings = get_settings()
     urls = service_urls()
@@ -63,12 +83,10 @@ def create_app() -> Celery:
         result_backend_transport_options={"visibility_timeout": redelivery},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        timezone="UTC",  # beat's daily jobs (KBCHAT_EVAL_AT) are in UTC on both backends
         worker_send_task_events=True,  # Flower (compose monitoring profile) reads these
         task_send_sent_event=True,
-        beat_schedule={
-            name: {"task": name, "schedule": interval, "options": {"queue": spec(name).queue}}
-            for name, interval in schedule()
-        },
+        beat_schedule={job.name: _beat_entry(job) for job in schedule()},
     )
     for item in task_specs():
         _register(app, item)

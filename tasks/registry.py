@@ -49,6 +49,10 @@ def task_specs() -> list[TaskSpec]:
         TaskSpec("chat.search", bodies.chat_search, "chat", 60, 2),
         TaskSpec("chat.summarize", bodies.chat_summarize, "chat", settings.chat_time_limit_seconds, 2),
         TaskSpec("maintenance.reconcile", bodies.maintenance_reconcile, "maintenance", 300, 2),
+        TaskSpec("maintenance.evaluate", bodies.maintenance_evaluate, "maintenance", 3600, 2),
+        TaskSpec("maintenance.consistency", bodies.maintenance_consistency, "maintenance", 900, 2),
+        TaskSpec("maintenance.alerts", bodies.maintenance_alerts, "maintenance", 300, 2),
+        TaskSpec("maintenance.cleanup", bodies.maintenance_cleanup, "maintenance", 600, 2),
     ]
 
 
@@ -59,9 +63,30 @@ def spec(name: str) -> TaskSpec:
     raise KeyError(f"unknown task {name!r}")
 
 
-def schedule() -> list[tuple[str, float]]:
-    """Periodic jobs as (task name, interval in seconds), for Celery beat and the Dramatiq-mode scheduler."""
-    return [("maintenance.reconcile", float(get_settings().reconcile_interval_seconds))]
+@dataclass(frozen=True)
+class Periodic:
+    """A scheduled job: every ``every`` seconds, or daily at ``at`` (``HH:MM``, UTC)."""
+
+    name: str
+    every: float | None = None
+    at: str | None = None
+
+    @property
+    def hour_minute(self) -> tuple[int, int]:
+        hour, minute = (self.at or "00:00").split(":")
+        return int(hour), int(minute)
+
+
+def schedule() -> list[Periodic]:
+    """Periodic jobs, for Celery beat and the Dramatiq-mode scheduler alike (the times are settings)."""
+    settings = get_settings()
+    return [
+        Periodic("maintenance.reconcile", every=float(settings.reconcile_interval_seconds)),
+        Periodic("maintenance.evaluate", at=settings.eval_at),
+        Periodic("maintenance.consistency", every=float(settings.consistency_interval_seconds)),
+        Periodic("maintenance.alerts", every=float(settings.alert_check_interval_seconds)),
+        Periodic("maintenance.cleanup", every=float(settings.cleanup_interval_seconds)),
+    ]
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -8,9 +8,10 @@ import signal
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 from rag.config import get_settings
-from tasks.registry import schedule
+from tasks.registry import Periodic, schedule
 
 log = logging.getLogger(__name__)
 
@@ -24,20 +25,35 @@ def run_dramatiq_scheduler(stop: threading.Event | None = None) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     jobs = schedule()
-    due = {name: time.monotonic() for name, _ in jobs}
-    log.info("scheduler (dramatiq) started: %s", ", ".join(f"{n} every {i:g}s" for n, i in jobs))
+    # Interval jobs run at start and then every interval; daily jobs at their next HH:MM (UTC), like beat.
+    due = {job.name: time.time() if job.every else next_daily(job, time.time()) for job in jobs}
+    log.info("scheduler (dramatiq) started: %s", ", ".join(describe(job) for job in jobs))
     while not stop.is_set():
-        now = time.monotonic()
-        for name, interval in jobs:
-            if now >= due[name]:
+        now = time.time()
+        for job in jobs:
+            if now >= due[job.name]:
                 try:
-                    task_id = enqueue(name)
-                    log.info("scheduled %s (%s)", name, task_id)
-                    due[name] = now + interval
+                    task_id = enqueue(job.name)
+                    log.info("scheduled %s (%s)", job.name, task_id)
+                    due[job.name] = now + job.every if job.every else next_daily(job, now)
                 except Exception as exc:  # Redis restarting: try again shortly
-                    log.warning("could not enqueue %s: %s", name, exc)
-                    due[name] = now + min(interval, 5)
+                    log.warning("could not enqueue %s: %s", job.name, exc)
+                    due[job.name] = now + min(job.every or 5, 5)
         stop.wait(0.5)
+
+
+def next_daily(job: Periodic, now: float) -> float:
+    """The next time (epoch seconds) after ``now`` at the job's HH:MM in UTC."""
+    hour, minute = job.hour_minute
+    current = datetime.fromtimestamp(now, UTC)
+    run = current.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    if run.timestamp() <= now:
+        run += timedelta(days=1)
+    return run.timestamp()
+
+
+def describe(job: Periodic) -> str:
+    return f"{job.name} every {job.every:g}s" if job.every else f"{job.name} daily at {job.at} UTC"
 
 
 def exec_scheduler() -> None:

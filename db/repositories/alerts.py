@@ -1,0 +1,55 @@
+"""Alerts raised by the scheduled jobs (and whether the webhook took them)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, func, select, text
+from sqlalchemy.orm import Session
+
+from db.models import Alert
+
+
+def lock_kind(*, session: Session, kind: str, kb_id: int | None) -> None:
+    """Serialise "was this alert sent lately?" checks for one kind and base until the transaction ends."""
+    session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"alert:{kind}:{kb_id}"})
+
+
+def last_sent(*, session: Session, kind: str, kb_id: int | None, since: datetime) -> Alert | None:
+    """The newest alert of this kind for this base since ``since`` (sent, or not configured: shown on the page)."""
+    query = select(Alert).where(Alert.kind == kind, Alert.created_at >= since, Alert.delivery != "failed")
+    query = query.where(Alert.kb_id.is_(None) if kb_id is None else Alert.kb_id == kb_id)
+    return session.scalars(query.order_by(Alert.created_at.desc()).limit(1)).first()
+
+
+def add(
+    *,
+    session: Session,
+    kind: str,
+    kb_id: int | None,
+    message: str,
+    payload: dict,
+    delivery: str,
+    attempts: int,
+    delivery_error: str | None,
+) -> Alert:
+    alert = Alert(
+        kind=kind, kb_id=kb_id, message=message, payload=payload, delivery=delivery, attempts=attempts,
+        delivery_error=delivery_error,
+    )
+    session.add(alert)
+    session.flush()
+    return alert
+
+
+def recent(*, session: Session, limit: int = 50) -> list[Alert]:
+    return list(session.scalars(select(Alert).order_by(Alert.created_at.desc(), Alert.id.desc()).limit(limit)))
+
+
+def count_since(*, session: Session, since: datetime) -> int:
+    return int(session.scalar(select(func.count()).select_from(Alert).where(Alert.created_at >= since)) or 0)
+
+
+def delete_older_than(*, session: Session, days: int) -> int:
+    cutoff = datetime.now(UTC) - timedelta(days=days)
+    return session.execute(delete(Alert).where(Alert.created_at < cutoff)).rowcount or 0

@@ -1,0 +1,65 @@
+"""Cleanup: what kbchat keeps only for a while, removed once its time is up.
+
+- answer streams and stop flags that lost their expiry (a crash between writing and setting it);
+- task events, empty-retrieval records and queue-depth history older than ``events_retention_days``;
+- per-question evaluation details older than ``eval_details_retention_days`` (the metrics stay), evaluation
+  runs left "running" by a worker that died, and alerts older than ``alert_retention_days``;
+- stale uploads: there is no upload staging area (an upload is one PostgreSQL transaction), so what an
+  interrupted upload can leave is a stored file without a document, which is removed here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+
+from db.repositories import alerts as alert_repo
+from db.repositories import consistency as consistency_repo
+from db.repositories import evaluations as eval_repo
+from db.session import session_scope
+from rag.config import get_settings
+
+log = logging.getLogger(__name__)
+
+_STREAM_PATTERNS = ("kbchat:stream:*", "kbchat:stop:*")
+
+
+def cleanup(now: float | None = None) -> dict:
+    """Remove what is past its retention; returns what was removed."""
+    from tasks.events import EMPTY_RETRIEVALS_KEY, EVENTS_KEY
+    from tasks.monitoring import HISTORY_KEY
+    from tasks.redis_client import get_redis
+
+    settings = get_settings()
+    now = time.time() if now is None else now
+    r = get_redis()
+    removed: dict[str, int] = {}
+
+    # Streams: each has its expiry; one without (-1) is left over from a crash and older than any reader.
+    streams = 0
+    for pattern in _STREAM_PATTERNS:
+        for key in r.scan_iter(pattern, count=1000):
+            if r.ttl(key) == -1:
+                last = r.xrevrange(key, count=1) if r.type(key) == "stream" else []
+                stamp = int(last[0][0].split("-")[0]) / 1000 if last else 0
+                if now - stamp > settings.stream_ttl_seconds:
+                    streams += r.delete(key)
+                else:
+                    r.expire(key, settings.stream_ttl_seconds)
+    removed["answer_streams"] = streams
+
+    # Capped streams also trimmed by age (entry ids are milliseconds since the epoch).
+    cutoff_ms = int((now - settings.events_retention_days * 86400) * 1000)
+    for name, key in (("events", EVENTS_KEY), ("empty_retrievals", EMPTY_RETRIEVALS_KEY),
+                      ("queue_history", HISTORY_KEY)):
+        removed[name] = int(r.xtrim(key, minid=f"{cutoff_ms}-0", approximate=False) or 0) if r.exists(key) else 0
+
+    with session_scope() as session:
+        removed["eval_details"] = eval_repo.drop_old_details(session=session, days=settings.eval_details_retention_days)
+        removed["abandoned_eval_runs"] = eval_repo.fail_abandoned(session=session, older_than=timedelta(hours=6))
+        removed["alerts"] = alert_repo.delete_older_than(session=session, days=settings.alert_retention_days)
+        removed["stale_upload_files"] = consistency_repo.delete_orphan_blobs(session=session)
+    if any(removed.values()):
+        log.info("cleanup: %s", ", ".join(f"{k} {v}" for k, v in removed.items() if v))
+    return {"removed": removed}
