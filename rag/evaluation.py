@@ -130,7 +130,8 @@ def extractive_question(text: str, max_phrases: int = 6) -> str:
     phrases = [w for w in words if w in keep]
     if not phrases:
         return best[:200]
-    return "What does the document say about " + ", ".join(phrases) + "?"
+    # "What" and "about" are stop words of the full-text configuration: the key phrases are what both searches see.
+    return "What about " + ", ".join(phrases) + "?"
 
 
 def llm_question(text: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, null, select, update
 from sqlalchemy.orm import Session
 
 from db.models import READY, Chunk, Document, EvalRun
@@ -110,7 +110,7 @@ def drop_old_details(*, session: Session, days: int) -> int:
     """Forget per-question details of runs older than ``days``; their metrics stay for the trend."""
     cutoff = datetime.now(UTC) - timedelta(days=days)
     result = session.execute(
-        update(EvalRun).where(EvalRun.started_at < cutoff, EvalRun.details.is_not(None)).values(details=None)
+        update(EvalRun).where(EvalRun.started_at < cutoff, EvalRun.details.is_not(None)).values(details=null())
     )
     return result.rowcount or 0
 

@@ -217,7 +217,6 @@ def test_duplicate_content_in_the_same_kb_is_not_queued(worker, kb):
 
 
 def test_bad_files_fail_or_are_rejected_with_clear_messages_and_the_good_one_is_ready(worker, kb):
-    from tasks import events
 
     kb_id, _ = kb
     junk = random.Random(7).randbytes(4096)
@@ -564,7 +563,6 @@ def test_reconcile_requeues_a_document_whose_queue_message_was_lost(worker, kb):
     from db.session import session_scope
     from rag.config import get_settings
     from rag.library import store_upload
-    from tasks import events
     from tasks.client import enqueue, wait_for_result
 
     kb_id, _ = kb
