@@ -45,11 +45,15 @@ def shown_url(url: str) -> str:
 
 
 def _redact(message: str, url: str) -> str:
-    """``message`` with every piece of ``url`` that could carry a secret replaced (requests quotes URLs in errors)."""
+    """``message`` with every piece of ``url`` that could carry a secret replaced (requests quotes URLs in errors):
+    user, password, the path and each of its segments, the query and each of its values."""
     parts = urlsplit(url)
-    secrets = [url, parts.path + (f"?{parts.query}" if parts.query else ""), parts.query, parts.password or "",
-               parts.username or "", parts.path if len(parts.path) > 1 else ""]
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+    path_query = parts.path + (f"?{parts.query}" if parts.query else "")
+    secrets = {url, path_query, path_query.lstrip("/"), parts.path, parts.path.lstrip("/"), parts.query,
+               parts.password or "", parts.username or ""}
+    secrets |= {segment for segment in parts.path.split("/") if len(segment) >= 4}
+    secrets |= {pair.partition("=")[2] for pair in parts.query.split("&") if len(pair.partition("=")[2]) >= 4}
+    for secret in sorted((s for s in secrets if s and s != "/"), key=len, reverse=True):
         message = message.replace(secret, "…")
     return message
 

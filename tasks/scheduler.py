@@ -60,7 +60,7 @@ def exec_scheduler() -> None:
     """Replace this process with the configured backend's scheduler."""
     settings = get_settings()
     if settings.task_backend == "dramatiq":
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
         run_dramatiq_scheduler()
         return
     settings.data_dir.mkdir(parents=True, exist_ok=True)

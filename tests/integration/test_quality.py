@@ -465,3 +465,54 @@ def get_settings_value(name: str):
     from rag.config import get_settings
 
     return getattr(get_settings(), name)
+
+
+# --- the schedule -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend_name", ["celery", "dramatiq"])
+def test_the_scheduler_queues_every_upkeep_job_on_both_backends(services, env, backend_name, tmp_path):
+    """``kbchat scheduler`` (Celery beat, or the Dramatiq-mode loop) queues each interval job on time, into a
+    Redis database no worker reads (so nothing runs them here); the nightly evaluation is registered too."""
+    import signal
+    import subprocess
+    import sys
+
+    from tasks import events
+    from tasks.redis_client import get_redis
+    from tests.conftest import ROOT, wait_until
+
+    base, _, _ = services["redis_url"].rpartition("/")
+    env.set(KBCHAT_REDIS_URL=f"{base}/{4 if backend_name == 'celery' else 5}", KBCHAT_TASK_BACKEND=backend_name)
+    get_redis().flushdb()
+    jobs = ("maintenance.reconcile", "maintenance.consistency", "maintenance.alerts", "maintenance.cleanup")
+    child_env = dict(os.environ, PYTHONUNBUFFERED="1", KBCHAT_RECONCILE_INTERVAL_SECONDS="1",
+                     KBCHAT_CONSISTENCY_INTERVAL_SECONDS="1", KBCHAT_ALERT_CHECK_INTERVAL_SECONDS="1",
+                     KBCHAT_CLEANUP_INTERVAL_SECONDS="1", KBCHAT_DATA_DIR=str(tmp_path))
+
+    def queued() -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for entry in events.recent_events(1000):
+            if entry.get("event") == "queued":
+                counts[entry.get("name", "")] = counts.get(entry.get("name", ""), 0) + 1
+        return counts
+
+    log_path = tmp_path / "scheduler.log"
+    with open(log_path, "ab") as log:
+        scheduler = subprocess.Popen([sys.executable, "-m", "kbchat.cli", "scheduler"], env=child_env, cwd=ROOT,
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        counts = wait_until(lambda: (c := queued()) and all(c.get(job, 0) >= 2 for job in jobs) and c, 60,
+                            "every interval job queued twice")
+        assert scheduler.poll() is None, log_path.read_text()
+        assert "maintenance.evaluate" not in counts, "the nightly evaluation runs at its time, not at start"
+        if backend_name == "dramatiq":
+            assert "maintenance.evaluate daily at 02:30 UTC" in log_path.read_text()
+    finally:
+        os.killpg(scheduler.pid, signal.SIGTERM)
+        try:
+            scheduler.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(scheduler.pid, signal.SIGKILL)
+            scheduler.wait()
+        get_redis().flushdb()

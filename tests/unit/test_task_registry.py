@@ -38,9 +38,63 @@ def test_unknown_task_name_raises():
         spec("ingest.nothing")
 
 
-def test_reconcile_runs_on_the_configured_interval(settings_env):
-    settings_env(reconcile_interval_seconds=90)
-    assert schedule() == [("maintenance.reconcile", 90.0)]
+def test_periodic_jobs_run_on_the_configured_intervals_and_the_evaluation_nightly(settings_env):
+    settings_env(reconcile_interval_seconds=90, consistency_interval_seconds=600, alert_check_interval_seconds=120,
+                 cleanup_interval_seconds=1800, eval_at="3:05")
+    jobs = {job.name: job for job in schedule()}
+    assert {name: job.every for name, job in jobs.items() if job.every} == {
+        "maintenance.reconcile": 90.0, "maintenance.consistency": 600.0, "maintenance.alerts": 120.0,
+        "maintenance.cleanup": 1800.0,
+    }
+    assert jobs["maintenance.evaluate"].at == "03:05" and jobs["maintenance.evaluate"].hour_minute == (3, 5)
+    assert all(spec(name).queue == "maintenance" for name in jobs)
+
+
+@pytest.mark.parametrize("value", ["25:00", "3pm", "12:60", ""])
+def test_a_nightly_time_that_is_not_hh_mm_is_refused_with_the_expected_form(settings_env, value):
+    from pydantic import ValidationError
+
+    from rag.config import get_settings
+
+    settings_env(eval_at=value)
+    with pytest.raises(ValidationError, match="HH:MM") if value else _no_error():
+        get_settings()
+
+
+def _no_error():
+    import contextlib
+
+    return contextlib.nullcontext()  # an empty variable means "not set": the default stands
+
+
+def test_celery_beat_gets_intervals_and_a_daily_crontab_in_utc(settings_env):
+    settings_env(redis_url="redis://127.0.0.1:1/0", database_url="postgresql://x@127.0.0.1:1/x", eval_at="04:45",
+                 cleanup_interval_seconds=77)
+    import importlib
+
+    import tasks.celery_app as celery_app
+
+    app = importlib.reload(celery_app).app  # built from these settings
+    beat = app.conf.beat_schedule
+    assert set(beat) == {job.name for job in schedule()}
+    assert beat["maintenance.cleanup"]["schedule"] == 77.0
+    nightly = beat["maintenance.evaluate"]["schedule"]
+    assert nightly.hour == {4} and nightly.minute == {45}
+    assert all(entry["options"]["queue"] == "maintenance" for entry in beat.values())
+    assert app.conf.timezone == "UTC"
+
+
+def test_the_dramatiq_scheduler_runs_a_daily_job_at_its_next_hh_mm_utc():
+    from datetime import UTC, datetime
+
+    from tasks.registry import Periodic
+    from tasks.scheduler import next_daily
+
+    job = Periodic("maintenance.evaluate", at="02:30")
+    before = datetime(2026, 11, 23, 1, 0, tzinfo=UTC).timestamp()
+    after = datetime(2026, 11, 23, 2, 30, tzinfo=UTC).timestamp()  # exactly at the time: the next day
+    assert datetime.fromtimestamp(next_daily(job, before), UTC) == datetime(2026, 11, 23, 2, 30, tzinfo=UTC)
+    assert datetime.fromtimestamp(next_daily(job, after), UTC) == datetime(2026, 11, 24, 2, 30, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
