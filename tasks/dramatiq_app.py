@@ -46,7 +46,13 @@ class KbchatEvents(Middleware):
         task_id = message.message_id
         runtime = round(time.monotonic() - self._started.pop(task_id, time.monotonic()), 3)
         worker = events.worker_id()
-        events.task_ended_on(worker, task_id)
+        try:
+            self._record_outcome(message, worker, runtime, result, exception)
+        finally:  # last, as on Celery (task_postrun follows task_success): a task no longer shown is counted
+            events.task_ended_on(worker, task_id)
+
+    def _record_outcome(self, message, worker: str, runtime: float, result, exception) -> None:
+        task_id = message.message_id
         if exception is None:
             events.record(task_id, events.SUCCEEDED, name=message.actor_name, runtime=runtime, result=result,
                           worker=worker)
