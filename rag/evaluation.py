@@ -166,14 +166,21 @@ def _norm(text: str) -> str:
 
 
 def rank_of(target: Sampled, hits: list[Hit]) -> int | None:
-    """1-based rank of the hit that is (or contains) the sampled chunk, or None if retrieval missed it.
+    """1-based rank of the hit that is (or contains, or says the same as) the sampled chunk, or None if missed.
 
-    Retrieval merges overlapping neighbours and collapses near-duplicates, so a hit whose text contains the
-    sampled chunk's text (an identical chunk in another copy of a document included) counts as finding it.
+    Retrieval merges overlapping neighbours and collapses near-duplicates (the same boilerplate page in several
+    reports), so a hit whose text contains the sampled chunk's text, or nearly all of it (as much as retrieval
+    itself needs to call two passages duplicates), counts as finding it.
     """
+    from rag.retrieval import DUPLICATE_JACCARD, _shingles
+
     wanted = _norm(target.text)
+    shingles = _shingles(wanted)
     for rank, hit in enumerate(hits, start=1):
         if hit.chunk_id == target.chunk_id or (wanted and wanted in _norm(hit.text)):
+            return rank
+        # Share of the chunk's word 3-grams the hit holds (a merged span holding a copy of it counts too).
+        if shingles and len(shingles & _shingles(hit.text)) / len(shingles) >= DUPLICATE_JACCARD:
             return rank
     return None
 

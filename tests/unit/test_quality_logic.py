@@ -52,6 +52,14 @@ def test_rank_counts_the_chunk_itself_or_a_merged_hit_that_contains_its_text():
     assert rank_of(target, [_hit(1, "other"), _hit(2, "unrelated")]) is None
 
 
+def test_rank_counts_a_near_duplicate_as_found_as_retrieval_collapses_them():
+    boilerplate = ("The National Transportation Safety Board is an independent federal agency dedicated to "
+                   "promoting aviation safety and investigating accidents in the United States")
+    target = Sampled(chunk_id=7, document_id=1, document="a.pdf", page=4, locator=None, text=boilerplate + ".")
+    copy = _hit(40, boilerplate + " and abroad.")  # the same page of another report
+    assert rank_of(target, [_hit(1, "weather observations at the airport"), copy]) == 2
+
+
 def test_metrics_over_ranks():
     result = metrics([1, 3, None, 7])
     assert result == pytest.approx({"hit_at_1": 0.25, "hit_at_5": 0.5, "hit_at_10": 0.75,
