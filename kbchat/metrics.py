@@ -30,6 +30,7 @@ RUNTIME_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1
 TTFT_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 45, float("inf"))
 PAGES_WINDOW_SECONDS = 300
 RESULT_KEYS_EVERY_SECONDS = 60  # a full key scan: not at every scrape
+QUALITY_EVERY_SECONDS = 60  # evaluations run nightly: a database query a minute is plenty
 
 
 class KbchatCollector(Collector):
@@ -115,6 +116,7 @@ class KbchatCollector(Collector):
             up.add_metric([], 1)
             yield up
             yield from gauges
+            yield from self._quality()
             yield from self.task_events.collect()
             yield from self.runtime.collect()
             yield from self.ttft.collect()
@@ -164,6 +166,52 @@ class KbchatCollector(Collector):
         for kind, n in counts.items():
             keys.add_metric([kind], n)
         yield keys
+
+
+    def _quality(self) -> Iterator[Metric]:
+        """The latest retrieval evaluation per knowledge base and alerts raised, from PostgreSQL (cached a minute;
+        a database that does not answer leaves these out of the scrape rather than failing it)."""
+        taken, figures = getattr(self, "_quality_cache", (0.0, None))
+        if figures is None or time.monotonic() - taken > QUALITY_EVERY_SECONDS:
+            try:
+                figures = _quality_figures()
+            except Exception as exc:
+                log.warning("metrics: quality figures unavailable: %s", exc)
+                return
+            self._quality_cache = (time.monotonic(), figures)
+        evaluation = GaugeMetricFamily("kbchat_retrieval_eval", "Latest retrieval evaluation per knowledge base: "
+                                       "hit@1, hit@5, hit@10 and MRR over sampled chunks", labels=["kb", "metric"])
+        age = GaugeMetricFamily("kbchat_retrieval_eval_age_seconds", "Seconds since the latest evaluation started",
+                                labels=["kb"])
+        for kb, run in figures["evaluations"].items():
+            for metric in ("hit_at_1", "hit_at_5", "hit_at_10", "mrr"):
+                evaluation.add_metric([kb, metric], run[metric])
+            age.add_metric([kb], run["age_seconds"])
+        yield evaluation
+        yield age
+        alerts = GaugeMetricFamily("kbchat_alerts_last_day", "Alerts raised in the last 24 h by kind and delivery",
+                                   labels=["kind", "delivery"])
+        for (kind, delivery), n in figures["alerts"].items():
+            alerts.add_metric([kind, delivery], n)
+        yield alerts
+
+
+def _quality_figures() -> dict:
+    from sqlalchemy import text
+
+    from db.session import session_scope
+
+    with session_scope() as session:
+        runs = session.execute(text("""
+            SELECT DISTINCT ON (r.kb_id) k.name, r.hit_at_1, r.hit_at_5, r.hit_at_10, r.mrr,
+                   extract(epoch FROM now() - r.started_at) AS age
+            FROM eval_runs r JOIN knowledge_bases k ON k.id = r.kb_id
+            WHERE r.status = 'succeeded' ORDER BY r.kb_id, r.started_at DESC"""))
+        evaluations = {name: {"hit_at_1": h1, "hit_at_5": h5, "hit_at_10": h10, "mrr": mrr, "age_seconds": float(age)}
+                       for name, h1, h5, h10, mrr, age in runs}
+        alerts = {(kind, delivery): n for kind, delivery, n in session.execute(text(
+            "SELECT kind, delivery, count(*) FROM alerts WHERE created_at > now() - interval '1 day' GROUP BY 1, 2"))}
+    return {"evaluations": evaluations, "alerts": alerts}
 
 
 def build_registry(*, from_start: bool = False) -> CollectorRegistry:

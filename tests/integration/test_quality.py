@@ -247,6 +247,19 @@ def test_a_retrieval_drop_raises_one_alert_to_the_webhook(services, kb, env, rec
     again = evaluate_kb(kb_id, trigger="scheduled", seed=5, sample_size=10)
     assert again["alert"] is None and len(receiver.requests) == 1
 
+    # The Prometheus exporter shows the latest figures per base and the alert.
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from kbchat.metrics import build_registry
+
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(build_registry()).decode())}
+    samples = {s.labels["metric"]: s.value for s in families["kbchat_retrieval_eval"].samples
+               if s.labels["kb"] == kb_name}
+    assert samples["hit_at_5"] == pytest.approx(again["hit_at_5"]) and samples["mrr"] == pytest.approx(again["mrr"])
+    assert any(s.labels == {"kind": "retrieval_drop", "delivery": "sent"} and s.value >= 1
+               for s in families["kbchat_alerts_last_day"].samples)
+
 
 def upload_without_queue(kb_id: int, path) -> int:
     from db.session import session_scope
