@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     )
     llm_retries: int = Field(default=4, description="Retries before the first token on 429, 503, timeouts, refusals.")
     llm_retry_backoff_seconds: float = Field(default=0.5, description="First retry delay; doubles, with jitter.")
+    llm_circuit_failures: int = Field(
+        default=3, description="After this many questions in a row found the server unavailable, stop trying it "
+        "for llm_circuit_open_seconds (answers are extractive at once); 0 = never."
+    )
+    llm_circuit_open_seconds: int = 30
 
     # --- web --------------------------------------------------------------------------------
     web_host: str = "127.0.0.1"

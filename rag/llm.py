@@ -238,6 +238,71 @@ class _Request:
         self.cancelled.set()
 
 
+# --- circuit breaker ------------------------------------------------------------------------------------------
+# Shared by every chat worker through Redis: once the server has failed ``llm_circuit_failures`` questions in a
+# row (retries used up, or no first token in time), questions skip it for ``llm_circuit_open_seconds`` and get an
+# extractive answer at once, instead of each waiting through its retries. When the key expires, the next question
+# tries the server again; a first token closes the breaker.
+CIRCUIT_KEY = "kbchat:llm:circuit"  # set while open; value = the reason; expires when the breaker half-opens
+FAILURES_KEY = "kbchat:llm:failures"  # consecutive questions the server failed
+
+
+def circuit_state() -> dict[str, Any]:
+    """``{"open": bool, "reason": str, "seconds_left": float, "failures": int}`` (closed when Redis cannot say)."""
+    try:
+        from tasks.redis_client import get_redis
+
+        r = get_redis()
+        pipe = r.pipeline()
+        pipe.get(CIRCUIT_KEY)
+        pipe.pttl(CIRCUIT_KEY)
+        pipe.get(FAILURES_KEY)
+        reason, ttl_ms, failures = pipe.execute()
+    except Exception:
+        return {"open": False, "reason": "", "seconds_left": 0.0, "failures": 0}
+    return {"open": reason is not None, "reason": reason or "", "seconds_left": max(0, ttl_ms or 0) / 1000,
+            "failures": int(failures or 0)}
+
+
+def _server_failed(reason: str) -> None:
+    settings = get_settings()
+    if settings.llm_circuit_failures <= 0:
+        return
+    try:
+        from tasks.redis_client import get_redis
+
+        r = get_redis()
+        failures = r.incr(FAILURES_KEY)
+        r.expire(FAILURES_KEY, max(600, settings.llm_circuit_open_seconds * 4))
+        if failures >= settings.llm_circuit_failures:
+            r.set(CIRCUIT_KEY, reason[:300], ex=max(1, settings.llm_circuit_open_seconds))
+            r.delete(FAILURES_KEY)
+            log.warning("language model circuit open for %d s after %d failed questions: %s",
+                        settings.llm_circuit_open_seconds, failures, reason)
+    except Exception as exc:  # Redis trouble must not turn into an answer failure
+        log.warning("could not record the model failure: %s", exc)
+
+
+def _server_answered() -> None:
+    try:
+        from tasks.redis_client import get_redis
+
+        get_redis().delete(FAILURES_KEY)
+    except Exception:
+        pass
+
+
+def _check_circuit() -> None:
+    if get_settings().llm_circuit_failures <= 0:
+        return
+    state = circuit_state()
+    if state["open"]:
+        raise ModelUnavailable(
+            f"The language model was unavailable moments ago ({state['reason']}); it is tried again in "
+            f"{max(1, round(state['seconds_left']))} s."
+        )
+
+
 def stream_chat(
     messages: Messages,
     *,
@@ -252,22 +317,27 @@ def stream_chat(
         raise ModelUnavailable("No generation server is configured.")
     max_tokens = max_tokens or settings.llm_max_tokens
     temperature = settings.llm_temperature if temperature is None else temperature
+    _check_circuit()
     deadline = time.monotonic() + settings.llm_first_token_timeout_seconds
     attempt = 0
     while True:
         request = _Request(messages, max_tokens=max_tokens, temperature=temperature)
         kind, value = request.next(deadline, should_stop)
         if kind == "token":
+            _server_answered()
             break
         if kind == "end":  # an empty answer
+            _server_answered()
             return
         request.cancel()
         if kind == "timeout":
+            _server_failed(f"no first token within {settings.llm_first_token_timeout_seconds:g} s")
             raise FirstTokenTimeout(_first_token_message(settings.llm_first_token_timeout_seconds))
         retry, reason, retry_after, exc = _classify(value)
         if exc is not None:
             raise exc from value
         if attempt >= settings.llm_retries:
+            _server_failed(reason)
             raise ModelUnavailable(
                 f"The language model is unavailable ({reason}) after {attempt + 1} attempts."
             )
@@ -277,6 +347,7 @@ def stream_chat(
             on_retry(attempt, delay, reason)
         _sleep(min(delay, max(0.0, deadline - time.monotonic())), should_stop)
         if time.monotonic() >= deadline:
+            _server_failed(f"no first token within {settings.llm_first_token_timeout_seconds:g} s")
             raise FirstTokenTimeout(_first_token_message(settings.llm_first_token_timeout_seconds))
 
     try:

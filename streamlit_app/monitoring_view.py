@@ -15,6 +15,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from rag import llm
 from tasks import admin, monitoring, system_status
 from tasks.registry import QUEUES
 
@@ -358,6 +359,13 @@ def services(window: int, window_label: str) -> None:
                 f"{'Healthy' if tgi['ok'] else 'Not healthy'}: {tgi['detail']} in {tgi['response_ms']:.0f} ms",
                 icon=":material/dns:")
             st.caption(f"{tgi['url']} · model **{tgi['model_id'] or '?'}** · version {tgi['version'] or '?'}")
+            circuit = llm.circuit_state()
+            if circuit["open"]:
+                st.warning(f"Breaker open: questions are answered from the passages without asking the model for "
+                           f"{circuit['seconds_left']:.0f} s more ({plain(circuit['reason'], 160)}).",
+                           icon=":material/power_off:")
+            elif circuit["failures"]:
+                st.caption(f"{circuit['failures']} question(s) in a row found the model unavailable.")
             if tgi["limits"]:
                 st.dataframe(pd.DataFrame([{"limit": k, "value": v} for k, v in tgi["limits"].items()]),
                              hide_index=True, width="stretch")

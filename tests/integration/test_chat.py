@@ -40,6 +40,8 @@ WORKER_ENV = {
     "KBCHAT_LLM_FIRST_TOKEN_TIMEOUT_SECONDS": str(FIRST_TOKEN_TIMEOUT),
     "KBCHAT_LLM_TIMEOUT_SECONDS": "3",
     "KBCHAT_HISTORY_TOKEN_BUDGET": "120",
+    "KBCHAT_LLM_CIRCUIT_FAILURES": "2",
+    "KBCHAT_LLM_CIRCUIT_OPEN_SECONDS": "3",
 }
 
 CABLE = (
@@ -117,6 +119,10 @@ def stack(request, services, tmp_path_factory) -> Iterator[Stack]:
 
 @pytest.fixture(autouse=True)
 def fresh_behaviour(stack):
+    from rag import llm
+    from tasks.redis_client import get_redis
+
+    get_redis().delete(llm.CIRCUIT_KEY, llm.FAILURES_KEY)  # each test starts with the breaker closed
     stack.tgi.behaviour.reset()
     stack.tgi.behaviour.answer = ANSWER
     yield stack.tgi.behaviour
@@ -283,6 +289,32 @@ def test_model_down_falls_back_to_a_labelled_extractive_answer(stack, fresh_beha
     assert run.text.startswith("*The language model is unavailable") and "most relevant passages" in run.text
     assert "[1]" in run.text and stack.document in run.text
     assert run.done["mode"] == "extractive" and run.done["citations"]
+
+
+def test_after_questions_in_a_row_fail_the_breaker_answers_at_once_then_tries_the_server_again(stack,
+                                                                                                fresh_behaviour):
+    """Two questions in a row find the server down (the worker's breaker threshold): the next one is answered from
+    the passages at once, without asking the server or waiting through retries; once the breaker's time is up and
+    the server is back, answers come from the model again."""
+    from rag import llm
+
+    fresh_behaviour.fail_statuses = [503] * 40
+    for question in ("Where did the divers splice the new cable section?", "Who repaired the telegraph cable?"):
+        run = ask(stack.kb_id, question)
+        assert run.meta["mode"] == "extractive" and len(run.of("status")) == 3  # retried, then gave up
+    assert llm.circuit_state()["open"]
+    asked_before = len(stack.tgi.chat_requests())
+    run = ask(stack.kb_id, "How long did the cable repair take?")
+    assert run.meta["mode"] == "extractive" and "tried again in" in run.meta["note"], run.meta
+    assert not run.of("status"), "no retries while the breaker is open"
+    assert len(stack.tgi.chat_requests()) == asked_before, "the server was not asked"
+    assert run.done["citations"] and "[1]" in run.text
+
+    fresh_behaviour.fail_statuses = []
+    wait_until(lambda: not llm.circuit_state()["open"], 15, "the breaker to let the next question through")
+    healed = ask(stack.kb_id, "How long did the cable repair take?")
+    assert healed.meta["mode"] == "llm" and healed.text.startswith("Divers repaired")
+    assert llm.circuit_state()["failures"] == 0
 
 
 def test_prompt_over_the_limit_is_trimmed_to_info_and_retried_once(stack, fresh_behaviour):
