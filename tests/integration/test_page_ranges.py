@@ -171,7 +171,7 @@ def test_a_large_pdf_is_split_shared_by_two_workers_and_stored_once(backend, own
         and r,
         120, "every part delivery to finish",
     )
-    statuses = sorted(json.loads(r["result"])["status"] for r in records)
+    statuses = sorted(r["result"]["status"] for r in records)
     assert statuses.count("ready") == 1, statuses  # one delivery stored the document
     assert set(statuses) <= {"ready", "staged", "superseded"}, statuses
     assert len({r["worker"] for r in records}) == 2, {r["worker"] for r in records}
