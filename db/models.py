@@ -8,6 +8,7 @@ from typing import Any
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -213,3 +214,42 @@ class Alert(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     delivery_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created()
+
+
+class IngestPart(Base):
+    """One page range of a split document's ingest run (the run is the ``ingest.document`` task id); the part
+    that finds every part of its run done stores the document's chunks."""
+
+    __tablename__ = "ingest_parts"
+    __table_args__ = (UniqueConstraint("document_id", "run", "first_page", name="uq_ingest_parts_document_run_first"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), index=True)
+    run: Mapped[str] = mapped_column(String(64))
+    first_page: Mapped[int] = mapped_column(Integer)
+    last_page: Mapped[int] = mapped_column(Integer)
+    pages_done: Mapped[int] = mapped_column(Integer, default=0)
+    chunk_count: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class StagedChunk(Base):
+    """A chunk of one part of a split document, embedded and waiting for the run's last part to store it."""
+
+    __tablename__ = "staged_chunks"
+    __table_args__ = (Index("ix_staged_chunks_document_run_first", "document_id", "run", "first_page", "ordinal"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"))
+    run: Mapped[str] = mapped_column(String(64))
+    first_page: Mapped[int] = mapped_column(Integer)  # the part it belongs to
+    ordinal: Mapped[int] = mapped_column(Integer)  # within the part
+    page: Mapped[int | None] = mapped_column(Integer)
+    locator: Mapped[str | None] = mapped_column(String(200))
+    heading: Mapped[str | None] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    token_count: Mapped[int] = mapped_column(Integer)
+    embedding: Mapped[Any] = mapped_column(Vector(EMBEDDING_DIM))

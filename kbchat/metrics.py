@@ -70,7 +70,7 @@ class KbchatCollector(Collector):
                 self.task_events.labels(name, state).inc()
                 if entry.get("runtime"):
                     self.runtime.labels(name, state).observe(float(entry["runtime"]))
-                if state == events.SUCCEEDED and name in ("chat.answer", "ingest.document"):
+                if state == events.SUCCEEDED and name in ("chat.answer", "ingest.document", "ingest.pages"):
                     finished.append((name, entry["task_id"]))
             self._observe_results(finished)
         return seen

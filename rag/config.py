@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     # --- ingestion limits --------------------------------------------------------------------
     max_upload_mb: int = 200
     max_pdf_pages: int = 5_000
+    ingest_split_pages: int = Field(
+        default=200,
+        description="A PDF with more pages than this is split into page-range parts of at most this many pages, "
+        "which several ingest workers process at once; 0 = never split.",
+    )
 
     # --- retrieval and answers -------------------------------------------------------------
     top_k: int = 5

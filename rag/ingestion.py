@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from db.models import CHUNKING, EMBEDDING, PARSING, READY, STORING
 from db.repositories import chunks as chunk_repo
 from db.repositories import documents as document_repo
+from db.repositories import ingest_parts as part_repo
 from db.repositories import knowledge_bases as kb_repo
 from db.session import session_scope
 from rag import embedding
 from rag.chunking import split_sections
 from rag.config import get_settings
-from rag.parsing import ParseError, parse
+from rag.parsing import ParseError, parse, pdf_page_count
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ class IngestResult:
     pages: int | None = None
     chunks: int = 0
     error: str | None = None
+    # Page ranges (first, last) of a split PDF that the caller enqueues as ``ingest.pages`` tasks.
+    parts: list[list[int]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,6 +79,13 @@ def ingest_document(document_id: int, task_id: str | None = None) -> IngestResul
 
     progress = _Progress(document_id)
     try:
+        split_pages = settings.ingest_split_pages
+        if split_pages > 0 and task_id is not None:
+            total = pdf_page_count(data)
+            if total is not None and total > split_pages:
+                from rag import page_ranges
+
+                return page_ranges.split_document(document_id, task_id, total)
         parsed = parse(
             data, filename, progress=lambda done, total: progress.stage(PARSING, done, total, force=False)
         )
@@ -94,7 +104,7 @@ def ingest_document(document_id: int, task_id: str | None = None) -> IngestResul
         progress.stage(EMBEDDING, 0, len(drafts))
         for start in range(0, len(drafts), batch):
             part = drafts[start : start + batch]
-            vectors.extend(embedding.embed([_embedding_text(d.heading, d.text) for d in part]))
+            vectors.extend(embedding.embed([embedding_text(d.heading, d.text) for d in part]))
             progress.stage(EMBEDDING, min(start + batch, len(drafts)), len(drafts), force=False)
     except ParseError as exc:
         with session_scope() as session:
@@ -130,6 +140,7 @@ def ingest_document(document_id: int, task_id: str | None = None) -> IngestResul
             text_search_config=settings.text_search_config,
         )
         document_repo.mark_ready(session=session, document_id=document_id, pages=parsed.pages, chunk_count=len(rows))
+        part_repo.delete_for_document(session=session, document_id=document_id)  # an earlier split run's leftovers
         kb_repo.bump_version(session=session, kb_id=kb_id)
     log.info("ingested document %s (%s): %d pages, %d chunks", document_id, filename, parsed.pages, len(rows))
     return IngestResult(document_id=document_id, status=READY, pages=parsed.pages, chunks=len(rows))
@@ -145,6 +156,6 @@ def _superseded(document, task_id: str | None) -> bool:
     return bool(task_id and document.task_id and document.task_id != task_id)
 
 
-def _embedding_text(heading: str | None, text: str) -> str:
+def embedding_text(heading: str | None, text: str) -> str:
     # The title and heading path go into the vector so a chunk can be found by what document it is from.
     return f"{heading}\n{text}" if heading else text

@@ -7,6 +7,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from charset_normalizer import from_bytes
 
@@ -38,6 +39,7 @@ class ParsedDocument:
 
 
 ProgressFn = Callable[[int, int], None]
+T = TypeVar("T")
 
 _PDF_MAGIC = b"%PDF-"
 _HTML_HINT = re.compile(rb"<!doctype html|<html[\s>]|<body[\s>]|<head[\s>]", re.IGNORECASE)
@@ -180,13 +182,31 @@ def _script(ch: str) -> str:
     return unicodedata.name(ch, "?").split()[0]  # LATIN, CYRILLIC, ARABIC, …
 
 
+def pdf_page_count(data: bytes) -> int | None:
+    """The page count of a PDF that opens (checked as ``parse`` checks it), or None when ``data`` is not a PDF."""
+    if sniff(data) != "pdf":
+        return None
+    return _with_pdf_limits(lambda: len(_open_pdf(data).pages))
+
+
+def parse_pdf_pages(data: bytes, first: int, last: int) -> ParsedDocument:
+    """Only pages ``first``..``last`` (1-based, inclusive) of a PDF, for one part of a split document.
+
+    ``pages`` is still the whole document's count; a part whose pages hold no text is not an error here."""
+    return _with_pdf_limits(lambda: _read_pdf(data, None, first=first, last=last))
+
+
 def _parse_pdf(data: bytes, progress: ProgressFn | None) -> ParsedDocument:
+    return _with_pdf_limits(lambda: _read_pdf(data, progress))
+
+
+def _with_pdf_limits(read: Callable[[], T]) -> T:
     from pypdf import apply_configuration
     from pypdf.errors import LimitReachedError
 
     try:
         with apply_configuration(**PDF_LIMITS):
-            return _read_pdf(data, progress)
+            return read()
     except LimitReachedError as exc:
         raise ParseError(
             f"The PDF exceeds the parser's safety limits ({exc}). It may be malformed or hostile; "
@@ -194,7 +214,8 @@ def _parse_pdf(data: bytes, progress: ProgressFn | None) -> ParsedDocument:
         ) from exc
 
 
-def _read_pdf(data: bytes, progress: ProgressFn | None) -> ParsedDocument:
+def _open_pdf(data: bytes):
+    """A decrypted reader within the page limit, or ParseError saying what is wrong with the file."""
     from pypdf import PdfReader
     from pypdf.errors import DependencyError, FileNotDecryptedError, LimitReachedError, PdfReadError
 
@@ -220,7 +241,16 @@ def _read_pdf(data: bytes, progress: ProgressFn | None) -> ParsedDocument:
             f"The PDF has {total:,} pages; the limit is {limit:,}. Split it into parts, "
             "or ask an administrator to raise KBCHAT_MAX_PDF_PAGES."
         )
+    return reader
 
+
+def _read_pdf(
+    data: bytes, progress: ProgressFn | None, first: int = 1, last: int | None = None
+) -> ParsedDocument:
+    from pypdf.errors import LimitReachedError
+
+    reader = _open_pdf(data)
+    total = len(reader.pages)
     title = None
     try:
         title = (reader.metadata.title or "").strip() or None if reader.metadata else None
@@ -228,7 +258,8 @@ def _read_pdf(data: bytes, progress: ProgressFn | None) -> ParsedDocument:
         title = None
 
     sections: list[Section] = []
-    for index in range(total):
+    first_index, last_index = max(first, 1) - 1, min(last or total, total)
+    for index in range(first_index, last_index):
         try:
             text = reader.pages[index].extract_text() or ""
         except LimitReachedError:
@@ -239,7 +270,7 @@ def _read_pdf(data: bytes, progress: ProgressFn | None) -> ParsedDocument:
             raise ParseError(f"Page {index + 1} of the PDF cannot be read ({type(exc).__name__}: {exc}).") from exc
         sections.append(Section(text=_clean(text), page=index + 1))
         if progress:
-            progress(index + 1, total)
+            progress(index + 1 - first_index, last_index - first_index)
     return ParsedDocument(kind="pdf", mime="application/pdf", sections=sections, pages=total, title=title)
 
 

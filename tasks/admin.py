@@ -25,7 +25,7 @@ def retry_task(task_id: str) -> str:
     args = decode_args(record.get("args"))
     if args is None or not record.get("name"):
         raise ValueError(f"task {task_id} has no stored arguments to run it again with")
-    if record["name"] == "ingest.document":
+    if record["name"] in ("ingest.document", "ingest.pages"):  # a part alone would stand down: redo the document
         new_id = requeue_documents([int(args[0])])[0]
     else:
         new_id = enqueue(record["name"], *args)
@@ -85,7 +85,7 @@ def task_subject(record: dict) -> dict[str, Any] | None:
         return None
     try:
         with session_scope() as session:
-            if name == "ingest.document":
+            if name in ("ingest.document", "ingest.pages"):
                 document = monitoring_repo.document_summary(session=session, document_id=int(args[0]))
                 return {**document, "kind": "document", "label": document["filename"]} if document else None
             conversation_id = None

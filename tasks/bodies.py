@@ -8,8 +8,23 @@ from tasks.streams import StopFlag, StreamPublisher
 
 
 def ingest_document(document_id: int) -> dict:
-    """ingest.document: parse, chunk, embed and store one uploaded document."""
-    return ingestion.ingest_document(int(document_id), task_id=current_task_id()).to_dict()
+    """ingest.document: parse, chunk, embed and store one uploaded document; a large PDF is split into
+    ``ingest.pages`` tasks that other workers share (this task's id is their run)."""
+    task_id = current_task_id()
+    result = ingestion.ingest_document(int(document_id), task_id=task_id)
+    if result.parts:  # enqueued after the commit that recorded them; a redelivery re-sends those not done
+        from tasks.client import enqueue
+
+        for first_page, last_page in result.parts:
+            enqueue("ingest.pages", int(document_id), task_id, first_page, last_page)
+    return result.to_dict()
+
+
+def ingest_pages(document_id: int, run: str, first_page: int, last_page: int) -> dict:
+    """ingest.pages: parse, chunk and embed one page range of a split PDF; the run's last part stores them all."""
+    from rag import page_ranges
+
+    return page_ranges.ingest_pages(int(document_id), str(run), int(first_page), int(last_page)).to_dict()
 
 
 def chat_answer(
@@ -114,3 +129,11 @@ def give_up_ingest(args: list, error: str) -> None:
     """When ingest.document fails for good (time limit, retries exhausted), the document says why."""
     if args:
         ingestion.fail_document(int(args[0]), error)
+
+
+def give_up_pages(args: list, error: str) -> None:
+    """When a part fails for good, its document fails with the reason (unless a newer run owns it)."""
+    if len(args) >= 2:
+        from rag import page_ranges
+
+        page_ranges.fail_run(int(args[0]), str(args[1]), error)

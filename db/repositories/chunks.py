@@ -56,7 +56,7 @@ def replace_for_document(
                     "text": row.text,
                     "token_count": row.token_count,
                     "cfg": text_search_config,
-                    "embedding": _vector_literal(row.embedding),
+                    "embedding": vector_literal(row.embedding),
                 }
                 for row in rows[start : start + batch]
             ],
@@ -71,11 +71,31 @@ _INSERT = text(
 )
 
 
+def replace_from_staging(
+    *, session: Session, kb_id: int, document_id: int, run: str, text_search_config: str
+) -> int:
+    """Replace the document's chunks with a split run's staged ones, ordinals renumbered 0..n-1 in page order,
+    in the caller's transaction; returns how many were stored."""
+    session.execute(delete(Chunk).where(Chunk.document_id == document_id))
+    return session.execute(
+        _INSERT_FROM_STAGING,
+        {"kb_id": kb_id, "document_id": document_id, "run": run, "cfg": text_search_config},
+    ).rowcount
+
+
+_INSERT_FROM_STAGING = text(
+    "INSERT INTO chunks (kb_id, document_id, ordinal, page, locator, heading, text, token_count, tsv, embedding) "
+    "SELECT :kb_id, document_id, row_number() OVER (ORDER BY first_page, ordinal) - 1, page, locator, heading, "
+    "text, token_count, to_tsvector(CAST(:cfg AS regconfig), text), embedding "
+    "FROM staged_chunks WHERE document_id = :document_id AND run = :run"
+)
+
+
 def count_for_document(*, session: Session, document_id: int) -> int:
     return session.scalar(select(func.count()).select_from(Chunk).where(Chunk.document_id == document_id)) or 0
 
 
-def _vector_literal(embedding: Sequence[float]) -> str:
+def vector_literal(embedding: Sequence[float]) -> str:
     return "[" + ",".join(f"{float(x):.7g}" for x in embedding) + "]"
 
 
@@ -147,7 +167,7 @@ def hybrid_search(
     _set_search_options(session, ef_search)
     params = {
         "kb_id": kb_id,
-        "embedding": _vector_literal(embedding),
+        "embedding": vector_literal(embedding),
         "question": question,
         "cfg": text_search_config,
         "candidates": max(candidates, limit),
