@@ -5,7 +5,8 @@
 - per-question evaluation details older than ``eval_details_retention_days`` (the metrics stay), evaluation
   runs left "running" by a worker that died, and alerts older than ``alert_retention_days``;
 - stale uploads: there is no upload staging area (an upload is one PostgreSQL transaction), so what an
-  interrupted upload can leave is a stored file without a document, which is removed here.
+  interrupted upload can leave is a stored file without a document, which is removed here; and the parts and
+  staged chunks of a split ingest whose run was abandoned (a newer run took the document over).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from datetime import timedelta
 from db.repositories import alerts as alert_repo
 from db.repositories import consistency as consistency_repo
 from db.repositories import evaluations as eval_repo
+from db.repositories import ingest_parts as ingest_parts_repo
 from db.session import session_scope
 from rag.config import get_settings
 
@@ -60,6 +62,8 @@ def cleanup(now: float | None = None) -> dict:
         removed["abandoned_eval_runs"] = eval_repo.fail_abandoned(session=session, older_than=timedelta(hours=6))
         removed["alerts"] = alert_repo.delete_older_than(session=session, days=settings.alert_retention_days)
         removed["stale_upload_files"] = consistency_repo.delete_orphan_blobs(session=session)
+        removed["abandoned_split_ingest_rows"] = ingest_parts_repo.delete_stale(
+            session=session, older_than_seconds=settings.stuck_after_seconds)
     if any(removed.values()):
         log.info("cleanup: %s", ", ".join(f"{k} {v}" for k, v in removed.items() if v))
     return {"removed": removed}

@@ -130,3 +130,19 @@ def count_staged(*, session: Session, document_id: int) -> int:
 
 def count_for_document(*, session: Session, document_id: int) -> int:
     return session.scalar(select(func.count()).select_from(IngestPart).where(IngestPart.document_id == document_id)) or 0
+
+
+
+def delete_stale(*, session: Session, older_than_seconds: int) -> int:
+    """Parts and staged chunks of runs that no longer own their document (a newer run or an unsplit ingest took
+    over, or the document is final) and untouched for ``older_than_seconds``: what an abandoned run leaves."""
+    parts = session.execute(text(
+        "DELETE FROM ingest_parts p USING documents d WHERE d.id = p.document_id "
+        "AND (p.run IS DISTINCT FROM d.task_id OR d.status IN ('ready', 'failed')) "
+        "AND p.updated_at < now() - make_interval(secs => :s)"), {"s": older_than_seconds}).rowcount
+    staged = session.execute(text(
+        "DELETE FROM staged_chunks c USING documents d WHERE d.id = c.document_id "
+        "AND (c.run IS DISTINCT FROM d.task_id OR d.status IN ('ready', 'failed')) "
+        "AND NOT EXISTS (SELECT 1 FROM ingest_parts p WHERE p.document_id = c.document_id AND p.run = c.run)"
+    )).rowcount
+    return (parts or 0) + (staged or 0)

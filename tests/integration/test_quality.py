@@ -456,6 +456,14 @@ def test_cleanup_removes_what_is_past_retention_and_keeps_the_rest(own_redis_db,
                      "('empty_retrievals', 'old', CAST('{}' AS jsonb), 'sent', now() - interval '100 days') "
                      "RETURNING id")[0][0]
     _sql_bypassing_foreign_keys("INSERT INTO document_blobs (document_id, data) VALUES (987654322, 'stray')")
+    # An abandoned split-ingest run: its part and staged chunk belong to a run that no longer owns the document.
+    document_id = upload_without_queue(kb_id, sorted(DEMO.glob("*.pdf"))[0])
+    _sql("UPDATE documents SET task_id = 'current-run' WHERE id = :d", d=document_id)
+    _sql("INSERT INTO ingest_parts (document_id, run, first_page, last_page, updated_at) VALUES "
+         "(:d, 'old-run', 1, 5, now() - interval '2 days'), (:d, 'current-run', 6, 9, now() - interval '2 days')",
+         d=document_id)
+    _sql("INSERT INTO staged_chunks (document_id, run, first_page, ordinal, text, token_count, embedding) "
+         "VALUES (:d, 'old-run', 1, 0, 'x', 1, CAST(:v AS vector))", d=document_id, v=str([0.1] * 384))
 
     removed = cleanup()["removed"]
     assert removed["events"] == 1 and removed["empty_retrievals"] == 1 and removed["queue_history"] == 1, removed
@@ -470,6 +478,9 @@ def test_cleanup_removes_what_is_past_retention_and_keeps_the_rest(own_redis_db,
     assert _sql("SELECT status FROM eval_runs WHERE id = :i", i=dead_run)[0][0] == "failed"
     assert not _sql("SELECT 1 FROM alerts WHERE id = :i", i=old_alert)
     assert not _sql("SELECT 1 FROM document_blobs WHERE document_id = 987654322")
+    assert removed["abandoned_split_ingest_rows"] == 2, removed
+    assert [tuple(r) for r in _sql("SELECT run FROM ingest_parts WHERE document_id = :d", d=document_id)] == [
+        ("current-run",)], "the current run's parts stay"
     again = cleanup()["removed"]
     assert again["events"] == 0 and again["eval_details"] == 0, "a second run finds nothing more to remove"
 
