@@ -92,7 +92,8 @@ def _click(at: AppTest, key: str) -> AppTest:
 def test_monitoring_page_shows_queues_workers_tasks_and_services(activity, worker):
     at = open_page(MONITORING)
     assert texts(at.title) == ["Monitoring"]
-    assert [t.label for t in at.tabs] == ["Queues", "Workers", "Tasks", "Failures", "Stuck documents", "Services"]
+    assert [t.label for t in at.tabs] == ["Queues", "Workers", "Tasks", "Failures", "Stuck documents", "Quality",
+                                         "Services"]
     metrics = {m.label: m.value for m in at.metric}
     assert int(metrics["Workers online"]) >= 1
     assert int(metrics["Failed last hour"]) >= 1
