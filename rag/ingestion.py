@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from db.models import CHUNKING, EMBEDDING, PARSING, READY, STORING
@@ -90,40 +91,19 @@ def ingest_document(document_id: int, task_id: str | None = None) -> IngestResul
             data, filename, progress=lambda done, total: progress.stage(PARSING, done, total, force=False)
         )
         progress.stage(CHUNKING, 0, len(parsed.sections), pages=parsed.pages)
-        drafts = split_sections(
-            parsed.sections,
-            count_tokens=embedding.count_tokens,
-            max_tokens=max_tokens,
-            overlap_tokens=overlap,
-            title=parsed.title or filename,
-        )
+        drafts = chunk(parsed, filename, max_tokens, overlap)
         if not drafts:
             raise ParseError("The file contains no readable text.")
-        vectors = []
-        batch = settings.embedding_batch_size
         progress.stage(EMBEDDING, 0, len(drafts))
-        for start in range(0, len(drafts), batch):
-            part = drafts[start : start + batch]
-            vectors.extend(embedding.embed([embedding_text(d.heading, d.text) for d in part]))
-            progress.stage(EMBEDDING, min(start + batch, len(drafts)), len(drafts), force=False)
+        rows = embed_rows(
+            drafts, on_batch=lambda embedded: progress.stage(EMBEDDING, embedded, len(drafts), force=False)
+        )
     except ParseError as exc:
         with session_scope() as session:
             document_repo.mark_failed(session=session, document_id=document_id, error=str(exc))
         return IngestResult(document_id=document_id, status="failed", error=str(exc))
 
     progress.stage(STORING, 0, len(drafts))
-    rows = [
-        chunk_repo.ChunkRow(
-            ordinal=d.ordinal,
-            page=d.page,
-            locator=d.locator,
-            heading=d.heading,
-            text=d.text,
-            token_count=d.token_count,
-            embedding=vector,
-        )
-        for d, vector in zip(drafts, vectors, strict=True)
-    ]
     with session_scope() as session:
         # The row lock orders concurrent runs of one document (a redelivery racing a requeue): the second sees the
         # first's chunks and replaces them, instead of colliding with them on (document_id, ordinal).
@@ -154,6 +134,33 @@ def fail_document(document_id: int, error: str) -> None:
 
 def _superseded(document, task_id: str | None) -> bool:
     return bool(task_id and document.task_id and document.task_id != task_id)
+
+
+def chunk(parsed, filename: str, max_tokens: int, overlap: int) -> list:
+    """The parsed sections as chunk drafts in the knowledge base's window (model tokens), titled by the document."""
+    return split_sections(
+        parsed.sections,
+        count_tokens=embedding.count_tokens,
+        max_tokens=max_tokens,
+        overlap_tokens=overlap,
+        title=parsed.title or filename,
+    )
+
+
+def embed_rows(drafts: list, on_batch: Callable[[int], None]) -> list[chunk_repo.ChunkRow]:
+    """Embed the drafts in batches (``on_batch`` gets how many are done after each) and return the rows to store."""
+    vectors: list = []
+    batch = get_settings().embedding_batch_size
+    for start in range(0, len(drafts), batch):
+        vectors.extend(embedding.embed([embedding_text(d.heading, d.text) for d in drafts[start : start + batch]]))
+        on_batch(min(start + batch, len(drafts)))
+    return [
+        chunk_repo.ChunkRow(
+            ordinal=d.ordinal, page=d.page, locator=d.locator, heading=d.heading, text=d.text,
+            token_count=d.token_count, embedding=vector,
+        )
+        for d, vector in zip(drafts, vectors, strict=True)
+    ]
 
 
 def embedding_text(heading: str | None, text: str) -> str:

@@ -21,10 +21,8 @@ from db.repositories import documents as document_repo
 from db.repositories import ingest_parts as part_repo
 from db.repositories import knowledge_bases as kb_repo
 from db.session import session_scope
-from rag import embedding
-from rag.chunking import split_sections
 from rag.config import get_settings
-from rag.ingestion import SUPERSEDED, IngestResult, embedding_text
+from rag.ingestion import SUPERSEDED, IngestResult, chunk, embed_rows
 from rag.parsing import ParseError, parse_pdf_pages
 
 log = logging.getLogger(__name__)
@@ -87,33 +85,19 @@ def ingest_pages(document_id: int, run: str, first_page: int, last_page: int) ->
     report = _PartProgress(document_id, run, first_page)
     try:
         parsed = parse_pdf_pages(data, first_page, last_page)
-        drafts = split_sections(
-            parsed.sections,
-            count_tokens=embedding.count_tokens,
-            max_tokens=max_tokens,
-            overlap_tokens=overlap,
-            title=parsed.title or filename,
-        )
-        vectors: list = []
-        batch = settings.embedding_batch_size
-        for start in range(0, len(drafts), batch):
-            vectors.extend(embedding.embed([embedding_text(d.heading, d.text) for d in drafts[start : start + batch]]))
-            embedded = min(start + batch, len(drafts))
+        drafts = chunk(parsed, filename, max_tokens, overlap)
+
+        def report_pages(embedded: int) -> None:
             # Pages before the next chunk still to embed are done (a page's chunks are consecutive).
             pages_done = drafts[embedded].page - first_page if embedded < len(drafts) else last_page - first_page + 1
             report(pages_done, force=embedded == len(drafts))
+
+        rows = embed_rows(drafts, on_batch=report_pages)
     except ParseError as exc:
         return fail_run(document_id, run, str(exc))
     except _StandDown as stop:
         return stop.result
 
-    rows = [
-        chunk_repo.ChunkRow(
-            ordinal=d.ordinal, page=d.page, locator=d.locator, heading=d.heading, text=d.text,
-            token_count=d.token_count, embedding=vector,
-        )
-        for d, vector in zip(drafts, vectors, strict=True)
-    ]
     with session_scope() as session:
         # The document's row lock orders the parts' last steps: exactly one of them sees every part done.
         document = document_repo.lock(session=session, document_id=document_id)

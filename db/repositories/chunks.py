@@ -46,21 +46,23 @@ def replace_for_document(
         session.execute(
             _INSERT,
             [
-                {
-                    "kb_id": kb_id,
-                    "document_id": document_id,
-                    "ordinal": row.ordinal,
-                    "page": row.page,
-                    "locator": row.locator,
-                    "heading": row.heading,
-                    "text": row.text,
-                    "token_count": row.token_count,
-                    "cfg": text_search_config,
-                    "embedding": vector_literal(row.embedding),
-                }
+                {**row_values(row), "kb_id": kb_id, "document_id": document_id, "cfg": text_search_config}
                 for row in rows[start : start + batch]
             ],
         )
+
+
+def row_values(row: ChunkRow) -> dict:
+    """A chunk row's bind values (the vector as a literal the SQL casts), for inserts into chunks or staging."""
+    return {
+        "ordinal": row.ordinal,
+        "page": row.page,
+        "locator": row.locator,
+        "heading": row.heading,
+        "text": row.text,
+        "token_count": row.token_count,
+        "embedding": vector_literal(row.embedding),
+    }
 
 
 # Plain SQL so the tsvector is computed from the same bound text and the vector cast happens server-side.

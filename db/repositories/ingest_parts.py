@@ -9,7 +9,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from db.models import IngestPart, StagedChunk
-from db.repositories.chunks import ChunkRow, vector_literal
+from db.repositories.chunks import ChunkRow, row_values
 
 
 def create_parts(*, session: Session, document_id: int, run: str, ranges: Sequence[tuple[int, int]]) -> None:
@@ -85,18 +85,7 @@ def replace_staged(
         session.execute(
             _INSERT_STAGED,
             [
-                {
-                    "document_id": document_id,
-                    "run": run,
-                    "first_page": first_page,
-                    "ordinal": row.ordinal,
-                    "page": row.page,
-                    "locator": row.locator,
-                    "heading": row.heading,
-                    "text": row.text,
-                    "token_count": row.token_count,
-                    "embedding": vector_literal(row.embedding),
-                }
+                {**row_values(row), "document_id": document_id, "run": run, "first_page": first_page}
                 for row in rows[start : start + batch]
             ],
         )
