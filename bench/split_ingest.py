@@ -26,25 +26,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from ingest import start_services, stop_worker  # noqa: E402  (bench/ingest.py: same services, same stop)
 
-_TOPICS = ["harbour pilots", "glacier surveys", "rail signalling", "orchard irrigation", "lighthouse lenses"]
+from tests.conftest import dense_pdf  # noqa: E402  (the reliability tests' long PDF)
 
 
 def long_pdf(pages: int) -> bytes:
     """Distinct, dense text on every page (about 5 chunks a page)."""
-    from fpdf import FPDF
-
-    pdf = FPDF()
-    pdf.set_font("helvetica", size=9)
-    for number in range(1, pages + 1):
-        topic = _TOPICS[number % len(_TOPICS)]
-        sentences = [
-            f"Section {number} reviews {topic} in district {number * 7 % 97}.",
-            f"Inspectors counted {number * 13 % 500} incidents and filed report {number}-{number % 11}.",
-            f"The committee on {topic} met {number % 5 + 1} times and agreed on new rules for page {number}.",
-        ]
-        pdf.add_page()
-        pdf.multi_cell(0, 4, " ".join(sentences * 12))
-    return bytes(pdf.output())
+    return dense_pdf(pages, font_size=9, repeats=12)
 
 
 def start_workers(count: int, split: int, log_dir: Path) -> list[subprocess.Popen]:

@@ -197,6 +197,47 @@ def make_pdf(pages: list[str]) -> bytes:
     return bytes(pdf.output())
 
 
+DENSE_TOPICS = [
+    "harbour pilots", "glacier surveys", "rail signalling", "orchard irrigation", "lighthouse lenses",
+    "volcanic ash", "telegraph cables", "salt marshes", "river ferries", "mountain huts",
+]
+
+
+def dense_pdf(pages: int, *, font_size: int = 10, repeats: int = 6) -> bytes:
+    """A text PDF with distinct, dense text on every page (long ingests: reliability tests, split benchmark)."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=font_size)
+    for number in range(1, pages + 1):
+        topic = DENSE_TOPICS[number % len(DENSE_TOPICS)]
+        sentences = [
+            f"Section {number} reviews {topic} in district {number * 7 % 97}.",
+            f"Inspectors counted {number * 13 % 500} incidents and filed report {number}-{number % 11}.",
+            f"The committee on {topic} met {number % 5 + 1} times and agreed on new rules for page {number}.",
+        ]
+        pdf.add_page()
+        pdf.multi_cell(0, font_size / 2, " ".join(sentences * repeats))
+    return bytes(pdf.output())
+
+
+def start_scheduler(env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """``kbchat scheduler`` as a child process in its own group, its output in ``log_path``."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "kbchat.cli", "scheduler"], env=env, cwd=ROOT,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_process_group(process: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM the child's process group and wait; SIGKILL it if it does not stop in time."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 # --- helpers for the integration tests (appended; the fixtures above are unchanged) ---------------------
 
 

@@ -498,13 +498,9 @@ def get_settings_value(name: str):
 def test_the_scheduler_queues_every_upkeep_job_on_both_backends(services, env, backend_name, tmp_path):
     """``kbchat scheduler`` (Celery beat, or the Dramatiq-mode loop) queues each interval job on time, into a
     Redis database no worker reads (so nothing runs them here); the nightly evaluation is registered too."""
-    import signal
-    import subprocess
-    import sys
-
     from tasks import events
     from tasks.redis_client import get_redis
-    from tests.conftest import ROOT, wait_until
+    from tests.conftest import start_scheduler, stop_process_group, wait_until
 
     base, _, _ = services["redis_url"].rpartition("/")
     env.set(KBCHAT_REDIS_URL=f"{base}/{4 if backend_name == 'celery' else 5}", KBCHAT_TASK_BACKEND=backend_name)
@@ -522,9 +518,7 @@ def test_the_scheduler_queues_every_upkeep_job_on_both_backends(services, env, b
         return counts
 
     log_path = tmp_path / "scheduler.log"
-    with open(log_path, "ab") as log:
-        scheduler = subprocess.Popen([sys.executable, "-m", "kbchat.cli", "scheduler"], env=child_env, cwd=ROOT,
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    scheduler = start_scheduler(child_env, log_path)
     try:
         counts = wait_until(lambda: (c := queued()) and all(c.get(job, 0) >= 2 for job in jobs) and c, 60,
                             "every interval job queued twice")
@@ -533,10 +527,5 @@ def test_the_scheduler_queues_every_upkeep_job_on_both_backends(services, env, b
         if backend_name == "dramatiq":
             assert "maintenance.evaluate daily at 02:30 UTC" in log_path.read_text()
     finally:
-        os.killpg(scheduler.pid, signal.SIGTERM)
-        try:
-            scheduler.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(scheduler.pid, signal.SIGKILL)
-            scheduler.wait()
+        stop_process_group(scheduler)
         get_redis().flushdb()

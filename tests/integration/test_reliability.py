@@ -17,7 +17,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import _reset_caches, finished_task_record, start_worker, stop_worker, upload, wait_until
+from tests.conftest import (
+    _reset_caches,
+    dense_pdf,
+    finished_task_record,
+    start_worker,
+    stop_worker,
+    upload,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -28,29 +36,10 @@ FAST_REDELIVERY = {
     "KBCHAT_DRAMATIQ_MAINTENANCE_CHANCE": "1000000",
 }
 
-_TOPICS = [
-    "harbour pilots", "glacier surveys", "rail signalling", "orchard irrigation", "lighthouse lenses",
-    "volcanic ash", "telegraph cables", "salt marshes", "river ferries", "mountain huts",
-]
-
-
 @lru_cache(maxsize=4)
 def long_pdf(pages: int = 150) -> bytes:
     """A text PDF long enough that ingesting it takes several seconds (distinct text on every page)."""
-    from fpdf import FPDF
-
-    pdf = FPDF()
-    pdf.set_font("helvetica", size=10)
-    for number in range(1, pages + 1):
-        topic = _TOPICS[number % len(_TOPICS)]
-        sentences = [
-            f"Section {number} reviews {topic} in district {number * 7 % 97}.",
-            f"Inspectors counted {number * 13 % 500} incidents and filed report {number}-{number % 11}.",
-            f"The committee on {topic} met {number % 5 + 1} times and agreed on new rules for page {number}.",
-        ]
-        pdf.add_page()
-        pdf.multi_cell(0, 5, " ".join(sentences * 6))
-    return bytes(pdf.output())
+    return dense_pdf(pages)
 
 
 # --- fixtures -------------------------------------------------------------------------------------------

@@ -10,8 +10,6 @@ import os
 import random
 import re
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -19,11 +17,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import (
-    ROOT,
     backdate_document,
     finished_task_record,
     make_pdf,
+    start_scheduler,
     start_worker,
+    stop_process_group,
     stop_worker,
     stop_worker_gracefully,
     task_events,
@@ -530,9 +529,7 @@ def test_scheduler_enqueues_reconcile_periodically_and_the_worker_runs_it(worker
                PYTHONUNBUFFERED="1")
     time.sleep(0.5)  # the session worker's own start-up reconcile is queued before t0
     t0 = time.time()
-    with open(log_path, "ab") as log:
-        scheduler = subprocess.Popen([sys.executable, "-m", "kbchat.cli", "scheduler"], env=env, cwd=ROOT,
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    scheduler = start_scheduler(env, log_path)
     try:
         ids = wait_until(lambda: (ids := scheduled_since(t0)) and len(ids) >= 3 and ids, 45,
                          "three reconcile runs queued by the scheduler")
@@ -545,12 +542,7 @@ def test_scheduler_enqueues_reconcile_periodically_and_the_worker_runs_it(worker
         first_two = [float(events.get_task(i)["queued_at"]) for i in ids[:2]]
         assert 0.3 < first_two[1] - first_two[0] < 10  # periodic, about every second
     finally:
-        os.killpg(scheduler.pid, signal.SIGTERM)
-        try:
-            scheduler.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(scheduler.pid, signal.SIGKILL)
-            scheduler.wait()
+        stop_process_group(scheduler)
     stopped = time.time()
     time.sleep(2.5)
     assert not scheduled_since(stopped), "reconcile was still being queued after the scheduler stopped"

@@ -6,6 +6,7 @@ import pytest
 
 from rag.page_ranges import plan
 from rag.parsing import ParseError, parse, parse_pdf_pages, pdf_page_count
+from tests.conftest import make_pdf
 
 
 @pytest.mark.parametrize(
@@ -25,19 +26,8 @@ def test_plan_covers_every_page_once_in_ranges_no_longer_than_the_setting(total,
     assert all(last - first + 1 <= size for first, last in ranges)
 
 
-def _pdf(pages: list[str]) -> bytes:
-    from fpdf import FPDF
-
-    pdf = FPDF()
-    pdf.set_font("helvetica", size=11)
-    for text in pages:
-        pdf.add_page()
-        pdf.multi_cell(0, 6, text)
-    return bytes(pdf.output())
-
-
 def test_a_page_range_reads_as_those_pages_of_the_whole_document():
-    data = _pdf([f"Page {n} tells of the {word} by the river." for n, word in enumerate("abcdefg", start=1)])
+    data = make_pdf([f"Page {n} tells of the {word} by the river." for n, word in enumerate("abcdefg", start=1)])
     assert pdf_page_count(data) == 7
     whole = parse(data, "seven.pdf")
     part = parse_pdf_pages(data, 3, 5)
@@ -46,7 +36,7 @@ def test_a_page_range_reads_as_those_pages_of_the_whole_document():
     assert part.sections == whole.sections[2:5]
 
 
-def test_page_count_is_none_for_other_files_and_a_parse_error_for_a_damaged_pdf():
+def test_page_count_is_none_for_other_files_and_a_parse_error_for_a_damagedmake_pdf():
     assert pdf_page_count(b"Just a line of text.\n") is None
     with pytest.raises(ParseError, match="damaged"):
         pdf_page_count(b"%PDF-1.4 garbage")
