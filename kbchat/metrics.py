@@ -38,6 +38,7 @@ class KbchatCollector(Collector):
 
     def __init__(self, *, from_start: bool = False) -> None:
         self._lock = threading.Lock()
+        self._quality_cache: tuple[float, dict | None] = (0.0, None)  # (monotonic time taken, figures)
         self._last_id = "0-0" if from_start else self._stream_end()
         self.task_events = Counter("kbchat_task_events", "Task events (queued, started, retry, succeeded, "
                                    "failed) by task name", ["task", "state"], registry=None)
@@ -167,11 +168,10 @@ class KbchatCollector(Collector):
             keys.add_metric([kind], n)
         yield keys
 
-
     def _quality(self) -> Iterator[Metric]:
         """The latest retrieval evaluation per knowledge base and alerts raised, from PostgreSQL (cached a minute;
         a database that does not answer leaves these out of the scrape rather than failing it)."""
-        taken, figures = getattr(self, "_quality_cache", (0.0, None))
+        taken, figures = self._quality_cache
         if figures is None or time.monotonic() - taken > QUALITY_EVERY_SECONDS:
             try:
                 figures = _quality_figures()

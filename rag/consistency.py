@@ -12,6 +12,7 @@ Reported only: a document whose original file is gone (it cannot be re-indexed: 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -22,6 +23,7 @@ from db.repositories import knowledge_bases as kb_repo
 from db.session import session_scope
 from rag import embedding
 from rag.config import get_settings
+from rag.library import reindex as requeue_documents
 from rag.maintenance import moved_recently, reconcile_stuck_documents
 
 log = logging.getLogger(__name__)
@@ -106,8 +108,6 @@ def check(
             if kb_id is None:
                 repo.delete_orphan_blobs(session=session)
             for base_id, ids in reindex.items():
-                from rag.library import reindex as requeue_documents
-
                 reindex[base_id] = requeue_documents(session=session, kb_id=base_id, document_ids=sorted(set(ids)))
             for base_id in {row["kb_id"] for row in failed} | set(reindex):
                 kb_repo.bump_version(session=session, kb_id=base_id)
@@ -135,12 +135,5 @@ def check(
         "knowledge_bases": len(bases),
         "fixed": fix,
         "problems": problems,
-        "counts": _count_kinds(problems),
+        "counts": dict(Counter(p["kind"] for p in problems)),
     }
-
-
-def _count_kinds(problems: list[dict]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for p in problems:
-        counts[p["kind"]] = counts.get(p["kind"], 0) + 1
-    return counts

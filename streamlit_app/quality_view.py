@@ -49,10 +49,11 @@ def evaluation(kb_names: dict[int, str]) -> None:
                       "for each and checks where retrieval ranks the chunk it came from.")
     with session_scope() as session:
         history = eval_repo.history(session=session, kb_id=kb_id)
-        latest = eval_repo.latest(session=session, kb_id=kb_id)
+        recent_runs = eval_repo.recent(session=session, kb_id=kb_id, limit=10)
+        latest = recent_runs[0] if recent_runs else None  # newest run of any status
         previous = eval_repo.previous_comparable(session=session, run=history[-1]) if history else None
         trend = pd.DataFrame(_run_rows(history))
-        recent = _run_rows(eval_repo.recent(session=session, kb_id=kb_id, limit=10))
+        recent = _run_rows(recent_runs)
         details = list(history[-1].details or []) if history else []
         last = history[-1] if history else None
         last_figures = {key: getattr(last, key) for key in METRICS} if last else {}

@@ -100,12 +100,6 @@ def recent(*, session: Session, kb_id: int, limit: int = 10) -> list[EvalRun]:
     ))
 
 
-def latest(*, session: Session, kb_id: int) -> EvalRun | None:
-    return session.scalars(
-        select(EvalRun).where(EvalRun.kb_id == kb_id).order_by(EvalRun.started_at.desc(), EvalRun.id.desc()).limit(1)
-    ).first()
-
-
 def drop_old_details(*, session: Session, days: int) -> int:
     """Forget per-question details of runs older than ``days``; their metrics stay for the trend."""
     cutoff = datetime.now(UTC) - timedelta(days=days)
