@@ -115,14 +115,14 @@ def chunk_texts(kb_name: str) -> list[str]:
     from sqlalchemy import text
 
     from db.session import session_scope
-    from rag.ingestion import _embedding_text
+    from rag.ingestion import embedding_text
 
     with session_scope() as session:
         rows = session.execute(
             text("SELECT c.heading, c.text FROM chunks c JOIN knowledge_bases k ON k.id = c.kb_id "
                  "WHERE k.name = :name ORDER BY c.document_id, c.ordinal"), {"name": kb_name}
         ).all()
-    return [_embedding_text(heading, body) for heading, body in rows]
+    return [embedding_text(heading, body) for heading, body in rows]
 
 
 # --- encoders -------------------------------------------------------------------------------------------
