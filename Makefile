@@ -34,7 +34,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format rag db tasks kbchat streamlit_app pages tests bench
 
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[bench,onnx]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[bench]"
 	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || true; done
 
 migrate: $(STAMP)

@@ -4,8 +4,7 @@ baseline; plus PDF text extraction (pypdf vs pypdfium2) and the ONNX int8 embedd
     .venv/bin/python bench/ingest.py [--corpus ../shared/corpus/nih] [--concurrency 2] [--questions 200]
 
 Starts its own embedded PostgreSQL and Redis in a temporary folder and a real ``kbchat worker`` process; prints
-the figures and removes everything it started. Needs the ``bench`` extra (langchain-text-splitters) and, for the
-ONNX part, the ``onnx`` extra (onnxruntime, onnx).
+the figures and removes everything it started. Needs the ``bench`` extra (langchain-text-splitters).
 """
 
 from __future__ import annotations
@@ -136,11 +135,11 @@ def torch_model():
     return SentenceTransformer(model_name(), device="cpu")
 
 
-def onnx_model(data_dir: Path):
-    from rag.embedding import model_name
+def onnx_model():
+    from rag.embedding import model_cache_dir, model_name
     from rag.onnx_embedder import OnnxEncoder
 
-    return OnnxEncoder(model_name(), data_dir)
+    return OnnxEncoder(model_name(), model_cache_dir())
 
 
 def timed_encode(model, texts: list[str], batch_size: int) -> tuple[float, np.ndarray]:
@@ -314,7 +313,7 @@ def main() -> int:
         torch_seconds, torch_vectors = timed_encode(torch, texts, settings.embedding_batch_size)
         limit_seconds = torch_seconds
         if settings.embedding_backend == "onnx-int8":
-            limit_seconds, _ = timed_encode(onnx_model(data_dir), texts, settings.embedding_batch_size)
+            limit_seconds, _ = timed_encode(onnx_model(), texts, settings.embedding_batch_size)
         encode_rate = len(texts) / limit_seconds
         print(f"\nthe limit: raw encode of the same {len(texts)} chunk texts, same model and embedder, one process")
         line(f"{settings.embedding_backend} encode chunks/s", f"{encode_rate:.2f}")
@@ -334,7 +333,7 @@ def main() -> int:
         if not args.skip_onnx:
             try:
                 started = time.perf_counter()
-                onnx = onnx_model(data_dir)
+                onnx = onnx_model()
                 export_seconds = time.perf_counter() - started
             except ImportError as exc:
                 print(f"\nONNX int8: skipped ({exc}); pip install -e '.[onnx]'")

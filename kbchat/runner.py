@@ -101,6 +101,12 @@ def run(host: str | None = None, port: int | None = None, demo: bool = True) -> 
         urls = services.start()
         print("kbchat: migrating the database…", flush=True)
         migrate.upgrade(urls.database_url)
+        from rag import embedding
+
+        if embedding.export_pending():  # in a child: torch is needed for the export only, not in this process
+            print("kbchat: exporting the embedding model to ONNX int8 (once)…", flush=True)
+            subprocess.run([sys.executable, "-c", "from rag.embedding import prepare; prepare()"], check=True,
+                           env={**os.environ, "KBCHAT_DATA_DIR": str(settings.data_dir.resolve())})
         env = dict(os.environ)
         env.update(
             KBCHAT_DATABASE_URL=urls.database_url,

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
 from rag.config import get_settings
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 
 
@@ -29,28 +32,67 @@ def model_label() -> str:
     return get_settings().embedding_model or "all-MiniLM-L6-v2"
 
 
+def model_cache_dir() -> Path:
+    """Where exported models live: ``KBCHAT_MODEL_CACHE_DIR``, or ``models`` in the data dir."""
+    settings = get_settings()
+    return Path(settings.model_cache_dir) if settings.model_cache_dir else settings.data_dir / "models"
+
+
+def export_pending() -> bool:
+    """Whether the configured embedder still needs its one-time ONNX export (a minute at most on 2 cores)."""
+    if get_settings().embedding_backend != "onnx-int8":
+        return False
+    from rag.onnx_embedder import UnsupportedModel, export_dir, pooling_mode
+
+    try:
+        pooling_mode(model_name())
+    except UnsupportedModel:
+        return False
+    return not (export_dir(model_name(), model_cache_dir()) / "model_int8.onnx").exists()
+
+
+def prepare() -> None:
+    """Make the one-time ONNX export now (``kbchat run`` does, before workers start), instead of in a worker."""
+    from rag.onnx_embedder import ensure_exported
+
+    if export_pending():
+        ensure_exported(model_name(), model_cache_dir())
+
+
 @lru_cache(maxsize=1)
 def get_model():
-    """Load the model once per process (thread-safe); never downloads. ``KBCHAT_EMBEDDING_BACKEND=onnx-int8``
-    gives an int8 ONNX export of the same model (exported once into the data dir) with the same interface."""
+    """Load the model once per process (thread-safe); never downloads.
+
+    ``KBCHAT_EMBEDDING_BACKEND=onnx-int8`` (the default) runs an int8 ONNX export of the same model, made once into
+    the model cache, with the same interface; a model it cannot run (pooling other than mean or CLS) runs on torch.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with _lock:
         import transformers
-        from sentence_transformers import SentenceTransformer
 
         # Token counting runs over whole sentences longer than the model window on purpose; no warning for that.
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
 
         settings = get_settings()
+        model = None
         if settings.embedding_backend == "onnx-int8":
-            from rag.onnx_embedder import OnnxEncoder
+            from rag.onnx_embedder import OnnxEncoder, UnsupportedModel
 
-            model = OnnxEncoder(model_name(), settings.data_dir)
-        else:
+            try:
+                model = OnnxEncoder(model_name(), model_cache_dir(), threads=settings.embedding_threads)
+            except UnsupportedModel as exc:
+                log.warning("%s; embedding with torch instead", exc)
+        if model is None:
+            from sentence_transformers import SentenceTransformer  # imports torch: only when torch is used
+
             model = SentenceTransformer(model_name(), device="cpu")
+            if settings.embedding_threads:
+                import torch
+
+                torch.set_num_threads(settings.embedding_threads)
     dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else model.get_sentence_embedding_dimension()
     expected = get_settings().embedding_dim
     if dim != expected:

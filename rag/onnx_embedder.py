@@ -1,8 +1,9 @@
-"""The embedding model as ONNX with dynamic int8 quantisation, exported locally from the packaged model.
+"""The embedding model as ONNX with dynamic int8 quantisation, exported locally from the configured model.
 
 sentence-transformers' own ONNX backend needs ``optimum``, whose ONNX package pins ``transformers<4.58``; this
 exports the same graph with ``torch.onnx`` and quantises it with onnxruntime, so it runs beside transformers 5.
-Only mean-pooling models (like all-MiniLM-L6-v2) are supported: pooling and normalisation happen here.
+Pooling (mean, as all-MiniLM and most sentence-transformers models; or CLS, as BGE) and normalisation happen here;
+a model pooled any other way raises ``UnsupportedModel`` and the caller uses torch.
 """
 
 from __future__ import annotations
@@ -21,17 +22,35 @@ log = logging.getLogger(__name__)
 _OPSET = 17
 
 
-def export_dir(model_path: str, data_dir: Path) -> Path:
-    """Where the exported model of ``model_path`` lives under the data dir (one folder per source model)."""
+class UnsupportedModel(RuntimeError):
+    """The model cannot run through this encoder (its pooling); use sentence-transformers on torch instead."""
+
+
+def pooling_mode(model_path: str) -> str:
+    """``mean`` or ``cls`` from the model's sentence-transformers pooling config (mean when it has none)."""
+    config = Path(model_path) / "1_Pooling" / "config.json"
+    if not config.exists():
+        return "mean"
+    settings = json.loads(config.read_text())
+    modes = [name for name, on in settings.items() if name.startswith("pooling_mode_") and on]
+    if modes == ["pooling_mode_mean_tokens"]:
+        return "mean"
+    if modes == ["pooling_mode_cls_token"]:
+        return "cls"
+    raise UnsupportedModel(f"{model_path} pools with {', '.join(modes) or 'nothing'}; onnx-int8 does mean or CLS only")
+
+
+def export_dir(model_path: str, cache_dir: Path) -> Path:
+    """Where the exported model of ``model_path`` lives in the model cache (one folder per source model)."""
     import hashlib
 
     key = hashlib.sha256(str(Path(model_path).resolve()).encode()).hexdigest()[:12]
-    return data_dir / "models" / f"{Path(model_path).name}-{key}-onnx-int8"
+    return cache_dir / f"{Path(model_path).name}-{key}-onnx-int8"
 
 
-def ensure_exported(model_path: str, data_dir: Path) -> Path:
+def ensure_exported(model_path: str, cache_dir: Path) -> Path:
     """The int8 ONNX file for ``model_path``, exported once (under a file lock, so workers never race)."""
-    target = export_dir(model_path, data_dir)
+    target = export_dir(model_path, cache_dir)
     model_file = target / "model_int8.onnx"
     if model_file.exists():
         return model_file
@@ -44,13 +63,24 @@ def ensure_exported(model_path: str, data_dir: Path) -> Path:
 
 
 def _export(model_path: str, target: Path) -> None:
+    import warnings
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime's quantiser advises pre-processing on the root logger; it is optional
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on data-dependent shapes are expected here
+            _export_quiet(model_path, target)
+    finally:
+        root.setLevel(level)
+
+
+def _export_quiet(model_path: str, target: Path) -> None:
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from transformers import AutoModel, AutoTokenizer
 
-    pooling = Path(model_path) / "1_Pooling" / "config.json"
-    if pooling.exists() and not json.loads(pooling.read_text()).get("pooling_mode_mean_tokens"):
-        raise RuntimeError(f"KBCHAT_EMBEDDING_BACKEND=onnx-int8 supports mean-pooling models only; {model_path} is not one.")
     log.info("exporting %s to ONNX int8 in %s (once)", model_path, target)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModel.from_pretrained(model_path, attn_implementation="eager").eval()
@@ -92,18 +122,19 @@ def _export(model_path: str, target: Path) -> None:
 class OnnxEncoder:
     """The subset of SentenceTransformer that kbchat uses: ``tokenizer``, ``encode``, the dimension."""
 
-    def __init__(self, model_path: str, data_dir: Path, max_seq_length: int | None = None) -> None:
+    def __init__(self, model_path: str, cache_dir: Path, max_seq_length: int | None = None, threads: int = 0) -> None:
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
-        model_file = ensure_exported(model_path, data_dir)
+        self.pooling = pooling_mode(model_path)
+        model_file = ensure_exported(model_path, cache_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         config = Path(model_path) / "sentence_bert_config.json"
         configured = json.loads(config.read_text()).get("max_seq_length") if config.exists() else None
         self.max_seq_length = max_seq_length or configured or 256
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = os.cpu_count() or 1
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
         # Idle threads sleep instead of spinning: workers share the cores with other processes.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
@@ -125,8 +156,11 @@ class OnnxEncoder:
                                      max_length=self.max_seq_length, return_tensors="np")
             feeds = {k: v.astype(np.int64) for k, v in encoded.items() if k in self._inputs}
             hidden = self.session.run(None, feeds)[0]
-            mask = encoded["attention_mask"][..., None].astype(np.float32)
-            pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+            if self.pooling == "cls":
+                pooled = hidden[:, 0, :].copy()
+            else:
+                mask = encoded["attention_mask"][..., None].astype(np.float32)
+                pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
             if normalize_embeddings:
                 pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
             for row, i in enumerate(index):

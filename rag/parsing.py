@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import logging
 import re
+import threading
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +14,8 @@ from typing import TypeVar
 from charset_normalizer import from_bytes
 
 from rag.config import get_settings
+
+log = logging.getLogger(__name__)
 
 
 class ParseError(ValueError):
@@ -247,9 +251,7 @@ def _open_pdf(data: bytes):
 def _read_pdf(
     data: bytes, progress: ProgressFn | None, first: int = 1, last: int | None = None
 ) -> ParsedDocument:
-    from pypdf.errors import LimitReachedError
-
-    reader = _open_pdf(data)
+    reader = _open_pdf(data)  # pypdf opens and checks the file, whichever engine reads the pages
     total = len(reader.pages)
     title = None
     try:
@@ -259,19 +261,77 @@ def _read_pdf(
 
     sections: list[Section] = []
     first_index, last_index = max(first, 1) - 1, min(last or total, total)
-    for index in range(first_index, last_index):
-        try:
-            text = reader.pages[index].extract_text() or ""
-        except LimitReachedError:
-            raise
-        except Exception as exc:  # a broken page is named, not a traceback
-            if "TimeLimit" in type(exc).__name__:  # the task's time limit (Celery's soft limit), not the page
-                raise
-            raise ParseError(f"Page {index + 1} of the PDF cannot be read ({type(exc).__name__}: {exc}).") from exc
-        sections.append(Section(text=_clean(text), page=index + 1))
-        if progress:
-            progress(index + 1 - first_index, last_index - first_index)
+    with _PdfiumPages(data) as pdfium_pages:
+        for index in range(first_index, last_index):
+            text = pdfium_pages.text(index)
+            if text is None:
+                text = _pypdf_page_text(reader, index)
+            sections.append(Section(text=_clean(text), page=index + 1))
+            if progress:
+                progress(index + 1 - first_index, last_index - first_index)
     return ParsedDocument(kind="pdf", mime="application/pdf", sections=sections, pages=total, title=title)
+
+
+def _pypdf_page_text(reader, index: int) -> str:
+    from pypdf.errors import LimitReachedError
+
+    try:
+        return reader.pages[index].extract_text() or ""
+    except LimitReachedError:
+        raise
+    except Exception as exc:  # a broken page is named, not a traceback
+        if "TimeLimit" in type(exc).__name__:  # the task's time limit (Celery's soft limit), not the page
+            raise
+        raise ParseError(f"Page {index + 1} of the PDF cannot be read ({type(exc).__name__}: {exc}).") from exc
+
+
+# pdfium is not thread-safe, not even across documents: one call at a time per process (Dramatiq runs threads).
+_pdfium_lock = threading.Lock()
+
+
+class _PdfiumPages:
+    """Page texts through pdfium when ``KBCHAT_PDF_TEXT_ENGINE=pdfium``; ``text(i)`` is None where it cannot read
+    (the file or that page), and the caller asks pypdf instead. Closes everything it opened on exit."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._document = None
+
+    def __enter__(self) -> _PdfiumPages:
+        if get_settings().pdf_text_engine != "pdfium":
+            return self
+        try:
+            import pypdfium2
+
+            with _pdfium_lock:
+                self._document = pypdfium2.PdfDocument(self._data)
+        except Exception as exc:  # pypdf opened it, so it reads the pages instead
+            log.warning("pdfium cannot open this PDF (%s); reading it with pypdf", exc)
+        return self
+
+    def text(self, index: int) -> str | None:
+        if self._document is None:
+            return None
+        try:
+            with _pdfium_lock:
+                page = self._document[index]
+                try:
+                    textpage = page.get_textpage()
+                    try:
+                        return textpage.get_text_range()
+                    finally:
+                        textpage.close()
+                finally:
+                    page.close()
+        except Exception as exc:
+            log.warning("pdfium cannot read page %d (%s); reading it with pypdf", index + 1, exc)
+            return None
+
+    def __exit__(self, *_: object) -> None:
+        if self._document is not None:
+            with _pdfium_lock:
+                self._document.close()
+            self._document = None
 
 
 def _parse_text(text: str, *, markdown: bool) -> ParsedDocument:
@@ -438,8 +498,10 @@ def _rows_with_header(rows: list[list[str]]) -> list[str]:
 
 
 def _clean(text: str) -> str:
-    # pypdf yields hyphenated line breaks and runs of spaces from layout; keep paragraphs, drop the noise.
-    text = text.replace("\x00", "")
-    text = re.sub(r"(\w)-\n(\w)", r"\1\2", text)
+    # PDF text comes with hyphenated line breaks, CR LF (pdfium) and runs of spaces from layout; keep paragraphs,
+    # drop the noise. pdfium marks a hyphen it saw at a line end as U+0002 or a soft hyphen.
+    text = text.replace("\x00", "").replace("\r\n", "\n").replace("\r", "\n")
+    text = re.sub(r"(\w)[-\u00ad\x02]\n(\w)", r"\1\2", text)
+    text = text.replace("\x02", "").replace("\u00ad", "")
     text = re.sub(r"[ \t]+", " ", text)
     return text.strip()

@@ -19,6 +19,24 @@ DEMO = ROOT / "demo"
 BACKENDS = ("celery", "dramatiq")
 
 
+def pytest_configure(config) -> None:
+    # One ONNX export of the embedding model per test run, shared by every process and data dir the tests make.
+    if "KBCHAT_MODEL_CACHE_DIR" not in os.environ:
+        import tempfile
+
+        config._kbchat_models = tempfile.mkdtemp(prefix="kbchat-test-models-")
+        os.environ["KBCHAT_MODEL_CACHE_DIR"] = config._kbchat_models
+
+
+def pytest_unconfigure(config) -> None:
+    models = getattr(config, "_kbchat_models", None)
+    if models:
+        import shutil
+
+        shutil.rmtree(models, ignore_errors=True)
+        os.environ.pop("KBCHAT_MODEL_CACHE_DIR", None)
+
+
 def _reset_caches() -> None:
     """Forget everything derived from settings, so a changed environment takes effect in this process."""
     from db.session import dispose_engine

@@ -44,6 +44,54 @@ def test_pdf_text_survives_with_page_numbers():
     assert progress == [(1, 3), (2, 3), (3, 3)]
 
 
+LONG_PAGE = (
+    "The investigators examined the left engine's fuel control unit and found contamination in the filter. "
+    "Maintenance records showed the unit had been overhauled eighteen months before the accident, and the "
+    "operator's inspection programme called for the filter to be checked every one hundred hours of operation."
+)
+
+
+@pytest.mark.parametrize("engine", ["pdfium", "pypdf"])
+def test_both_pdf_text_engines_read_the_same_words_per_page(settings_env, engine):
+    settings_env(pdf_text_engine=engine)
+    document = parse(make_pdf([LONG_PAGE, *PAGES]), "report.pdf")
+    assert [s.page for s in document.sections] == [1, 2, 3, 4]
+    first = document.sections[0].text
+    assert "\r" not in first and "\x02" not in first and "\n" in first  # wrapped lines, LF only
+    assert " ".join(first.split()) == LONG_PAGE
+    assert [s.text for s in document.sections[1:]] == PAGES
+
+
+def test_a_page_pdfium_cannot_read_is_read_by_pypdf(settings_env, monkeypatch, caplog):
+    import pypdfium2
+
+    settings_env(pdf_text_engine="pdfium")
+    real_get = pypdfium2.PdfDocument.__getitem__
+
+    def flaky(document, index):
+        if index == 1:
+            raise pypdfium2.PdfiumError("Failed to load page.")
+        return real_get(document, index)
+
+    monkeypatch.setattr(pypdfium2.PdfDocument, "__getitem__", flaky)
+    document = parse(make_pdf(PAGES), "report.pdf")
+    assert [s.text for s in document.sections] == PAGES
+    assert "cannot read page 2" in caplog.text
+
+
+def test_a_pdf_pdfium_cannot_open_is_read_by_pypdf(settings_env, monkeypatch, caplog):
+    import pypdfium2
+
+    settings_env(pdf_text_engine="pdfium")
+
+    def refuse(*_args, **_kwargs):
+        raise pypdfium2.PdfiumError("Failed to load document (PDFium: Data format error).")
+
+    monkeypatch.setattr(pypdfium2, "PdfDocument", refuse)
+    assert [s.text for s in parse(make_pdf(PAGES), "report.pdf").sections] == PAGES
+    assert "pdfium cannot open" in caplog.text
+
+
 def test_pdf_title_comes_from_metadata():
     pdf = FPDF()
     pdf.set_title("Annual Safety Review")
