@@ -149,11 +149,16 @@ def chunk(parsed, filename: str, max_tokens: int, overlap: int) -> list:
 
 def embed_rows(drafts: list, on_batch: Callable[[int], None]) -> list[chunk_repo.ChunkRow]:
     """Embed the drafts in batches (``on_batch`` gets how many are done after each) and return the rows to store."""
-    vectors: list = []
+    texts = [embedding_text(d.heading, d.text) for d in drafts]
+    # Batches of similar length across the whole document pad little (a page's last chunk is short).
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+    vectors: list = [None] * len(texts)
     batch = get_settings().embedding_batch_size
-    for start in range(0, len(drafts), batch):
-        vectors.extend(embedding.embed([embedding_text(d.heading, d.text) for d in drafts[start : start + batch]]))
-        on_batch(min(start + batch, len(drafts)))
+    for start in range(0, len(order), batch):
+        chosen = order[start : start + batch]
+        for i, vector in zip(chosen, embedding.embed([texts[i] for i in chosen]), strict=True):
+            vectors[i] = vector
+        on_batch(min(start + batch, len(order)))
     return [
         chunk_repo.ChunkRow(
             ordinal=d.ordinal, page=d.page, locator=d.locator, heading=d.heading, text=d.text,
