@@ -126,10 +126,17 @@ def ingest_document(document_id: int, task_id: str | None = None) -> IngestResul
     return IngestResult(document_id=document_id, status=READY, pages=parsed.pages, chunks=len(rows))
 
 
-def fail_document(document_id: int, error: str) -> None:
-    """Mark a document failed for a reason outside the pipeline (time limit, retries exhausted)."""
+def fail_document(document_id: int, error: str, task_id: str | None = None) -> bool:
+    """Mark a document failed for a reason outside the pipeline (time limit, retries exhausted); not when
+    ``task_id`` is no longer the document's task or the document is already final. Whether it was marked."""
+    from db.models import FINAL_STATES
+
     with session_scope() as session:
+        document = document_repo.lock(session=session, document_id=document_id)
+        if document is None or document.status in FINAL_STATES or _superseded(document, task_id):
+            return False
         document_repo.mark_failed(session=session, document_id=document_id, error=error)
+        return True
 
 
 def _superseded(document, task_id: str | None) -> bool:

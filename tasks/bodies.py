@@ -125,13 +125,14 @@ def maintenance_cleanup() -> dict:
     return cleanup.cleanup()
 
 
-def give_up_ingest(args: list, error: str) -> None:
-    """When ingest.document fails for good (time limit, retries exhausted), the document says why."""
+def give_up_ingest(args: list, error: str, task_id: str) -> None:
+    """When ingest.document fails for good (time limit, retries exhausted), the document says why, unless a newer
+    task owns it by now (a re-index or a requeue): that one decides."""
     if args:
-        ingestion.fail_document(int(args[0]), error)
+        ingestion.fail_document(int(args[0]), error, task_id=task_id)
 
 
-def give_up_pages(args: list, error: str) -> None:
+def give_up_pages(args: list, error: str, task_id: str) -> None:
     """When a part fails for good, its document fails with the reason (unless a newer run owns it)."""
     if len(args) >= 2:
         from rag import page_ranges

@@ -31,7 +31,7 @@ class TaskSpec:
     queue: str
     time_limit: int  # seconds
     max_retries: int
-    on_give_up: Callable[[list, str], None] | None = None
+    on_give_up: Callable[[list, str, str], None] | None = None  # (args, error, task id)
 
 
 def task_specs() -> list[TaskSpec]:
