@@ -372,11 +372,11 @@ def main() -> int:
                 line("onnx-int8 encode chunks/s", f"{len(texts) / onnx_seconds:.2f}  "
                      f"({torch_seconds / onnx_seconds:.2f}x torch)")
                 line("cosine to torch vectors: mean / min", f"{cosine.mean():.4f} / {cosine.min():.4f}")
-                for label, questions in (
-                    (f"{args.questions} cue questions", questions_from_chunks(texts, args.questions)),
-                    (f"{args.questions} sentence questions", sentence_questions(texts, args.questions)),
+                for kind, questions in (
+                    ("cue", questions_from_chunks(texts, args.questions)),
+                    ("sentence", sentence_questions(texts, args.questions)),
                 ):
-                    compare(label, ranks(torch, torch_vectors, texts, questions),
+                    compare(f"{len(questions)} {kind} questions", ranks(torch, torch_vectors, texts, questions),
                             ranks(onnx, onnx_vectors, texts, questions))
         return 0
     finally:
