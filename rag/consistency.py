@@ -119,7 +119,10 @@ def check(
             for document_id in ids:
                 enqueue_ingest(document_id)
         if stuck_ids:
-            outcome = reconcile_stuck_documents(enqueue=enqueue_ingest, task_record=task_record, kb_id=kb_id)
+            from tasks.monitoring import waiting_ingest_runs
+
+            outcome = reconcile_stuck_documents(enqueue=enqueue_ingest, task_record=task_record,
+                                                waiting_runs=waiting_ingest_runs, kb_id=kb_id)
             with session_scope() as session:
                 documents = {d.id: d for d in document_repo.list_by_ids(session=session, document_ids=stuck_ids)}
             for document_id in outcome["requeued"] + outcome["failed"]:

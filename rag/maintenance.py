@@ -21,11 +21,17 @@ def moved_recently(task_id: str | None, task_record: Callable[[str], dict | None
 
 
 def reconcile_stuck_documents(
-    *, enqueue: Callable[[int], object], task_record: Callable[[str], dict | None], kb_id: int | None = None
+    *,
+    enqueue: Callable[[int], object],
+    task_record: Callable[[str], dict | None],
+    waiting_runs: Callable[[], set[str]] = set,
+    kb_id: int | None = None,
 ) -> dict:
     """Re-enqueue documents stuck in a non-final state past the timeout; fail those that used up their attempts.
 
-    A document is left alone while its task record shows it moved recently (a long backlog is not a stall).
+    A document is left alone while its task record shows it moved recently, or while its task (or a page-range part
+    of its run) still waits in the queue (``waiting_runs``, read once, only when some document looks stuck): a long
+    backlog is not a stall, and starting it over would throw away the parts already done.
     """
     settings = get_settings()
     stuck_after = settings.stuck_after_seconds
@@ -37,8 +43,13 @@ def reconcile_stuck_documents(
             for d in document_repo.list_stuck(session=session, older_than=timedelta(seconds=stuck_after))
             if kb_id is None or d.kb_id == kb_id
         ]
+    waiting: set[str] | None = None
     for document_id, task_id, attempts in candidates:
         if moved_recently(task_id, task_record):
+            continue
+        if waiting is None:
+            waiting = waiting_runs()
+        if task_id and task_id in waiting:
             continue
         with session_scope() as session:
             if attempts > settings.max_retries:

@@ -81,8 +81,11 @@ def chat_search(kb_id: int, question: str, k: int = 10) -> dict:
 def maintenance_reconcile() -> dict:
     """maintenance.reconcile: re-enqueue documents stuck in a non-final state (e.g. after Redis lost its queues)."""
     from tasks.client import enqueue_ingest, task_record
+    from tasks.monitoring import waiting_ingest_runs
 
-    return maintenance.reconcile_stuck_documents(enqueue=enqueue_ingest, task_record=task_record)
+    return maintenance.reconcile_stuck_documents(
+        enqueue=enqueue_ingest, task_record=task_record, waiting_runs=waiting_ingest_runs
+    )
 
 
 def maintenance_evaluate(

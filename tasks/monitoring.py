@@ -291,6 +291,63 @@ def recent_failures(limit: int = 20, scan: int = 5000) -> list[dict[str, Any]]:
     return rows
 
 
+def waiting_messages(queue: str, backend: str | None = None) -> list[tuple[str, str, list]]:
+    """(task id, task name, args) of every message waiting in ``queue`` for a worker (and, on Dramatiq, retries
+    waiting out their backoff): those will run without anyone re-enqueueing them. One read of the whole queue."""
+    backend = backend or get_settings().task_backend
+    return _dramatiq_waiting(queue) if backend == "dramatiq" else _celery_waiting(queue)
+
+
+def _celery_waiting(queue: str) -> list[tuple[str, str, list]]:
+    import base64
+
+    from kombu.transport.redis import PRIORITY_STEPS, Channel
+
+    pipe = get_redis().pipeline()
+    for step in PRIORITY_STEPS:
+        pipe.lrange(f"{queue}{Channel.sep}{step}" if step else queue, 0, -1)
+    out = []
+    for raw in (item for items in pipe.execute() for item in items):
+        try:
+            message = json.loads(raw)
+            headers = message["headers"]
+            body = message["body"]
+            if message.get("properties", {}).get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            args = json.loads(body)[0]  # protocol 2: [args, kwargs, embed]
+            out.append((headers["id"], headers["task"], list(args)))
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue
+    return out
+
+
+def _dramatiq_waiting(queue: str) -> list[tuple[str, str, list]]:
+    redis = get_redis()
+    base = f"{DRAMATIQ_NAMESPACE}:{queue}"
+    ids = redis.lrange(base, 0, -1)
+    raws = (redis.hmget(f"{base}.msgs", ids) if ids else []) + redis.hvals(f"{base}.DQ.msgs")
+    out = []
+    for raw in raws:
+        try:
+            message = json.loads(raw)
+            out.append((message["message_id"], message["actor_name"], list(message["args"])))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def waiting_ingest_runs() -> set[str]:
+    """Task ids whose ingestion waits in the ingest queue: ``ingest.document`` messages, and the run id (the
+    document's task id) of every waiting ``ingest.pages`` part. Reconciliation leaves their documents alone."""
+    runs = set()
+    for task_id, name, args in waiting_messages("ingest"):
+        if name == "ingest.pages" and len(args) >= 2:
+            runs.add(str(args[1]))
+        else:
+            runs.add(task_id)
+    return runs
+
+
 # --- stored arguments and stalled documents ----------------------------------------------------------------
 
 

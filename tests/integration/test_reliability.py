@@ -228,6 +228,10 @@ def test_redis_flushed_mid_backlog_reconcile_requeues_and_every_document_complet
         assert outcome.status == "queued", outcome
         ids.append(outcome.document_id)
     assert all(events.get_task(_document(i).task_id) for i in ids)
+    time.sleep(3)  # longer than KBCHAT_STUCK_AFTER_SECONDS, but their messages still wait in the queue
+    result = wait_for_result(enqueue("maintenance.reconcile"), timeout=90)
+    assert not set(ids) & set(result["requeued"]), "a long backlog is not a stall: nothing is started over"
+    assert {_document(i).status for i in ids} == {"queued"}
 
     get_redis().flushall()
     assert get_redis().dbsize() <= 2  # only a heartbeat or two written since
