@@ -56,7 +56,14 @@ ENV PYTHONPATH=/app \
     KBCHAT_WEB_HOST=0.0.0.0 \
     KBCHAT_WEB_PORT=8501 \
     STREAMLIT_SERVER_HEADLESS=true \
-    STREAMLIT_BROWSER_GATHER_USAGE_STATS=false
+    STREAMLIT_BROWSER_GATHER_USAGE_STATS=false \
+    KBCHAT_MODEL_CACHE_DIR=/opt/kbchat-models
+
+# The default embedder's one-time ONNX int8 export, made here so no container does it at start. Writable by kbchat:
+# a deployment that configures another model exports that one there on first use.
+RUN KBCHAT_DATA_DIR=/tmp/kbchat-build python -c "from rag.embedding import prepare; prepare()" \
+    && rm -rf /tmp/kbchat-build \
+    && chown -R kbchat:kbchat /opt/kbchat-models
 
 USER kbchat
 EXPOSE 8501
