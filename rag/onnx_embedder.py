@@ -78,6 +78,9 @@ def _export(model_path: str, target: Path) -> None:
 
 def _export_quiet(model_path: str, target: Path) -> None:
     import torch
+    import transformers
+
+    transformers.logging.disable_progress_bar()  # "Loading weights" would land in make run's console
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from transformers import AutoModel, AutoTokenizer
 
