@@ -487,8 +487,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--answer", default=Behaviour.answer)
     parser.add_argument("--token-latency", type=float, default=0.03)
+    parser.add_argument("--first-token-delay", type=float, default=0.0, help="seconds before the first token")
     args = parser.parse_args()
-    server = TGIServer(args.port, Behaviour(answer=args.answer, token_latency=args.token_latency))
+    server = TGIServer(
+        args.port,
+        Behaviour(answer=args.answer, token_latency=args.token_latency, first_token_delay=args.first_token_delay),
+    )
     print(f"TGI test server on {server.url}", flush=True)
     try:
         server._httpd.serve_forever()
