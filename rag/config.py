@@ -140,6 +140,13 @@ class Settings(BaseSettings):
     demo_dir: Path = Field(default=Path(__file__).resolve().parent.parent / "demo")
     demo_kb: str = "NTSB demo"
 
+    # --- chat latency (added for the chat speed targets) -------------------------------------------
+    # On a shared machine an ingest worker (CPU-bound: parsing, embedding) must not take the CPU from chat
+    # answers: workers that consume no chat queue start with this much lower priority (os.nice; 0 = off).
+    background_worker_nice: int = Field(
+        default=10, ge=0, le=19, description="Niceness added to workers that consume no chat queue; 0 = off."
+    )
+
     @field_validator("database_url")
     @classmethod
     def _normalise_driver(cls, value: str | None) -> str | None:
