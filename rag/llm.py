@@ -323,8 +323,7 @@ def stream_chat(
     while True:
         request = _Request(messages, max_tokens=max_tokens, temperature=temperature)
         kind, value = request.next(deadline, should_stop)
-        if kind == "token":
-            _server_answered()
+        if kind == "token":  # the breaker is reset below, once this token is out: not on its path
             break
         if kind == "end":  # an empty answer
             _server_answered()
@@ -350,8 +349,11 @@ def stream_chat(
             _server_failed(f"no first token within {settings.llm_first_token_timeout_seconds:g} s")
             raise FirstTokenTimeout(_first_token_message(settings.llm_first_token_timeout_seconds))
 
+    reset_breaker = True
     try:
         yield value
+        _server_answered()
+        reset_breaker = False
         while True:
             kind, value = request.next(time.monotonic() + settings.llm_timeout_seconds, should_stop)
             if kind == "token":
@@ -371,6 +373,8 @@ def stream_chat(
                 )
     finally:  # also when the caller stops reading (closes this generator): the request ends too
         request.cancel()
+        if reset_breaker:  # the caller stopped at the first token: the server did answer
+            _server_answered()
 
 
 def complete(
