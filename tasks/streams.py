@@ -43,7 +43,7 @@ class StreamPublisher:
         if kind == "meta":
             self._held.append(payload)
             return
-        pipe = get_redis().pipeline()
+        pipe = get_redis().pipeline(transaction=False)  # one connection keeps the order; no MULTI/EXEC per token
         for held in self._held:
             pipe.xadd(self.key, {"kind": "meta", "data": held})
         self._held = []

@@ -77,6 +77,7 @@ class Behaviour:
 
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # socketserver's 5 drops connections when 20 chats start at once; TGI's is far larger
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Clients that hang up (a stop, a timeout, a closed keep-alive connection) are normal here."""
