@@ -5,8 +5,12 @@ of the tests.
 
 The overhead includes everything a real question pays before the model is called: the task hop, question
 embedding, hybrid search and prompt building. Each question is unique, so the answer cache never answers.
+The test server runs in its own process. Overhead is printed against direct calls one at a time and, at higher
+concurrency, against as many direct calls at once (the server's own slowdown under load is not the task layer's).
+Each scenario also prints where the time went, p50/p95 per step (see ``steps``), and the load average.
 
     .venv/bin/python bench/chat_overhead.py                       # embedded services under bench/.data
+    .venv/bin/python bench/chat_overhead.py --scenarios idle --concurrency 1 --questions 40   # quick look
     KBCHAT_TASK_BACKEND=dramatiq .venv/bin/python bench/chat_overhead.py --questions 40
 """
 
@@ -42,6 +46,8 @@ def start_worker(queues: str, concurrency: int, env: dict[str, str], log: Path) 
     """A ``kbchat worker`` process; returns once its heartbeat shows."""
     from tasks import events
 
+    already = sum(1 for w in events.live_workers() if w.get("queues") == queues)
+
     process = subprocess.Popen(
         [sys.executable, "-m", "kbchat.cli", "worker", "--queues", queues, "--concurrency", str(concurrency)],
         env={**os.environ, **env},
@@ -52,7 +58,7 @@ def start_worker(queues: str, concurrency: int, env: dict[str, str], log: Path) 
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if any(w.get("queues") == queues for w in events.live_workers()):
+        if sum(1 for w in events.live_workers() if w.get("queues") == queues) > already:
             return process
         if process.poll() is not None:
             raise RuntimeError(f"the {queues} worker exited; see {log}")
@@ -120,28 +126,76 @@ def load_documents(kb_name: str, count: int) -> int:
     return kb_id
 
 
-def direct_ttft(samples: int) -> list[float]:
-    """Milliseconds to the first token calling the server directly (rag.llm, in this process)."""
+def direct_ttft(samples: int, concurrency: int = 1) -> list[float]:
+    """Milliseconds to the first token calling the server directly (rag.llm, in this process), ``concurrency``
+    calls at a time."""
     from rag import llm
 
-    times = []
-    for i in range(samples):
-        started = time.perf_counter()
-        stream = llm.stream_chat(
-            [{"role": "user", "content": f"{QUESTIONS[i % len(QUESTIONS)]} ({i})?"}], max_tokens=64
-        )
-        next(iter(stream))
-        times.append((time.perf_counter() - started) * 1000)
-        stream.close()
+    times: list[float] = []
+    lock = threading.Lock()
+    pending = list(range(samples))
+
+    def call() -> None:
+        while True:
+            with lock:
+                if not pending:
+                    return
+                i = pending.pop()
+            started = time.perf_counter()
+            stream = llm.stream_chat(
+                [{"role": "user", "content": f"{QUESTIONS[i % len(QUESTIONS)]} ({i})?"}], max_tokens=64
+            )
+            next(iter(stream))
+            elapsed = (time.perf_counter() - started) * 1000
+            stream.close()
+            with lock:
+                times.append(elapsed)
+
+    threads = [threading.Thread(target=call) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     return times
 
 
-def task_ttft(kb_id: int, questions: list[str], concurrency: int) -> tuple[list[float], int]:
-    """Milliseconds from enqueue to the first token read from the stream, and how many chats failed."""
+def start_tgi(token_latency: float, log: Path) -> tuple[subprocess.Popen, str]:
+    """The TGI test server in its own process (so this process's readers do not slow it down); returns its URL."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.tgi_server", "--port", str(port), "--token-latency", str(token_latency),
+         "--first-token-delay", str(token_latency), "--answer", "The report gives the cause [1]. " * 8],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1):
+                return process, url
+        except OSError:
+            if process.poll() is not None:
+                raise RuntimeError(f"the TGI test server exited; see {log}") from None
+            time.sleep(0.2)
+    raise RuntimeError(f"the TGI test server did not answer; see {log}")
+
+
+def task_ttft(kb_id: int, questions: list[str], concurrency: int) -> tuple[list[float], int, list[dict]]:
+    """Milliseconds from enqueue to the first token read from the stream, how many chats failed, and each chat's
+    steps (see ``steps``)."""
     from tasks.client import enqueue
     from tasks.streams import follow
 
     times: list[float] = []
+    breakdowns: list[dict] = []
     errors = [0]
     lock = threading.Lock()
     pending = list(questions)
@@ -152,38 +206,98 @@ def task_ttft(kb_id: int, questions: list[str], concurrency: int) -> tuple[list[
                 if not pending:
                     return
                 question = pending.pop()
-            started = time.perf_counter()
-            first = None
+            started, wall = time.perf_counter(), time.time()
+            first = first_wall = None
+            timings: dict = {}
             try:
-                for kind, _ in follow(enqueue("chat.answer", kb_id, question, None), timeout=60):
+                task_id = enqueue("chat.answer", kb_id, question, None)
+                enqueued = time.perf_counter()
+                for kind, data in follow(task_id, timeout=60):
                     if kind == "token" and first is None:
-                        first = (time.perf_counter() - started) * 1000
+                        first, first_wall = (time.perf_counter() - started) * 1000, time.time()
+                    elif kind == "done":
+                        timings = data.get("timings") or {}
                     elif kind == "error":
                         raise RuntimeError("error event")
             except Exception:
                 with lock:
                     errors[0] += 1
                 continue
-            with lock:
-                if first is not None:
-                    times.append(first)
-                else:
+            if first is None:
+                with lock:
                     errors[0] += 1
+                continue
+            breakdown = steps(task_id, wall, (enqueued - started) * 1000, first_wall, timings)
+            with lock:
+                times.append(first)
+                if breakdown:
+                    breakdowns.append(breakdown)
 
     threads = [threading.Thread(target=chat) for _ in range(concurrency)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return times, errors[0]
+    return times, errors[0], breakdowns
 
 
-def report(label: str, times: list[float], errors: int, direct_p50: float) -> None:
-    overhead = [t - direct_p50 for t in times]
+def steps(task_id: str, sent_at: float, enqueue_ms: float, read_at: float, timings: dict) -> dict | None:
+    """Where one chat's time to first token went, in milliseconds (wall clocks of one machine):
+    ``enqueue`` the call; ``pickup`` from the call's start to the worker's started record minus the call;
+    ``in task`` from there to the first token's stream entry (``retrieval``/``model`` parts from the answer's
+    own timings: the model part includes the server's first-token time); ``read`` from that entry to the reader."""
+    from tasks import events
+    from tasks.redis_client import get_redis
+    from tasks.streams import STREAM_KEY
+
+    record = events.get_task(task_id) or {}
+    entries = get_redis().xrange(STREAM_KEY.format(task_id))
+    token_id = next((entry_id for entry_id, fields in entries if fields.get("kind") == "token"), None)
+    if not record.get("started_at") or token_id is None:
+        return None
+    started_at = float(record["started_at"])
+    token_at = int(token_id.split("-")[0]) / 1000  # Redis stamps stream entries in milliseconds
+    in_answer = float(timings.get("first_token_ms", 0.0))
+    in_task = (token_at - started_at) * 1000
+    return {
+        "enqueue": enqueue_ms,
+        "pickup": (started_at - sent_at) * 1000 - enqueue_ms,
+        "in task": in_task,
+        "before answer": in_task - in_answer,
+        "retrieval": float(timings.get("retrieval_ms", 0.0)),
+        "model": in_answer - float(timings.get("retrieval_ms", 0.0)) - float(timings.get("rewrite_ms", 0.0)),
+        "read": (read_at - token_at) * 1000,
+    }
+
+
+def report(label: str, times: list[float], errors: int, direct: dict[int, float], concurrency: int,
+           breakdowns: list[dict]) -> None:
+    """TTFT and overhead against the direct p50 at 1 call, and against direct calls at the same concurrency (the
+    server itself answers more slowly with 20 requests at once; that part is not the task layer's)."""
+    overhead = [t - direct[1] for t in times]
+    same = [t - direct.get(concurrency, direct[1]) for t in times]
     print(
         f"  {label:<34} n={len(times):>3}  ttft p50 {percentile(times, 50):7.1f} ms  p95 {percentile(times, 95):7.1f} ms"
         f"  overhead p50 {percentile(overhead, 50):7.1f} ms  p95 {percentile(overhead, 95):7.1f} ms  errors {errors}"
     )
+    if concurrency != 1 and concurrency in direct:
+        print(
+            f"  {'':<34} overhead vs direct at {concurrency} concurrent: p50 {percentile(same, 50):7.1f} ms"
+            f"  p95 {percentile(same, 95):7.1f} ms"
+        )
+    if breakdowns:
+        parts = "  ".join(
+            f"{name} {percentile([b[name] for b in breakdowns], 50):.1f}/{percentile([b[name] for b in breakdowns], 95):.1f}"
+            for name in breakdowns[0]
+        )
+        print(f"  {'':<34} steps p50/p95 ms: {parts}")
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
 
 
 def main() -> None:
@@ -195,65 +309,70 @@ def main() -> None:
     parser.add_argument(
         "--documents", type=int, default=50, help="documents ingesting in the loaded scenarios"
     )
+    parser.add_argument("--concurrency", default="1,20", help="concurrent chats, comma-separated")
+    parser.add_argument(
+        "--scenarios", default="idle,loaded", help="idle and/or loaded (documents ingesting), comma-separated"
+    )
+    parser.add_argument(
+        "--chat-processes", type=int, default=1, help="chat worker processes sharing 20 threads (GIL vs cores)"
+    )
     parser.add_argument("--data-dir", type=Path, default=ROOT / "bench" / ".data")
     args = parser.parse_args()
-
-    from tests.tgi_server import Behaviour, TGIServer
+    scenarios = [name.strip() for name in args.scenarios.split(",")]
 
     services = start_services(args.data_dir)
-    tgi = TGIServer(
-        behaviour=Behaviour(
-            answer="The report gives the cause [1]. " * 8,
-            token_latency=args.token_latency,
-            first_token_delay=args.token_latency,
-        )
-    ).start()
-    os.environ["KBCHAT_TGI_URL"] = tgi.url
+    logs = args.data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    tgi, tgi_url = start_tgi(args.token_latency, logs / "bench-tgi.log")
+    os.environ["KBCHAT_TGI_URL"] = tgi_url
     from rag.config import get_settings
 
     get_settings.cache_clear()
-    logs = args.data_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    env = {"KBCHAT_TGI_URL": tgi.url, "KBCHAT_ANSWER_CACHE_TTL_SECONDS": "0"}
-    workers = [
-        start_worker("chat", 20, env, logs / "bench-chat.log"),
-        start_worker("ingest", 2, env, logs / "bench-ingest.log"),
-    ]
+    env = {"KBCHAT_TGI_URL": tgi_url, "KBCHAT_ANSWER_CACHE_TTL_SECONDS": "0"}
+    workers = [tgi]
     try:
+        for number in range(args.chat_processes):  # 20 threads in all, shared out
+            threads = 20 // args.chat_processes + (number < 20 % args.chat_processes)
+            workers.append(start_worker("chat", threads, env, logs / f"bench-chat-{number}.log"))
+        workers.append(start_worker("ingest", 2, env, logs / "bench-ingest.log"))
         kb_id = ingest_demo("bench-chat")
         wait_idle(kb_id)
         print(
-            f"backend {get_settings().task_backend}; TGI test server: {args.token_latency * 1000:.0f} ms per token"
+            f"backend {get_settings().task_backend}; embedding {get_settings().embedding_backend}; "
+            f"TGI test server: {args.token_latency * 1000:.0f} ms per token; load average {load_average()}"
         )
         task_ttft(
             kb_id, [f"{QUESTIONS[i % len(QUESTIONS)]} (warm-up {i})?" for i in range(10)], 5
         )  # load models
         direct_ttft(3)  # warm the HTTP client
-        direct = direct_ttft(args.questions)
-        direct_p50 = statistics.median(direct)
-        print(
-            f"  {'direct to the server':<34} n={len(direct):>3}  ttft p50 {direct_p50:7.1f} ms  "
-            f"p95 {percentile(direct, 95):7.1f} ms"
-        )
+        concurrencies = [int(n) for n in args.concurrency.split(",")]
+        direct: dict[int, float] = {}
+        for concurrency in sorted({1, *concurrencies}):
+            times = direct_ttft(args.questions, concurrency)
+            direct[concurrency] = statistics.median(times)
+            print(
+                f"  {f'direct to the server, {concurrency} concurrent':<34} n={len(times):>3}  "
+                f"ttft p50 {direct[concurrency]:7.1f} ms  p95 {percentile(times, 95):7.1f} ms"
+            )
         run = 0
-        for loaded in (False, True):
+        for loaded in [name == "loaded" for name in ("idle", "loaded") if name in scenarios]:
             if loaded:
                 load_documents("bench-chat", args.documents)
                 time.sleep(5)  # let ingestion get going
-            for concurrency in (1, 20):
+            for concurrency in concurrencies:
                 run += 1
                 questions = [
                     f"{QUESTIONS[i % len(QUESTIONS)]} (run {run}, {i})?" for i in range(args.questions)
                 ]
-                times, errors = task_ttft(kb_id, questions, concurrency)
+                times, errors, breakdowns = task_ttft(kb_id, questions, concurrency)
                 label = f"via task, {concurrency} concurrent" + (
                     f", {args.documents} ingesting" if loaded else ""
                 )
-                report(label, times, errors, direct_p50)
+                report(label, times, errors, direct, concurrency, breakdowns)
+                print(f"  {'':<34} load average {load_average()}")
     finally:
         for process in workers:
             stop(process)
-        tgi.stop()
         if services is not None:
             services.stop()  # type: ignore[attr-defined]
 

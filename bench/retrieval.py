@@ -269,7 +269,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--base", type=int, default=3000, help="real (embedded) corpus chunks among them")
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--ef", default="16,32,64,128,256")
+    parser.add_argument("--ef", default="40,100,200,300,400")
     parser.add_argument("--data-dir", type=Path, default=ROOT / "bench" / ".data")
     parser.add_argument("--rebuild", action="store_true")
     parser.add_argument("--seed", type=int, default=7)

@@ -198,6 +198,7 @@ class _Request:
             "stream": True,
         }
         self._messages = messages
+        self._pending: tuple[str, Any] | None = None  # an item read past the tokens handed out together
         self._thread = threading.Thread(target=self._run, name="kbchat-llm", daemon=True)
         self._thread.start()
 
@@ -221,18 +222,38 @@ class _Request:
 
     def next(self, deadline: float, should_stop: ShouldStop | None) -> tuple[str, Any]:
         """The next ("token" | "end" | "error", value), or ("timeout", None) at the deadline;
-        raises GenerationStopped when ``should_stop`` says so."""
+        raises GenerationStopped when ``should_stop`` says so. Tokens that have already arrived come as one
+        piece: a busy worker then writes one stream entry for them instead of one each (it never waits for more)."""
         while True:
             if should_stop is not None and should_stop():
                 self.cancel()
                 raise GenerationStopped("Stopped.")
+            if self._pending is not None:
+                item, self._pending = self._pending, None
+                return item
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return "timeout", None
             try:
-                return self.items.get(timeout=min(remaining, _POLL_SECONDS if should_stop else remaining))
+                kind, value = self.items.get(timeout=min(remaining, _POLL_SECONDS if should_stop else remaining))
             except queue.Empty:
                 continue
+            if kind != "token":
+                return kind, value
+            return "token", value + self._arrived_tokens()
+
+    def _arrived_tokens(self) -> str:
+        pieces: list[str] = []
+        while True:
+            try:
+                item = self.items.get_nowait()
+            except queue.Empty:
+                break
+            if item[0] != "token":
+                self._pending = item
+                break
+            pieces.append(item[1])
+        return "".join(pieces)
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -323,8 +344,7 @@ def stream_chat(
     while True:
         request = _Request(messages, max_tokens=max_tokens, temperature=temperature)
         kind, value = request.next(deadline, should_stop)
-        if kind == "token":
-            _server_answered()
+        if kind == "token":  # the breaker is reset below, once this token is out: not on its path
             break
         if kind == "end":  # an empty answer
             _server_answered()
@@ -350,8 +370,11 @@ def stream_chat(
             _server_failed(f"no first token within {settings.llm_first_token_timeout_seconds:g} s")
             raise FirstTokenTimeout(_first_token_message(settings.llm_first_token_timeout_seconds))
 
+    reset_breaker = True
     try:
         yield value
+        _server_answered()
+        reset_breaker = False
         while True:
             kind, value = request.next(time.monotonic() + settings.llm_timeout_seconds, should_stop)
             if kind == "token":
@@ -371,6 +394,8 @@ def stream_chat(
                 )
     finally:  # also when the caller stops reading (closes this generator): the request ends too
         request.cancel()
+        if reset_breaker:  # the caller stopped at the first token: the server did answer
+            _server_answered()
 
 
 def complete(

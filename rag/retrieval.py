@@ -121,7 +121,7 @@ def collapse_duplicates(hits: list[Hit], max_span: int = 3) -> list[Hit]:
             span[hit.ordinal] = hit
             i = spans.index(span)
             kept[i] = _merge(max(span.values(), key=lambda h: h.fused), span)
-        elif any(_jaccard(grams, other) >= DUPLICATE_JACCARD for other in seen):
+        elif any(_near_duplicate(grams, other) for other in seen):
             continue
         else:
             kept.append(hit)
@@ -178,10 +178,15 @@ def _shingles(text: str) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + 3]) for i in range(len(words) - 2)}
 
 
-def _jaccard(a: set, b: set) -> float:
+def _near_duplicate(a: set, b: set) -> bool:
+    """Whether two shingle sets overlap at least ``DUPLICATE_JACCARD`` (Jaccard)."""
     if not a or not b:
-        return 0.0
-    return len(a & b) / len(a | b)
+        return False
+    small, large = sorted((len(a), len(b)))
+    if small < DUPLICATE_JACCARD * large:  # the overlap is at most the smaller set: most pairs end here, cheaply
+        return False
+    common = len(a & b)
+    return common >= DUPLICATE_JACCARD * (small + large - common)
 
 
 def hit_to_dict(hit: Hit) -> dict:

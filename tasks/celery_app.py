@@ -45,6 +45,9 @@ def _register(app: Celery, item: TaskSpec) -> None:
         retry_backoff_max=settings.retry_backoff_max_seconds,
         retry_jitter=True,
         max_retries=item.max_retries,
+        # Chat answers are read from their stream and our task record: Celery's result (and the STARTED state it
+        # would store first, a round trip before the answer begins) is for nobody.
+        ignore_result=item.queue == "chat",
         soft_time_limit=item.time_limit,
         time_limit=item.time_limit + 30,
     )(run)
@@ -119,8 +122,7 @@ def _on_publish(sender=None, body=None, headers=None, routing_key=None, **_):
 @signals.task_prerun.connect
 def _on_prerun(task_id=None, task=None, **_):
     _started[task_id] = time.monotonic()
-    events.record(task_id, events.STARTED, name=task.name, worker=task.request.hostname or "")
-    events.task_started_on(task.request.hostname or "", task_id, task.name)
+    events.record_started(task_id, name=task.name, worker=task.request.hostname or "")
 
 
 @signals.task_postrun.connect

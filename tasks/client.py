@@ -48,7 +48,10 @@ def enqueue(name: str, *args: Any, task_id: str | None = None) -> str:
                       args=events.encode_args(args), backend="dramatiq")
         module.broker.enqueue(message)
         return message.message_id
-    result = module.app.send_task(name, args=list(args), queue=item.queue, task_id=task_id)
+    # Chat tasks keep no Celery result (see celery_app): then the client need not subscribe to one either.
+    result = module.app.send_task(
+        name, args=list(args), queue=item.queue, task_id=task_id, ignore_result=item.queue == "chat"
+    )
     return result.id
 
 

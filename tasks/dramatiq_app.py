@@ -38,9 +38,8 @@ class KbchatEvents(Middleware):
 
     def before_process_message(self, broker, message):
         self._started[message.message_id] = time.monotonic()
-        events.record(message.message_id, events.STARTED, name=message.actor_name, queue=message.queue_name,
-                      worker=events.worker_id())
-        events.task_started_on(events.worker_id(), message.message_id, message.actor_name)
+        events.record_started(message.message_id, name=message.actor_name, queue=message.queue_name,
+                              worker=events.worker_id())
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
         task_id = message.message_id

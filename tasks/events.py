@@ -51,6 +51,22 @@ def encode_args(args: tuple | list, kwargs: dict | None = None) -> str:
 
 def record(task_id: str, event: str, *, name: str = "", queue: str = "", **fields: Any) -> None:
     """Update the task's record and append the event to the capped stream."""
+    pipe = get_redis().pipeline()
+    _record_into(pipe, task_id, event, name=name, queue=queue, **fields)
+    pipe.execute()
+
+
+def record_started(task_id: str, *, name: str, worker: str, queue: str = "") -> None:
+    """A task attempt starts: its record, the event and the worker's running-task field in one round trip
+    (it is on the way to every answer's first token)."""
+    pipe = get_redis().pipeline()
+    _record_into(pipe, task_id, STARTED, name=name, queue=queue, worker=worker)
+    pipe.eval(_UPDATE_WORKER, 1, WORKER_KEY.format(worker), f"task:{task_id}",
+              json.dumps({"name": name, "started_at": _now()}), "", "")
+    pipe.execute()
+
+
+def _record_into(pipe, task_id: str, event: str, *, name: str = "", queue: str = "", **fields: Any) -> None:
     settings = get_settings()
     now = _now()
     mapping: dict[str, Any] = {"state": event, "updated_at": now}
@@ -68,7 +84,6 @@ def record(task_id: str, event: str, *, name: str = "", queue: str = "", **field
         if value is not None:
             mapping[key] = value if isinstance(value, str | int | float) else json.dumps(value, default=str)
     key = TASK_KEY.format(task_id)
-    pipe = get_redis().pipeline()
     pipe.hset(key, mapping=mapping)
     if event == RETRY:
         pipe.hincrby(key, "retries", 1)
@@ -83,7 +98,6 @@ def record(task_id: str, event: str, *, name: str = "", queue: str = "", **field
     stats = STATS_KEY.format(int(now // 60))
     pipe.hincrby(stats, f"{name or '?'}|{event}", 1)
     pipe.expire(stats, STATS_TTL_SECONDS)
-    pipe.execute()
 
 
 def record_failure(task_id: str, event: str, exc: BaseException, **fields: Any) -> None:
@@ -187,11 +201,6 @@ return 1
 
 def _update_worker(worker: str, *, set_field: str = "", value: str = "", delete: str = "", count: str = "") -> None:
     get_redis().eval(_UPDATE_WORKER, 1, WORKER_KEY.format(worker), set_field, value, delete, count)
-
-
-def task_started_on(worker: str, task_id: str, name: str) -> None:
-    """Show the task as one the worker is running now (field ``task:<id>`` on its heartbeat record)."""
-    _update_worker(worker, set_field=f"task:{task_id}", value=json.dumps({"name": name, "started_at": _now()}))
 
 
 def task_ended_on(worker: str, task_id: str) -> None:

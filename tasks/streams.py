@@ -23,7 +23,12 @@ TERMINAL = ("done", "error")
 
 
 class StreamPublisher:
-    """Append answer events (meta, token, done, error) to the task's stream."""
+    """Append answer events (meta, token, done, error) to the task's stream.
+
+    ``meta`` is held back and written together with the event after it (the first token, or a notice or the
+    end), which always follows at once: one write for both, and the reader gets both in one read instead of
+    waking for the meta and asking again before it sees the first token.
+    """
 
     def __init__(self, task_id: str) -> None:
         self.key = STREAM_KEY.format(task_id)
@@ -31,11 +36,17 @@ class StreamPublisher:
         self.ttl = get_settings().stream_ttl_seconds
         self._first = True
         self._tokens = False
+        self._held: list[str] = []  # meta payloads not written yet
 
     def __call__(self, kind: str, data: Any) -> None:
-        r = get_redis()
         payload = data if isinstance(data, str) else json.dumps(data, default=str)
-        pipe = r.pipeline()
+        if kind == "meta":
+            self._held.append(payload)
+            return
+        pipe = get_redis().pipeline(transaction=False)  # one connection keeps the order; no MULTI/EXEC per token
+        for held in self._held:
+            pipe.xadd(self.key, {"kind": "meta", "data": held})
+        self._held = []
         pipe.xadd(self.key, {"kind": kind, "data": payload})
         if self._first or kind in TERMINAL:
             pipe.expire(self.key, self.ttl)

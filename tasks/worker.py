@@ -27,6 +27,15 @@ def worker_argv(queues: list[str], concurrency: int) -> list[str]:
             "--without-gossip", "--without-mingle"]
 
 
+def worker_niceness(queues: list[str]) -> int:
+    """How much lower this worker's CPU priority should be: background queues (ingest, maintenance) give way to
+    chat answers on a shared machine; a worker that serves chat keeps its priority."""
+    return 0 if "chat" in queues else get_settings().background_worker_nice
+
+
 def exec_worker(queues: list[str], concurrency: int) -> None:
     argv = worker_argv(queues, concurrency)
+    niceness = worker_niceness(queues)
+    if niceness:
+        os.nice(niceness)  # inherited by the exec'd worker and every process it forks
     os.execv(argv[0], argv)

@@ -77,6 +77,7 @@ class Behaviour:
 
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # socketserver's 5 drops connections when 20 chats start at once; TGI's is far larger
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Clients that hang up (a stop, a timeout, a closed keep-alive connection) are normal here."""
@@ -487,8 +488,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--answer", default=Behaviour.answer)
     parser.add_argument("--token-latency", type=float, default=0.03)
+    parser.add_argument("--first-token-delay", type=float, default=0.0, help="seconds before the first token")
     args = parser.parse_args()
-    server = TGIServer(args.port, Behaviour(answer=args.answer, token_latency=args.token_latency))
+    server = TGIServer(
+        args.port,
+        Behaviour(answer=args.answer, token_latency=args.token_latency, first_token_delay=args.first_token_delay),
+    )
     print(f"TGI test server on {server.url}", flush=True)
     try:
         server._httpd.serve_forever()

@@ -216,7 +216,8 @@ def answer_requests(tgi: TGIServer) -> list[dict]:
 # --- answers ---------------------------------------------------------------------------------------------------
 
 
-def test_llm_answer_streams_with_page_citations(stack):
+def test_llm_answer_streams_with_page_citations(stack, fresh_behaviour):
+    fresh_behaviour.token_latency = 0.01  # tokens that arrive together are written together
     conversation_id = new_conversation(stack.kb_id)
     run = say(stack.kb_id, conversation_id, "Who repaired the submarine telegraph cable?")
 

@@ -50,10 +50,27 @@ QUESTION = [{"role": "user", "content": "Why did the engine stop?"}]
 
 def test_streams_the_answer(tgi):
     tgi.behaviour.answer = "Fuel exhaustion [1], the report says [2]."
+    tgi.behaviour.token_latency = 0.01  # tokens that have already arrived are handed out together
     pieces = list(llm.stream_chat(QUESTION, max_tokens=50))
     assert len(pieces) > 1 and "".join(pieces) == tgi.behaviour.answer
     body = tgi.chat_requests()[-1]
     assert body["stream"] is True and body["max_tokens"] == 50 and body["messages"] == QUESTION
+
+
+def test_tokens_that_already_arrived_come_as_one_piece():
+    """A worker that falls behind the model writes one stream entry for what is waiting, not one per token;
+    what follows the tokens (the end, an error) is still handed out after them."""
+    import queue
+    import threading
+
+    request = object.__new__(llm._Request)  # no thread, no server: only the hand-out
+    request.items, request.cancelled, request._pending = queue.Queue(), threading.Event(), None
+    for item in [("token", "Fuel "), ("token", "exhaustion"), ("token", " [1]."), ("end", None)]:
+        request.items.put(item)
+    deadline = time.monotonic() + 1
+    assert request.next(deadline, None) == ("token", "Fuel exhaustion [1].")
+    assert request.next(deadline, None) == ("end", None)
+    assert request.next(time.monotonic() + 0.05, None) == ("timeout", None)
 
 
 def test_busy_server_is_retried_before_the_first_token(tgi):

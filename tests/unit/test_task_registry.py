@@ -10,7 +10,7 @@ from redis import exceptions as redis_exceptions
 
 from tasks import registry
 from tasks.registry import QUEUES, give_up_message, is_transient, schedule, spec, task_specs
-from tasks.worker import worker_argv
+from tasks.worker import worker_argv, worker_niceness
 
 
 def test_every_task_is_on_a_known_queue():
@@ -176,3 +176,17 @@ def test_registry_reads_settings_lazily(settings_env):
     settings_env(max_retries=9)
     assert (first, spec("ingest.document").max_retries) == (2, 9)
     assert registry.get_settings().max_retries == 9
+
+
+@pytest.mark.parametrize(
+    ("queues", "expected"),
+    [(["ingest"], 10), (["ingest", "maintenance"], 10), (["chat"], 0), (["ingest", "chat", "maintenance"], 0)],
+)
+def test_workers_without_chat_queues_give_way_to_chat(settings_env, queues: list[str], expected: int):
+    settings_env(background_worker_nice=10)
+    assert worker_niceness(queues) == expected
+
+
+def test_background_worker_niceness_can_be_switched_off(settings_env):
+    settings_env(background_worker_nice=0)
+    assert worker_niceness(["ingest"]) == 0
