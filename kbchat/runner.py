@@ -40,7 +40,9 @@ def child_argvs(host: str, port: int, settings: Settings) -> list[Child]:
     return [
         Child("worker-ingest", kbchat + ["worker", "--queues", "ingest,maintenance", "--concurrency",
                                          str(ingest_concurrency)]),
-        Child("worker-chat", kbchat + ["worker", "--queues", "chat", "--concurrency", "8"]),
+        # Two chat processes of 10 threads: a burst of questions is picked up and prepared by two interpreters
+        # (one GIL each) instead of one; with the ONNX embedder a chat process costs little memory.
+        *(Child(f"worker-chat-{n}", kbchat + ["worker", "--queues", "chat", "--concurrency", "10"]) for n in (1, 2)),
         Child("scheduler", kbchat + ["scheduler"]),
         Child("web", web_argv(host, port, settings)),
     ]
