@@ -7,7 +7,9 @@ The overhead includes everything a real question pays before the model is called
 embedding, hybrid search and prompt building. Each question is unique, so the answer cache never answers.
 The test server runs in its own process. Overhead is printed against direct calls one at a time and, at higher
 concurrency, against as many direct calls at once (the server's own slowdown under load is not the task layer's).
-Each scenario also prints where the time went, p50/p95 per step (see ``steps``), and the load average.
+Each scenario also prints where the time went, p50/p95 per step (see ``steps``), and the load average. Concurrent
+chats run twice: as a burst (all first questions at the same instant, the worst case on 2 cores) and with their
+starts spread over ``--stagger`` seconds (steady concurrency: people do not press Enter in step).
 
     .venv/bin/python bench/chat_overhead.py                       # embedded services under bench/.data
     .venv/bin/python bench/chat_overhead.py --scenarios idle --concurrency 1 --questions 40   # quick look
@@ -188,9 +190,11 @@ def start_tgi(token_latency: float, log: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError(f"the TGI test server did not answer; see {log}")
 
 
-def task_ttft(kb_id: int, questions: list[str], concurrency: int) -> tuple[list[float], int, list[dict]]:
+def task_ttft(kb_id: int, questions: list[str], concurrency: int, stagger: float = 0.0
+              ) -> tuple[list[float], int, list[dict]]:
     """Milliseconds from enqueue to the first token read from the stream, how many chats failed, and each chat's
-    steps (see ``steps``)."""
+    steps (see ``steps``). With ``stagger`` the chats start spread evenly over that many seconds (people do not
+    press Enter in step); without it all ask their first question at the same instant (a burst)."""
     from tasks.client import enqueue
     from tasks.streams import follow
 
@@ -200,7 +204,8 @@ def task_ttft(kb_id: int, questions: list[str], concurrency: int) -> tuple[list[
     lock = threading.Lock()
     pending = list(questions)
 
-    def chat() -> None:
+    def chat(number: int) -> None:
+        time.sleep(stagger * number / concurrency)
         while True:
             with lock:
                 if not pending:
@@ -233,7 +238,7 @@ def task_ttft(kb_id: int, questions: list[str], concurrency: int) -> tuple[list[
                 if breakdown:
                     breakdowns.append(breakdown)
 
-    threads = [threading.Thread(target=chat) for _ in range(concurrency)]
+    threads = [threading.Thread(target=chat, args=(number,)) for number in range(concurrency)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -311,10 +316,15 @@ def main() -> None:
     )
     parser.add_argument("--concurrency", default="1,20", help="concurrent chats, comma-separated")
     parser.add_argument(
+        "--stagger", type=float, default=1.0,
+        help="also run each concurrency > 1 with the chats starting spread over this many seconds (0 = burst only)",
+    )
+    parser.add_argument(
         "--scenarios", default="idle,loaded", help="idle and/or loaded (documents ingesting), comma-separated"
     )
     parser.add_argument(
-        "--chat-processes", type=int, default=1, help="chat worker processes sharing 20 threads (GIL vs cores)"
+        "--chat-processes", type=int, default=2,
+        help="chat worker processes sharing 20 threads (GIL vs cores); make run starts 2"
     )
     parser.add_argument("--data-dir", type=Path, default=ROOT / "bench" / ".data")
     args = parser.parse_args()
@@ -360,16 +370,17 @@ def main() -> None:
                 load_documents("bench-chat", args.documents)
                 time.sleep(5)  # let ingestion get going
             for concurrency in concurrencies:
-                run += 1
-                questions = [
-                    f"{QUESTIONS[i % len(QUESTIONS)]} (run {run}, {i})?" for i in range(args.questions)
-                ]
-                times, errors, breakdowns = task_ttft(kb_id, questions, concurrency)
-                label = f"via task, {concurrency} concurrent" + (
-                    f", {args.documents} ingesting" if loaded else ""
-                )
-                report(label, times, errors, direct, concurrency, breakdowns)
-                print(f"  {'':<34} load average {load_average()}")
+                for stagger in (0.0, args.stagger) if concurrency > 1 and args.stagger > 0 else (0.0,):
+                    run += 1
+                    questions = [
+                        f"{QUESTIONS[i % len(QUESTIONS)]} (run {run}, {i})?" for i in range(args.questions)
+                    ]
+                    times, errors, breakdowns = task_ttft(kb_id, questions, concurrency, stagger)
+                    label = f"via task, {concurrency} concurrent" + (
+                        f", {args.documents} ingesting" if loaded else ""
+                    ) + (f", starts over {stagger:g} s" if stagger else (", burst" if concurrency > 1 else ""))
+                    report(label, times, errors, direct, concurrency, breakdowns)
+                    print(f"  {'':<34} load average {load_average()}")
     finally:
         for process in workers:
             stop(process)
