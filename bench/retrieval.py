@@ -228,6 +228,11 @@ def measure(kb_id: int, qs: list[str], efs: list[int]) -> None:
         f"\n  {'ef_search':>9}  {'vector p50':>10}  {'hybrid p50':>10}  {'p95':>7}"
         f"  {'embed+hybrid p50':>16}  {'p95':>7}  {'recall@10':>9}"
     )
+    # One untimed pass first, so every ef_search row sees the same warm caches (a running server's steady state):
+    # otherwise the first row pays for reading the index and heap pages of every question from disk.
+    for q in qs:
+        with session_scope() as session:
+            retrieval.search(session=session, kb_id=kb_id, question=q, k=settings.top_k)
     for ef in efs:
         settings.hnsw_ef_search = ef
         search_ms, total_ms, vector_ms, recall = [], [], [], []

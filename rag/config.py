@@ -90,6 +90,11 @@ class Settings(BaseSettings):
         "(bench/retrieval.py: 0.946 at 200, 0.966 at 300, for about 1 ms more)."
     )
     retrieval_candidates: int = Field(default=40, description="Hits taken from each side (vector, full-text) before fusion.")
+    fulltext_rank_limit: int = Field(
+        default=2000,
+        description="Full-text matches ranked per question at most: a question of words common to thousands of "
+        "chunks is ranked among the first this many found, which bounds search time (bench/retrieval.py).",
+    )
     rrf_k: int = Field(default=60, description="Reciprocal-rank fusion constant: score = sum of 1 / (rrf_k + rank).")
     context_neighbours: int = Field(default=0, description="Adjacent chunks added around each passage for context.")
     min_relevance: float = Field(default=0.2, description="Cosine similarity below which a passage is not relevant.")

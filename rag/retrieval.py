@@ -47,6 +47,7 @@ def search(
         rrf_k=settings.rrf_k,
         ef_search=settings.hnsw_ef_search,
         document_ids=document_ids,
+        rank_limit=settings.fulltext_rank_limit,
     )
     hits = collapse_duplicates(hits)[:k]
     if settings.context_neighbours > 0:

@@ -131,9 +131,13 @@ WITH vector_hits AS (
 text_hits AS (
     SELECT id, row_number() OVER (ORDER BY text_rank DESC, id) AS rank
     FROM (
-        SELECT c.id, ts_rank(c.tsv, query) AS text_rank
-        FROM chunks c, websearch_to_tsquery(CAST(:cfg AS regconfig), :question) AS query
-        WHERE c.kb_id = :kb_id AND c.tsv @@ query {document_filter}
+        SELECT m.id, ts_rank(m.tsv, m.query) AS text_rank
+        FROM (
+            SELECT c.id, c.tsv, query
+            FROM chunks c, websearch_to_tsquery(CAST(:cfg AS regconfig), :question) AS query
+            WHERE c.kb_id = :kb_id AND c.tsv @@ query {document_filter}
+            LIMIT :rank_limit
+        ) m
         ORDER BY text_rank DESC
         LIMIT :candidates
     ) matched
@@ -168,8 +172,12 @@ def hybrid_search(
     rrf_k: int,
     ef_search: int,
     document_ids: Sequence[int] | None = None,
+    rank_limit: int = 2000,
 ) -> list[Hit]:
-    """Up to ``limit`` chunks of one knowledge base (optionally of some documents), best fused rank first."""
+    """Up to ``limit`` chunks of one knowledge base (optionally of some documents), best fused rank first.
+
+    At most ``rank_limit`` full-text matches are ranked: a question of common words that matches more (boilerplate
+    in every report) is ranked among the first that many found, which bounds the statement's time."""
     _set_search_options(session, ef_search)
     params = {
         "kb_id": kb_id,
@@ -179,6 +187,7 @@ def hybrid_search(
         "candidates": max(candidates, limit),
         "rrf_k": rrf_k,
         "limit": limit,
+        "rank_limit": max(rank_limit, candidates, limit),
     }
     statement = _HYBRID_ALL
     if document_ids:
