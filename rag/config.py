@@ -62,7 +62,10 @@ class Settings(BaseSettings):
         description="onnx-int8: the model exported once to ONNX with int8 weights (about 2x torch on a CPU, the same "
         "retrieval quality on the corpus; bench/ingest.py); torch: sentence-transformers as shipped.",
     )
-    embedding_threads: int = Field(default=0, description="CPU threads per process for embedding; 0 = all cores.")
+    embedding_threads: int = Field(
+        default=0,
+        description="CPU threads per embedding call; 0 = all cores, except in an ingest worker, whose tasks share them.",
+    )
     model_cache_dir: str = Field(default="", description="Where exported models are kept; empty = <data dir>/models.")
     embedding_batch_size: int = 64
     chunk_tokens: int = 200

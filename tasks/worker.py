@@ -33,9 +33,22 @@ def worker_niceness(queues: list[str]) -> int:
     return 0 if "chat" in queues else get_settings().background_worker_nice
 
 
+def embedding_threads(queues: list[str], concurrency: int) -> int:
+    """Embedding threads per task for this worker: ``KBCHAT_EMBEDDING_THREADS`` when set; for an ingest worker the
+    cores shared out over its ``concurrency`` tasks (two single-threaded encoders on 2 cores ingest about 10 %
+    faster than two that each start 2 threads and wait on each other: bench/ingest.py); otherwise all cores."""
+    configured = get_settings().embedding_threads
+    if configured or "ingest" not in queues:
+        return configured
+    return max(1, (os.cpu_count() or 1) // max(1, concurrency))
+
+
 def exec_worker(queues: list[str], concurrency: int) -> None:
     argv = worker_argv(queues, concurrency)
     niceness = worker_niceness(queues)
     if niceness:
         os.nice(niceness)  # inherited by the exec'd worker and every process it forks
+    threads = embedding_threads(queues, concurrency)
+    if threads:
+        os.environ["KBCHAT_EMBEDDING_THREADS"] = str(threads)  # read by each task process's embedder
     os.execv(argv[0], argv)

@@ -10,7 +10,7 @@ from redis import exceptions as redis_exceptions
 
 from tasks import registry
 from tasks.registry import QUEUES, give_up_message, is_transient, schedule, spec, task_specs
-from tasks.worker import worker_argv, worker_niceness
+from tasks.worker import embedding_threads, worker_argv, worker_niceness
 
 
 def test_every_task_is_on_a_known_queue():
@@ -190,3 +190,14 @@ def test_workers_without_chat_queues_give_way_to_chat(settings_env, queues: list
 def test_background_worker_niceness_can_be_switched_off(settings_env):
     settings_env(background_worker_nice=0)
     assert worker_niceness(["ingest"]) == 0
+
+
+def test_ingest_workers_share_the_cores_between_their_tasks_for_embedding(settings_env, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    settings_env(embedding_threads=0)
+    assert embedding_threads(["ingest", "maintenance"], 2) == 2
+    assert embedding_threads(["ingest"], 8) == 1
+    assert embedding_threads(["ingest"], 1) == 4
+    assert embedding_threads(["chat"], 10) == 0  # chat: every question may use all cores
+    settings_env(embedding_threads=3)
+    assert embedding_threads(["ingest"], 2) == 3  # an explicit setting wins
