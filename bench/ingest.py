@@ -83,15 +83,16 @@ def stop_worker(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def ingest_through_worker(files: list[Path], kb_name: str) -> tuple[float, list]:
-    """Store and enqueue every file as the upload page does; the seconds until all are final, and the documents."""
+def ingest_through_worker(files: list[Path] | list[tuple[str, bytes]], kb_name: str) -> tuple[float, list]:
+    """Store and enqueue every file (a path, or a name and its bytes) as the upload page does; the seconds until all
+    are final, and the documents."""
     from db.models import FINAL_STATES
     from db.repositories import documents as document_repo
     from db.session import session_scope
     from rag.library import get_or_create_kb, store_upload
     from tasks.client import enqueue_ingest
 
-    payloads = [(path.name, path.read_bytes()) for path in files]
+    payloads = [(f.name, f.read_bytes()) if isinstance(f, Path) else f for f in files]
     started = time.perf_counter()
     ids = []
     for name, data in payloads:

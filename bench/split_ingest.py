@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ingest import start_services, stop_worker  # noqa: E402  (bench/ingest.py: same services, same stop)
+from ingest import ingest_through_worker, start_services, stop_worker  # noqa: E402  (bench/ingest.py)
 
 from tests.conftest import dense_pdf  # noqa: E402  (the reliability tests' long PDF)
 
@@ -52,30 +52,6 @@ def start_workers(count: int, split: int, log_dir: Path) -> list[subprocess.Pope
             raise RuntimeError(f"the workers did not start; see {log_dir}")
         time.sleep(0.3)
     return processes
-
-
-def ingest(kb_name: str, files: list[tuple[str, bytes]]) -> tuple[float, list]:
-    """Store and enqueue every file at once, as the upload page does; seconds until all are final, the documents."""
-    from db.models import FINAL_STATES
-    from db.repositories import documents as document_repo
-    from db.session import session_scope
-    from rag.library import get_or_create_kb, store_upload
-    from tasks.client import enqueue_ingest
-
-    started = time.perf_counter()
-    ids = []
-    for filename, data in files:
-        with session_scope() as session:
-            kb = get_or_create_kb(session=session, name=kb_name)
-            outcome = store_upload(session=session, kb_id=kb.id, filename=filename, data=data)
-        enqueue_ingest(outcome.document_id)
-        ids.append(outcome.document_id)
-    while True:
-        with session_scope() as session:
-            documents = document_repo.list_by_ids(session=session, document_ids=ids)
-        if all(d.status in FINAL_STATES for d in documents):
-            return time.perf_counter() - started, documents
-        time.sleep(0.2)
 
 
 def small_pdf(tag: str) -> bytes:
@@ -107,8 +83,9 @@ def main() -> int:
         for number, (count, split) in enumerate(runs):
             workers = start_workers(count, split, data_dir)
             # Load the model in every worker process before timing: several small files at once reach them all.
-            ingest(f"warm-{number}", [(f"warm-{i}.pdf", small_pdf(f"{number}-{i}")) for i in range(count * 3)])
-            seconds, (document,) = ingest(f"bench-{number}", [("long.pdf", data)])
+            ingest_through_worker([(f"warm-{i}.pdf", small_pdf(f"{number}-{i}")) for i in range(count * 3)],
+                                  f"warm-{number}")
+            seconds, (document,) = ingest_through_worker([("long.pdf", data)], f"bench-{number}")
             label = f"{count} worker(s), " + (f"split every {split} pages" if split else "unsplit")
             print(f"  {label:<36} {seconds:7.1f} s  {document.pages / seconds:5.2f} pages/s  "
                   f"{document.status}, {document.chunk_count} chunks, load {os.getloadavg()[0]:.1f}", flush=True)
