@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from db.models import CHUNKING, EMBEDDING, PARSING, READY, STORING
+from db.models import CHUNKING, EMBEDDING, FINAL_STATES, PARSING, READY, STORING
 from db.repositories import chunks as chunk_repo
 from db.repositories import documents as document_repo
 from db.repositories import ingest_parts as part_repo
@@ -127,15 +127,15 @@ def ingest_document(document_id: int, task_id: str | None = None) -> IngestResul
 
 
 def fail_document(document_id: int, error: str, task_id: str | None = None) -> bool:
-    """Mark a document failed for a reason outside the pipeline (time limit, retries exhausted); not when
-    ``task_id`` is no longer the document's task or the document is already final. Whether it was marked."""
-    from db.models import FINAL_STATES
-
+    """Mark a document failed for a reason outside the pipeline (time limit, retries exhausted, a split run's part
+    failed for good), its split-run leftovers gone; not when ``task_id`` is no longer the document's task or the
+    document is already final. Whether it was marked."""
     with session_scope() as session:
         document = document_repo.lock(session=session, document_id=document_id)
         if document is None or document.status in FINAL_STATES or _superseded(document, task_id):
             return False
         document_repo.mark_failed(session=session, document_id=document_id, error=error)
+        part_repo.delete_for_document(session=session, document_id=document_id)
         return True
 
 

@@ -22,7 +22,7 @@ from db.repositories import ingest_parts as part_repo
 from db.repositories import knowledge_bases as kb_repo
 from db.session import session_scope
 from rag.config import get_settings
-from rag.ingestion import SUPERSEDED, IngestResult, chunk, embed_rows
+from rag.ingestion import SUPERSEDED, IngestResult, chunk, embed_rows, fail_document
 from rag.parsing import ParseError, parse_pdf_pages
 
 log = logging.getLogger(__name__)
@@ -131,12 +131,8 @@ def ingest_pages(document_id: int, run: str, first_page: int, last_page: int) ->
 
 def fail_run(document_id: int, run: str, error: str) -> IngestResult:
     """A part failed for good: the document fails with the reason, unless a newer run owns it or it is final."""
-    with session_scope() as session:
-        document = document_repo.lock(session=session, document_id=document_id)
-        if document is None or document.task_id != run or document.status in FINAL_STATES:
-            return IngestResult(document_id, SUPERSEDED, error=error)
-        document_repo.mark_failed(session=session, document_id=document_id, error=error)
-        part_repo.delete_for_document(session=session, document_id=document_id)
+    if not fail_document(document_id, error, task_id=run):
+        return IngestResult(document_id, SUPERSEDED, error=error)
     return IngestResult(document_id=document_id, status="failed", error=error)
 
 
