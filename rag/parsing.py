@@ -8,6 +8,7 @@ import re
 import threading
 import unicodedata
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -187,10 +188,16 @@ def _script(ch: str) -> str:
 
 
 def pdf_page_count(data: bytes) -> int | None:
-    """The page count of a PDF that opens (checked as ``parse`` checks it), or None when ``data`` is not a PDF."""
+    """The page count of a PDF within the page limit, or None when ``data`` is not a PDF. pdfium counts (a few ms);
+    where it cannot open the file, pypdf does and says what is wrong with it. ``parse`` checks the rest."""
     if sniff(data) != "pdf":
         return None
-    return _with_pdf_limits(lambda: len(_open_pdf(data).pages))
+    with _PdfiumPages(data) as pdfium_pages:
+        total = pdfium_pages.count()
+    if total is None:
+        return _with_pdf_limits(lambda: len(_open_pdf(data).pages))
+    _check_page_limit(total)
+    return total
 
 
 def parse_pdf_pages(data: bytes, first: int, last: int) -> ParsedDocument:
@@ -239,13 +246,17 @@ def _open_pdf(data: bytes):
         raise
     except (PdfReadError, ValueError, KeyError, TypeError, OSError) as exc:
         raise ParseError(f"The PDF is damaged or not a PDF ({type(exc).__name__}: {exc}).") from exc
+    _check_page_limit(total)
+    return reader
+
+
+def _check_page_limit(total: int) -> None:
     limit = get_settings().max_pdf_pages
     if total > limit:
         raise ParseError(
             f"The PDF has {total:,} pages; the limit is {limit:,}. Split it into parts, "
             "or ask an administrator to raise KBCHAT_MAX_PDF_PAGES."
         )
-    return reader
 
 
 def _read_pdf(
@@ -290,8 +301,8 @@ _pdfium_lock = threading.Lock()
 
 
 class _PdfiumPages:
-    """Page texts through pdfium when ``KBCHAT_PDF_TEXT_ENGINE=pdfium``; ``text(i)`` is None where it cannot read
-    (the file or that page), and the caller asks pypdf instead. Closes everything it opened on exit."""
+    """Page count and texts through pdfium when ``KBCHAT_PDF_TEXT_ENGINE=pdfium``; ``count()`` and ``text(i)`` are
+    None where it cannot read (the file or that page), and the caller asks pypdf instead. Closes what it opened."""
 
     def __init__(self, data: bytes) -> None:
         self._data = data
@@ -306,23 +317,21 @@ class _PdfiumPages:
             with _pdfium_lock:
                 self._document = pypdfium2.PdfDocument(self._data)
         except Exception as exc:  # pypdf opened it, so it reads the pages instead
-            log.warning("pdfium cannot open this PDF (%s); reading it with pypdf", exc)
+            log.warning("pdfium cannot open this PDF (%s); pypdf reads it", exc)
         return self
+
+    def count(self) -> int | None:
+        if self._document is None:
+            return None
+        with _pdfium_lock:
+            return len(self._document)
 
     def text(self, index: int) -> str | None:
         if self._document is None:
             return None
         try:
-            with _pdfium_lock:
-                page = self._document[index]
-                try:
-                    textpage = page.get_textpage()
-                    try:
-                        return textpage.get_text_range()
-                    finally:
-                        textpage.close()
-                finally:
-                    page.close()
+            with _pdfium_lock, closing(self._document[index]) as page, closing(page.get_textpage()) as textpage:
+                return textpage.get_text_range()
         except Exception as exc:
             log.warning("pdfium cannot read page %d (%s); reading it with pypdf", index + 1, exc)
             return None
