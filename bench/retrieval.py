@@ -253,6 +253,7 @@ def measure(kb_id: int, qs: list[str], efs: list[int]) -> None:
                     candidates=settings.retrieval_candidates,
                     rrf_k=settings.rrf_k,
                     ef_search=ef,
+                    rank_limit=settings.fulltext_rank_limit,
                 )
             search_ms.append((time.perf_counter() - started) * 1000)
             started = time.perf_counter()

@@ -42,13 +42,13 @@ def export_pending() -> bool:
     """Whether the configured embedder still needs its one-time ONNX export (a minute at most on 2 cores)."""
     if get_settings().embedding_backend != "onnx-int8":
         return False
-    from rag.onnx_embedder import UnsupportedModel, export_dir, pooling_mode
+    from rag.onnx_embedder import UnsupportedModel, exported_file, pooling_mode
 
     try:
         pooling_mode(model_name())
     except UnsupportedModel:
         return False
-    return not (export_dir(model_name(), model_cache_dir()) / "model_int8.onnx").exists()
+    return not exported_file(model_name(), model_cache_dir()).exists()
 
 
 def prepare() -> None:

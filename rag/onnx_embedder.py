@@ -48,10 +48,15 @@ def export_dir(model_path: str, cache_dir: Path) -> Path:
     return cache_dir / f"{Path(model_path).name}-{key}-onnx-int8"
 
 
+def exported_file(model_path: str, cache_dir: Path) -> Path:
+    """The int8 ONNX file of ``model_path`` in the model cache (it exists once the export is done)."""
+    return export_dir(model_path, cache_dir) / "model_int8.onnx"
+
+
 def ensure_exported(model_path: str, cache_dir: Path) -> Path:
     """The int8 ONNX file for ``model_path``, exported once (under a file lock, so workers never race)."""
-    target = export_dir(model_path, cache_dir)
-    model_file = target / "model_int8.onnx"
+    model_file = exported_file(model_path, cache_dir)
+    target = model_file.parent
     if model_file.exists():
         return model_file
     target.mkdir(parents=True, exist_ok=True)

@@ -171,8 +171,8 @@ def hybrid_search(
     candidates: int,
     rrf_k: int,
     ef_search: int,
+    rank_limit: int,
     document_ids: Sequence[int] | None = None,
-    rank_limit: int = 2000,
 ) -> list[Hit]:
     """Up to ``limit`` chunks of one knowledge base (optionally of some documents), best fused rank first.
 
