@@ -13,6 +13,7 @@ from db.repositories import knowledge_bases as kb_repo
 from db.session import session_scope
 from rag.alerts import shown_url
 from rag.config import get_settings
+from streamlit_app.golden_view import golden_questions
 from streamlit_app.monitoring_view import _note, plain, status_link
 
 METRICS = {"hit_at_1": "hit@1", "hit_at_5": "hit@5", "hit_at_10": "hit@10", "mrr": "MRR"}
@@ -140,5 +141,9 @@ def quality() -> None:
         kb_names = {kb.id: kb.name for kb in kb_repo.list_knowledge_bases(session=session)}
     st.markdown("**Retrieval evaluation**")
     evaluation(kb_names)
+    kb_id = st.session_state.get("mon_eval_kb")
+    if kb_id in kb_names:
+        st.markdown("**Golden questions**")
+        golden_questions(kb_id, kb_names[kb_id])
     st.markdown("**Alerts**")
     alerts_panel(kb_names)

@@ -105,6 +105,13 @@ def maintenance_evaluate(
     return evaluation.evaluate_kb(int(kb_id), trigger=trigger, seed=seed, sample_size=sample_size)
 
 
+def maintenance_evaluate_golden(run_id: int) -> dict:
+    """maintenance.evaluate_golden: ask a recorded golden question set (uploaded on the Quality tab) of its base."""
+    from rag import evaluation
+
+    return evaluation.evaluate_golden(int(run_id))
+
+
 def maintenance_consistency(kb_id: int | None = None) -> dict:
     """maintenance.consistency: documents, chunks and stored files agree; what does not is fixed."""
     from rag import consistency
