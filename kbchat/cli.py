@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("question")
     p.add_argument("--kb", required=True)
     p.add_argument("-k", type=int, default=5, help="how many passages (default 5)")
+    p.add_argument("--mode", choices=("hybrid", "vector", "fulltext"),
+                   help="both halves fused (default: KBCHAT_RETRIEVAL_MODE), or one half alone")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("ask", help="ask a question; the answer streams with its citations")
@@ -52,8 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=120, help="seconds to wait for the answer to start")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("eval", help="evaluate retrieval: sampled chunks, a question each, hit@1/5/10 and MRR")
+    p = sub.add_parser("eval", help="evaluate retrieval: sampled chunks (or your own questions), hit@k and MRR")
     p.add_argument("--kb", required=True)
+    p.add_argument("--questions", metavar="FILE", type=Path,
+                   help="your golden questions: CSV (question, document[, page]) or JSONL with those keys; reports "
+                        "document and page hit@1/5/10 and MRR, and what was retrieved instead")
     p.add_argument("--seed", type=int, help="sampling seed (default KBCHAT_EVAL_SEED, the nightly run's)")
     p.add_argument("--sample", type=int, help="chunks to sample (default KBCHAT_EVAL_SAMPLE_SIZE)")
     p.add_argument("--json", action="store_true", help="print the run, with per-question details, as JSON")
@@ -288,7 +293,7 @@ def _cmd_search(args) -> int:
     check_database(service_urls().database_url)  # a plain message, not a traceback, when it does not answer
     kb_id = _kb_id(args.kb)
     with session_scope() as session:
-        hits = search(session=session, kb_id=kb_id, question=args.question, k=args.k)
+        hits = search(session=session, kb_id=kb_id, question=args.question, k=args.k, mode=args.mode)
     if args.json:
         print(json.dumps({"question": args.question, "kb": args.kb, "hits": [hit_to_dict(h) for h in hits]},
                          indent=2, ensure_ascii=False))
@@ -363,9 +368,61 @@ def _cmd_ask(args) -> int:
         elif mode == "cache":
             print("(answered from the cache: the same question was asked before)", file=sys.stderr)
         if citations:
-            print("Sources:")
+            print("Passages given to the model; the answer cites none:" if not any(c["cited"] for c in citations)
+                  else "Sources:")
             for c in citations:
                 print(f"  [{c['n']}] {citation_label(c)} (score {c['score']:.2f})")
+    return 0
+
+
+def _eval_golden(args, kb_id: int) -> int:
+    from tqdm import tqdm
+
+    from rag import golden
+    from rag.evaluation import evaluate_golden
+
+    try:
+        questions = golden.load(kb_id, args.questions.read_bytes(), args.questions.name)
+    except OSError as exc:
+        print(f"kbchat: cannot read {args.questions}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except golden.QuestionFileError as exc:
+        print(f"kbchat: {args.questions.name}: {exc}", file=sys.stderr)
+        return 2
+    run_id = golden.start_run(kb_id, questions, trigger="cli")
+    with tqdm(total=len(questions), unit="question", file=sys.stderr, disable=args.json, desc="asking") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.n = done
+            bar.refresh()
+
+        summary = evaluate_golden(run_id, progress=progress)
+    from db.repositories import evaluations as eval_repo
+    from db.session import session_scope
+
+    with session_scope() as session:
+        run = eval_repo.get(session=session, run_id=run_id)
+        details = list(run.details or []) if run else []
+    if args.json:
+        print(json.dumps({**summary, "details": details}, indent=2, ensure_ascii=False))
+        return 0
+    page = summary.get("page_hit_at_5")
+    print(f"{args.kb}: {summary['questions']} golden questions from {args.questions.name}, run {run_id}")
+    print(f"  document hit@1 {summary['hit_at_1']:.2f}   hit@5 {summary['hit_at_5']:.2f}   "
+          f"hit@10 {summary['hit_at_10']:.2f}   MRR {summary['mrr']:.3f}")
+    if page is not None:
+        print(f"  page     hit@1 {summary['page_hit_at_1']:.2f}   hit@5 {page:.2f}   "
+              f"hit@10 {summary['page_hit_at_10']:.2f}")
+    missed = [d for d in details if not d["rank"] or d["rank"] > 5 or (d["pages"] and not d["page_rank"])]
+    if missed:
+        print(f"  {len(missed)} question(s) whose document or page was not found at 5 or 10:")
+        print(f"    {'line':>5}  {'doc rank':>8}  {'page rank':>9}  question → retrieved instead")
+        for d in missed[:20]:
+            got = "; ".join(f"{t['document']}" + (f" p. {t['page']}" if t.get("page") else "") for t in d["top"])
+            print(f"    {d['line']:>5}  {d['rank'] or '—':>8}  {d['page_rank'] or '—':>9}  {d['question'][:70]}"
+                  f" ({d['document']}{', p. ' + ','.join(map(str, d['pages'])) if d['pages'] else ''}) → "
+                  f"{got or 'nothing'}")
+    if summary.get("alert"):
+        print(f"  alert raised: {summary['alert']['message']}")
     return 0
 
 
@@ -378,6 +435,8 @@ def _cmd_eval(args) -> int:
 
     _check_services()
     kb_id = _kb_id(args.kb)
+    if args.questions is not None:
+        return _eval_golden(args, kb_id)
     with tqdm(total=0, unit="question", file=sys.stderr, disable=args.json, desc="evaluating") as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -432,7 +491,8 @@ def _cmd_check(args) -> int:
 def _citation_json(citation: dict) -> dict:
     """The citation fields the CLI promises (README: ``kbchat ask --json``)."""
     keys = ("n", "document", "document_id", "page", "locator", "chunk_id", "score", "text")
-    return {key: citation.get(key) for key in keys}
+    # cited: False when the answer cites no passage and these are the passages the model was given.
+    return {**{key: citation.get(key) for key in keys}, "cited": citation.get("cited", True)}
 
 
 COMMANDS = {

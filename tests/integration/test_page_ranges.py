@@ -116,7 +116,7 @@ def _expected_chunks(data: bytes, filename: str, kb_id: int) -> list[tuple[int |
         max_tokens, overlap = kb.chunk_tokens, kb.chunk_overlap_tokens
     parsed = parse(data, filename)
     drafts = split_sections(parsed.sections, count_tokens=embedding.count_tokens, max_tokens=max_tokens,
-                            overlap_tokens=overlap, title=parsed.title or filename)
+                            overlap_tokens=overlap)
     return [(d.page, d.text) for d in drafts]
 
 
