@@ -125,3 +125,29 @@ def test_date_prefers_a_cued_date_and_falls_back_to_the_first():
     assert document_date(["Printed 2024-01-05. Version date: 12 May 2023"]) == "12 May 2023"
     assert document_date(["Signed on 07/01/2022 in Oslo"]) == "07/01/2022"
     assert document_date(["no date at all"]) is None
+
+
+def test_pdf_pages_get_the_heading_they_sit_under_without_running_headers():
+    running = "Acme Corp Annual Report"
+    pages = [
+        f"{running}\nConsolidated Statement of Cash Flows\n(Millions) 2023 2022\nNet income 5,363 4,869",
+        f"{running}\nNotes to the Financial Statements\nNOTE 1. Significant Accounting Policies\nAll subsidiaries are consolidated.",
+        f"{running}\nmarketable securities are recorded at fair value, as the policy says.\nMore text here.",
+        f"{running}\nRisk Factors\nThe company faces competition.",
+        f"{running}\nthe end of the report.",
+    ]
+    from rag.context import page_headings
+
+    assert page_headings(pages) == [
+        "Consolidated Statement of Cash Flows",
+        "Notes to the Financial Statements > NOTE 1. Significant Accounting Policies",
+        "Notes to the Financial Statements > NOTE 1. Significant Accounting Policies",  # continues
+        "Risk Factors",
+        "Risk Factors",
+    ]
+
+
+def test_a_sentence_is_not_a_heading():
+    from rag.context import page_headings
+
+    assert page_headings(["The pilot reported engine trouble.\nit was raining"]) == [None]
