@@ -14,7 +14,7 @@ from rag import golden
 from streamlit_app.monitoring_view import _note, plain, status_link
 
 FIGURES = {"hit_at_1": "document hit@1", "hit_at_5": "document hit@5", "hit_at_10": "document hit@10",
-           "mrr": "MRR", "page_hit_at_1": "page hit@1", "page_hit_at_5": "page hit@5", "page_hit_at_10": "page hit@10"}
+           "mrr": "document MRR", "page_hit_at_1": "page hit@1", "page_hit_at_5": "page hit@5", "page_hit_at_10": "page hit@10"}
 
 
 def _start(kb_id: int, kb_name: str) -> None:
