@@ -181,7 +181,8 @@ def main() -> int:
                 results.append((q, [(h.document, passage_pages(h)) for h in hits]))
                 if mode == "hybrid" and not any(h.document == q.document for h in hits[:5]):
                     misses.append((q, hits[:3]))
-            table[f"kbchat {mode}"] = score(results) | {"p50 ms": 1000 * float(np.median(latencies))}
+            table[f"kbchat {mode}"] = score(results) | {"p50 ms": 1000 * float(np.median(latencies)),
+                                                         "p95 ms": 1000 * float(np.percentile(latencies, 95))}
         if not args.no_baseline:
             vectors, where = baseline_index(files)
             results = []
@@ -196,7 +197,7 @@ def main() -> int:
             services.stop()
 
     print(f"\n{len(files)} filings, {len(questions)} questions")
-    columns = [f"doc@{k}" for k in KS] + [f"page@{k}" for k in KS] + ["mrr", "p50 ms"]
+    columns = [f"doc@{k}" for k in KS] + [f"page@{k}" for k in KS] + ["mrr", "p50 ms", "p95 ms"]
     print(f"{'pipeline':<28}" + "".join(f"{c:>9}" for c in columns))
     for name, figures in table.items():
         print(f"{name:<28}" + "".join(f"{figures[c]:>9.3f}" if c in figures else f"{'':>9}" for c in columns))
