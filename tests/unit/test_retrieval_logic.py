@@ -73,7 +73,7 @@ def test_idf_falls_with_frequency():
 def _candidate(chunk_id: int, cosine: float, vector_rank: int | None, text_score: float | None) -> Candidate:
     hit = Hit(chunk_id=chunk_id, document_id=1, document="d.pdf", page=chunk_id, locator=None, score=cosine,
               text=f"chunk {chunk_id}", ordinal=chunk_id, vector_rank=vector_rank)
-    return Candidate(hit=hit, vector_rank=vector_rank, text_score=text_score)
+    return Candidate(hit=hit, vector_rank=vector_rank, text_score=text_score or 0.0, text_listed=text_score is not None)
 
 
 def test_a_weak_full_text_list_cannot_displace_the_vector_top_hits():
@@ -90,6 +90,14 @@ def test_a_passage_holding_the_questions_rare_words_rises():
     fused = fuse([*vector, exact], text_total=20.0, text_weight=0.3)
     assert fused[0].chunk_id == 42
     assert fused[0].text_rank == 1 and fused[0].vector_rank is None
+
+
+def test_every_candidate_is_scored_by_both_halves():
+    # The vector half's best passage holds the question's words too, though full-text listed others first.
+    best = Candidate(hit=_candidate(1, 0.70, 1, None).hit, vector_rank=1, text_score=8.0, text_listed=False)
+    listed = _candidate(2, 0.60, None, 9.0)
+    fused = fuse([best, listed], text_total=10.0, text_weight=0.3)
+    assert [h.chunk_id for h in fused] == [1, 2]  # 0.70 + 0.24 beats 0.60 + 0.27
 
 
 def test_fusion_modes_use_one_half_alone():
