@@ -16,7 +16,6 @@ from db.repositories.chunks import Candidate, Hit
 from rag import embedding, query
 from rag.config import get_settings
 
-
 # Two passages whose word 3-gram sets overlap this much say the same thing (a re-uploaded file, boilerplate).
 DUPLICATE_JACCARD = 0.8
 
