@@ -46,7 +46,7 @@ QUESTIONS = [
 
 def start_worker(queues: str, concurrency: int, env: dict[str, str], log: Path) -> subprocess.Popen:
     """A ``kbchat worker`` process; returns once its heartbeat shows."""
-    from tasks import events
+    from telemetry import events
 
     already = sum(1 for w in events.live_workers() if w.get("queues") == queues)
 
@@ -81,7 +81,7 @@ def stop(process: subprocess.Popen) -> None:
 
 def ingest_demo(kb_name: str) -> int:
     """The NTSB reports in a base (once), so questions find passages; returns the base id."""
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.library import get_or_create_kb, store_upload
     from tasks.client import enqueue_ingest
 
@@ -98,7 +98,7 @@ def ingest_demo(kb_name: str) -> int:
 def wait_idle(kb_id: int, timeout: float = 900) -> None:
     from db.models import FINAL_STATES
     from db.repositories import documents as document_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -111,7 +111,7 @@ def wait_idle(kb_id: int, timeout: float = 900) -> None:
 
 def load_documents(kb_name: str, count: int) -> int:
     """``count`` corpus PDFs queued for ingestion in a fresh base (each run gets new bytes: never a duplicate)."""
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.library import get_or_create_kb, store_upload
     from tasks.client import enqueue_ingest
 
@@ -251,9 +251,9 @@ def steps(task_id: str, sent_at: float, enqueue_ms: float, read_at: float, timin
     ``enqueue`` the call; ``pickup`` from the call's start to the worker's started record minus the call;
     ``in task`` from there to the first token's stream entry (``retrieval``/``model`` parts from the answer's
     own timings: the model part includes the server's first-token time); ``read`` from that entry to the reader."""
-    from tasks import events
-    from tasks.redis_client import get_redis
+    from infra.redis_client import get_redis
     from tasks.streams import STREAM_KEY
+    from telemetry import events
 
     record = events.get_task(task_id) or {}
     entries = get_redis().xrange(STREAM_KEY.format(task_id))
@@ -335,7 +335,7 @@ def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     tgi, tgi_url = start_tgi(args.token_latency, logs / "bench-tgi.log")
     os.environ["KBCHAT_TGI_URL"] = tgi_url
-    from rag.config import get_settings
+    from infra.settings import get_settings
 
     get_settings.cache_clear()
     env = {"KBCHAT_TGI_URL": tgi_url, "KBCHAT_ANSWER_CACHE_TTL_SECONDS": "0"}

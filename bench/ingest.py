@@ -39,8 +39,8 @@ def line(label: str, value: str) -> None:
 
 def start_services(data_dir: Path):
     from db import migrate
+    from infra.settings import Settings, get_settings
     from kbchat.services import Services
-    from rag.config import Settings, get_settings
 
     os.environ["KBCHAT_DATA_DIR"] = str(data_dir)
     for key in ("KBCHAT_DATABASE_URL", "KBCHAT_REDIS_URL"):
@@ -55,7 +55,7 @@ def start_services(data_dir: Path):
 
 
 def start_worker(concurrency: int, log_path: Path) -> subprocess.Popen:
-    from tasks import events
+    from telemetry import events
 
     log = open(log_path, "ab")
     process = subprocess.Popen(
@@ -88,7 +88,7 @@ def ingest_through_worker(files: list[Path] | list[tuple[str, bytes]], kb_name: 
     are final, and the documents."""
     from db.models import FINAL_STATES
     from db.repositories import documents as document_repo
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.library import get_or_create_kb, store_upload
     from tasks.client import enqueue_ingest
 
@@ -115,7 +115,7 @@ def chunk_texts(kb_name: str) -> list[str]:
     """The texts the pipeline embedded (heading path + chunk), in document order."""
     from sqlalchemy import text
 
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.ingestion import embedding_text
 
     with session_scope() as session:
@@ -305,7 +305,7 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-    from rag.config import get_settings
+    from infra.settings import get_settings
 
     data_dir = Path(tempfile.mkdtemp(prefix="kbchat-bench-"))
     services = worker = None

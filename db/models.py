@@ -23,7 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from rag.config import get_settings
+from infra.settings import get_settings
 
 EMBEDDING_DIM = get_settings().embedding_dim
 

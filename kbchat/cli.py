@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from rag.runtime import ServiceUnavailable
+from infra.discovery import ServiceUnavailable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,9 +99,9 @@ def _cmd_run(args) -> int:
 def _cmd_web(args) -> int:
     import os
 
+    from infra.discovery import service_urls
+    from infra.settings import get_settings
     from kbchat.runner import web_argv
-    from rag.config import get_settings
-    from rag.runtime import service_urls
 
     settings = get_settings()
     service_urls()  # fail early with a plain message
@@ -112,8 +112,8 @@ def _cmd_web(args) -> int:
 
 def _cmd_migrate(args) -> int:
     from db import migrate
-    from db.session import check_database
-    from rag.runtime import service_urls
+    from infra.database import check_database
+    from infra.discovery import service_urls
 
     url = service_urls().database_url
     check_database(url)
@@ -150,9 +150,9 @@ def _cmd_healthcheck(args) -> int:
 
 
 def _cmd_metrics(args) -> int:
+    from infra.discovery import service_urls
     from kbchat.metrics import serve
     from kbchat.services import check_redis
-    from rag.runtime import service_urls
 
     check_redis(service_urls().redis_url)
     serve(args.host, args.port)
@@ -160,9 +160,9 @@ def _cmd_metrics(args) -> int:
 
 
 def _check_services() -> None:
-    from db.session import check_database
+    from infra.database import check_database
+    from infra.discovery import service_urls
     from kbchat.services import check_redis
-    from rag.runtime import service_urls
 
     urls = service_urls()
     check_database(urls.database_url)
@@ -181,7 +181,7 @@ def _files(paths: list[Path]) -> list[Path]:
 
 def _cmd_ingest(args) -> int:
     from db.repositories import documents as document_repo
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.library import UploadOutcome, get_or_create_kb, store_upload
     from tasks.client import enqueue_ingest
 
@@ -241,7 +241,7 @@ def _wait_for_documents(document_ids: list[int], timeout: float, quiet: bool) ->
 
     from db.models import FINAL_STATES
     from db.repositories import documents as document_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     deadline = time.monotonic() + timeout
     with tqdm(total=len(document_ids), unit="file", file=sys.stderr, disable=quiet,
@@ -268,7 +268,7 @@ def _wait_for_documents(document_ids: list[int], timeout: float, quiet: bool) ->
 
 def _kb_id(name: str) -> int:
     from db.repositories import knowledge_bases as kb_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         kb = kb_repo.get_by_name(session=session, name=name)
@@ -281,9 +281,9 @@ def _kb_id(name: str) -> int:
 
 
 def _cmd_search(args) -> int:
-    from db.session import check_database, session_scope
+    from infra.database import check_database, session_scope
+    from infra.discovery import service_urls
     from rag.retrieval import hit_to_dict, search
-    from rag.runtime import service_urls
 
     check_database(service_urls().database_url)  # a plain message, not a traceback, when it does not answer
     kb_id = _kb_id(args.kb)
@@ -373,7 +373,7 @@ def _cmd_eval(args) -> int:
     from tqdm import tqdm
 
     from db.repositories import evaluations as eval_repo
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.evaluation import evaluate_kb
 
     _check_services()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from db.repositories import knowledge_bases as kb_repo
-from db.session import session_scope
-from rag.config import Settings
+from infra.database import session_scope
+from infra.settings import Settings
 from rag.library import get_or_create_kb, store_upload
 from tasks.client import enqueue_ingest
 

@@ -20,9 +20,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from rag.config import get_settings
-from tasks import events, monitoring, system_status
-from tasks.redis_client import get_redis
+from infra.redis_client import get_redis
+from infra.settings import get_settings
+from telemetry import events, monitoring, system_status
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class KbchatCollector(Collector):
 def _quality_figures() -> dict:
     from sqlalchemy import text
 
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         runs = session.execute(text("""

@@ -11,8 +11,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infra.settings import Settings, get_settings
 from kbchat.services import die_with_parent
-from rag.config import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

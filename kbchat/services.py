@@ -12,8 +12,8 @@ from pathlib import Path
 
 import redis
 
-from rag.config import Settings
-from rag.runtime import ServiceUnavailable, ServiceUrls, read_state, redact
+from infra.discovery import ServiceUnavailable, ServiceUrls, read_state, redact
+from infra.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class Services:
         tmp.replace(self.settings.state_file)
 
     def _database(self) -> str:
-        from db.session import check_database
+        from infra.database import check_database
 
         if self.settings.database_url:
             check_database(self.settings.database_url)

@@ -6,7 +6,7 @@ import streamlit as st
 
 from db.repositories import conversations as conversation_repo
 from db.repositories import documents as document_repo
-from db.session import session_scope
+from infra.database import session_scope
 from streamlit_app import chat_view, components
 from tasks.client import enqueue
 

@@ -8,7 +8,7 @@ import streamlit as st
 from db.repositories import chunks as chunk_repo
 from db.repositories import documents as document_repo
 from db.repositories import knowledge_bases as kb_repo
-from db.session import session_scope
+from infra.database import session_scope
 from rag import library
 from rag.answering import citation_label
 from streamlit_app import components

@@ -5,11 +5,11 @@ from __future__ import annotations
 import streamlit as st
 
 from db.repositories import monitoring as monitoring_repo
-from db.session import session_scope
-from rag.config import get_settings
+from infra.database import session_scope
+from infra.settings import get_settings
 from streamlit_app import components, quality_view
 from streamlit_app import monitoring_view as view
-from tasks import events, monitoring
+from telemetry import events, monitoring
 
 st.title("Monitoring")
 components.require_services()

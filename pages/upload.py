@@ -6,7 +6,7 @@ import streamlit as st
 
 from db.models import ACTIVE_STATES
 from db.repositories import documents as document_repo
-from db.session import session_scope
+from infra.database import session_scope
 from rag.library import store_upload
 from streamlit_app import components
 from tasks.client import enqueue_ingest

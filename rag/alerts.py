@@ -17,8 +17,8 @@ import requests
 from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from db.repositories import alerts as alert_repo
-from db.session import session_scope
-from rag.config import get_settings
+from infra.database import session_scope
+from infra.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,8 @@ def raise_alert(*, kind: str, message: str, details: dict, kb_id: int | None = N
 
 def check_empty_retrievals() -> dict:
     """The empty-retrieval rule: too large a share of recent questions found no relevant passage → alert."""
-    from tasks import events
     from tasks.system_status import empty_retrievals
+    from telemetry import events
 
     settings = get_settings()
     window = settings.empty_retrieval_window_seconds

@@ -21,11 +21,11 @@ from typing import Any
 from db.repositories import conversations as conversation_repo
 from db.repositories import knowledge_bases as kb_repo
 from db.repositories.chunks import Hit
-from db.session import session_scope
+from infra.database import session_scope
+from infra.settings import get_settings
 from rag import answer_cache, conversation, llm, prompts, retrieval
 from rag.citations import MarkerFilter, cited_numbers
 from rag.citations import citation_label as _citation_label
-from rag.config import get_settings
 from rag.retrieval import hit_to_dict
 
 log = logging.getLogger(__name__)
@@ -375,7 +375,7 @@ def _from_cache(out: _Output, cached: dict) -> Outcome:
 
 
 def _record_empty_retrieval(kb_id: int, question: str, top_score: float | None) -> None:
-    from tasks import events  # the monitoring records live with the task layer's
+    from telemetry import events  # the monitoring records live with the task layer's
 
     try:
         events.record_empty_retrieval(kb_id, question, top_score)

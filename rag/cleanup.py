@@ -19,8 +19,8 @@ from db.repositories import alerts as alert_repo
 from db.repositories import consistency as consistency_repo
 from db.repositories import evaluations as eval_repo
 from db.repositories import ingest_parts as ingest_parts_repo
-from db.session import session_scope
-from rag.config import get_settings
+from infra.database import session_scope
+from infra.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,9 @@ _STREAM_PATTERNS = ("kbchat:stream:*", "kbchat:stop:*")
 
 def cleanup(now: float | None = None) -> dict:
     """Remove what is past its retention; returns what was removed."""
-    from tasks.events import EMPTY_RETRIEVALS_KEY, EVENTS_KEY
+    from infra.redis_client import get_redis
     from tasks.monitoring import HISTORY_KEY
-    from tasks.redis_client import get_redis
+    from telemetry.events import EMPTY_RETRIEVALS_KEY, EVENTS_KEY
 
     settings = get_settings()
     now = time.time() if now is None else now

@@ -20,9 +20,9 @@ from db.models import KnowledgeBase
 from db.repositories import consistency as repo
 from db.repositories import documents as document_repo
 from db.repositories import knowledge_bases as kb_repo
-from db.session import session_scope
+from infra.database import session_scope
+from infra.settings import get_settings
 from rag import embedding
-from rag.config import get_settings
 from rag.library import reindex as requeue_documents
 from rag.maintenance import moved_recently, reconcile_stuck_documents
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session
 
 from db.repositories import conversations as conversation_repo
-from db.session import session_scope
+from infra.database import session_scope
+from infra.settings import get_settings
 from rag import llm, prompts
-from rag.config import get_settings
 
 # Words that make a question lean on the conversation ("what caused it?", "and the pilot?").
 _REFERENCES = re.compile(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rag.config import get_settings
+from infra.settings import get_settings
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from db.repositories import evaluations as eval_repo
 from db.repositories import knowledge_bases as kb_repo
 from db.repositories.chunks import Hit
-from db.session import session_scope
+from infra.database import session_scope
+from infra.settings import get_settings
 from rag import llm
 from rag.chunking import split_sentences
-from rag.config import get_settings
 
 log = logging.getLogger(__name__)
 

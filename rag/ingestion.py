@@ -12,10 +12,10 @@ from db.repositories import chunks as chunk_repo
 from db.repositories import documents as document_repo
 from db.repositories import ingest_parts as part_repo
 from db.repositories import knowledge_bases as kb_repo
-from db.session import session_scope
+from infra.database import session_scope
+from infra.settings import get_settings
 from rag import embedding
 from rag.chunking import split_sections
-from rag.config import get_settings
 from rag.parsing import ParseError, parse, pdf_page_count
 
 log = logging.getLogger(__name__)

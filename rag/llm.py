@@ -21,7 +21,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
-from rag.config import get_settings
+from infra.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ FAILURES_KEY = "kbchat:llm:failures"  # consecutive questions the server failed
 def circuit_state() -> dict[str, Any]:
     """``{"open": bool, "reason": str, "seconds_left": float, "failures": int}`` (closed when Redis cannot say)."""
     try:
-        from tasks.redis_client import get_redis
+        from infra.redis_client import get_redis
 
         r = get_redis()
         pipe = r.pipeline()
@@ -290,7 +290,7 @@ def _server_failed(reason: str) -> None:
     if settings.llm_circuit_failures <= 0:
         return
     try:
-        from tasks.redis_client import get_redis
+        from infra.redis_client import get_redis
 
         r = get_redis()
         failures = r.incr(FAILURES_KEY)
@@ -306,7 +306,7 @@ def _server_failed(reason: str) -> None:
 
 def _server_answered() -> None:
     try:
-        from tasks.redis_client import get_redis
+        from infra.redis_client import get_redis
 
         get_redis().delete(FAILURES_KEY)
     except Exception:

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from charset_normalizer import from_bytes
 
-from rag.config import get_settings
+from infra.settings import get_settings
 
 log = logging.getLogger(__name__)
 

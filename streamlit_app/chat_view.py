@@ -12,8 +12,8 @@ from typing import Any
 import streamlit as st
 
 from db.repositories import conversations as conversation_repo
-from db.session import session_scope
-from rag.config import get_settings
+from infra.database import session_scope
+from infra.settings import get_settings
 from streamlit_app import components
 from tasks.streams import follow, request_stop
 

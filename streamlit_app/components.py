@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import streamlit as st
 
-from rag.runtime import ServiceUnavailable
+from infra.discovery import ServiceUnavailable
 
 STATUS_BADGES = {
     "queued": ("gray", ":material/schedule:"),
@@ -28,7 +28,7 @@ STATUS_BADGES = {
 
 def require_services() -> None:
     """Stop the page with a plain message when the services are not there."""
-    from rag.runtime import service_urls
+    from infra.discovery import service_urls
 
     try:
         service_urls()
@@ -43,7 +43,7 @@ NEW_KB_LABEL = "➕ New knowledge base…"
 def kb_picker(*, key: str, allow_create: bool) -> tuple[int, str] | None:
     """Choose a knowledge base (shared across pages); optionally create one in place."""
     from db.repositories import knowledge_bases as kb_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         bases = [(kb.id, kb.name) for kb in kb_repo.list_knowledge_bases(session=session)]
@@ -70,7 +70,7 @@ def kb_picker(*, key: str, allow_create: bool) -> tuple[int, str] | None:
 
 def _create_kb(key: str) -> None:
     """Create the base named in the picker's form and select it (a callback: it may set the picker's value)."""
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.library import get_or_create_kb
 
     try:
@@ -118,7 +118,7 @@ def citation_cards(citations: list[dict]) -> None:
 
 
 def sidebar() -> None:
-    from rag.config import get_settings
+    from infra.settings import get_settings
 
     settings = get_settings()
     with st.sidebar:

@@ -10,9 +10,9 @@ import streamlit as st
 from db.repositories import alerts as alert_repo
 from db.repositories import evaluations as eval_repo
 from db.repositories import knowledge_bases as kb_repo
-from db.session import session_scope
+from infra.database import session_scope
+from infra.settings import get_settings
 from rag.alerts import shown_url
-from rag.config import get_settings
 from streamlit_app.monitoring_view import _note, plain, status_link
 
 METRICS = {"hit_at_1": "hit@1", "hit_at_5": "hit@5", "hit_at_10": "hit@10", "mrr": "MRR"}

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tasks import events
+from infra.redis_client import get_redis
 from tasks.monitoring import decode_args
-from tasks.redis_client import get_redis
+from telemetry import events
 
 
 def retry_task(task_id: str) -> str:
@@ -39,7 +39,7 @@ def retry_task(task_id: str) -> str:
 def requeue_documents(document_ids: list[int]) -> list[str]:
     """Put documents back to queued (attempts reset) and enqueue their ingest; returns the task ids."""
     from db.repositories import documents as document_repo
-    from db.session import session_scope
+    from infra.database import session_scope
     from tasks.client import enqueue_ingest
 
     with session_scope() as session:
@@ -54,7 +54,7 @@ def requeue_documents(document_ids: list[int]) -> list[str]:
 def retry_failed_ingests() -> list[int]:
     """Re-enqueue every failed document in every knowledge base; returns their ids."""
     from db.repositories import monitoring as monitoring_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         ids = monitoring_repo.failed_document_ids(session=session)
@@ -78,7 +78,7 @@ def task_subject(record: dict) -> dict[str, Any] | None:
     from db.repositories import conversations as conversation_repo
     from db.repositories import knowledge_bases as kb_repo
     from db.repositories import monitoring as monitoring_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     name, args = record.get("name", ""), decode_args(record.get("args")) or []
     if not args or not name.startswith(("ingest.", "chat.")):

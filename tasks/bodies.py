@@ -70,7 +70,7 @@ def chat_summarize(conversation_id: int) -> dict:
 
 def chat_search(kb_id: int, question: str, k: int = 10) -> dict:
     """chat.search: the passages closest to a question (the knowledge bases page's retrieval preview)."""
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.retrieval import hit_to_dict, search
 
     with session_scope() as session:
@@ -96,7 +96,7 @@ def maintenance_evaluate(
 
     if kb_id is None:
         from db.repositories import knowledge_bases as kb_repo
-        from db.session import session_scope
+        from infra.database import session_scope
         from tasks.client import enqueue
 
         with session_scope() as session:

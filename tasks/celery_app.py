@@ -9,9 +9,8 @@ from celery import Celery, signals
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
-from rag.config import get_settings
-from rag.runtime import service_urls
-from tasks import events
+from infra.discovery import service_urls
+from infra.settings import get_settings
 from tasks.context import reset_current_task_id, set_current_task_id
 from tasks.registry import (
     QUEUES,
@@ -23,6 +22,7 @@ from tasks.registry import (
     spec,
     task_specs,
 )
+from telemetry import events
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def _on_failure(task_id=None, exception=None, sender=None, args=None, **_):
 
 @signals.worker_process_init.connect
 def _on_process_init(**_):
-    from db.session import set_application_name
+    from infra.database import set_application_name
 
     set_application_name("kbchat.worker")
 

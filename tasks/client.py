@@ -5,9 +5,9 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from rag.config import get_settings
-from tasks import events
+from infra.settings import get_settings
 from tasks.registry import spec
+from telemetry import events
 
 
 @lru_cache(maxsize=1)
@@ -17,7 +17,7 @@ def _backend():
     The module-level app/broker is rebuilt when the Redis URL changed since it was made (settings are re-read
     after ``get_settings.cache_clear()``), so a process never keeps sending to a broker it no longer uses.
     """
-    from rag.runtime import service_urls
+    from infra.discovery import service_urls
 
     url = service_urls().redis_url
     if get_settings().task_backend == "dramatiq":
@@ -88,7 +88,7 @@ def enqueue_ingest(document_id: int) -> str:
     import uuid
 
     from db.repositories import documents as document_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     task_id = str(uuid.uuid4())
     with session_scope() as session:

@@ -20,11 +20,11 @@ from dramatiq.middleware import (
 from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend
 
-from rag.config import get_settings
-from rag.runtime import service_urls
-from tasks import events
+from infra.discovery import service_urls
+from infra.settings import get_settings
 from tasks.context import reset_current_task_id, set_current_task_id
 from tasks.registry import TaskSpec, give_up_message, is_transient, spec, task_specs
+from telemetry import events
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class KbchatEvents(Middleware):
         events.record(message.message_id, events.FAILED, name=message.actor_name, error="skipped (too old)")
 
     def after_worker_boot(self, broker, worker):
-        from db.session import set_application_name
+        from infra.database import set_application_name
 
         set_application_name("kbchat.worker")
         queues = sorted(worker.consumer_whitelist or broker.get_declared_queues())
@@ -92,7 +92,7 @@ class KbchatEvents(Middleware):
             self._heartbeat.stop()
 
     def after_worker_shutdown(self, broker, worker):
-        from db.session import dispose_engine
+        from infra.database import dispose_engine
 
         dispose_engine()
 

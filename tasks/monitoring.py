@@ -21,10 +21,10 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rag.config import get_settings
-from tasks import events
-from tasks.redis_client import get_redis
+from infra.redis_client import get_redis
+from infra.settings import get_settings
 from tasks.registry import QUEUES
+from telemetry import events
 
 DRAMATIQ_NAMESPACE = "kbchat-dramatiq"  # tasks/dramatiq_app.py (a test holds the two together)
 
@@ -367,7 +367,7 @@ def stalled_documents(older_than_seconds: float) -> list[dict[str, Any]]:
     from datetime import timedelta
 
     from db.repositories import monitoring as monitoring_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         rows = monitoring_repo.stalled_documents(session=session, older_than=timedelta(seconds=older_than_seconds))

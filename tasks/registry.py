@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import redis.exceptions
 import sqlalchemy.exc
 
-from rag.config import get_settings
+from infra.settings import get_settings
 from tasks import bodies
 
 QUEUES = ("ingest", "chat", "maintenance")

@@ -10,7 +10,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-from rag.config import get_settings
+from infra.settings import get_settings
 from tasks.registry import Periodic, schedule
 
 log = logging.getLogger(__name__)

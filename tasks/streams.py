@@ -13,8 +13,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from rag.config import get_settings
-from tasks.redis_client import get_redis
+from infra.redis_client import get_redis
+from infra.settings import get_settings
 
 STREAM_KEY = "kbchat:stream:{}"
 STARTED_KEY = "kbchat:stream:{}:started"  # set with the first token: a redelivered task must not repeat them

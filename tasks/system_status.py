@@ -8,9 +8,9 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from rag.config import get_settings
-from tasks import events
-from tasks.redis_client import get_redis
+from infra.redis_client import get_redis
+from infra.settings import get_settings
+from telemetry import events
 
 # Keys that hold one task result each: the classic way a result backend fills Redis when results never expire.
 RESULT_KEY_PREFIXES = {
@@ -56,7 +56,7 @@ def redis_figures(scan_limit: int = 1_000_000) -> dict[str, Any]:
 def postgres_figures() -> dict[str, Any]:
     """Knowledge bases, documents by status, chunks; database, table and index sizes."""
     from db.repositories import monitoring as monitoring_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         figures = monitoring_repo.figures(session=session)

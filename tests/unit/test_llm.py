@@ -23,7 +23,7 @@ FAST = {
 
 def configure(**env: str | None) -> None:
     """Set KBCHAT_* variables (None removes one) and make settings and the HTTP client see them."""
-    from rag.config import get_settings
+    from infra.settings import get_settings
 
     for key, value in env.items():
         if value is None:
@@ -196,7 +196,7 @@ def test_api_key_is_sent_when_configured(tgi):
 
 
 def test_not_configured_is_unavailable():
-    from rag.config import get_settings
+    from infra.settings import get_settings
 
     saved = os.environ.pop("KBCHAT_TGI_URL", None)
     get_settings.cache_clear()

@@ -54,7 +54,7 @@ def test_periodic_jobs_run_on_the_configured_intervals_and_the_evaluation_nightl
 def test_a_nightly_time_that_is_not_hh_mm_is_refused_with_the_expected_form(settings_env, value):
     from pydantic import ValidationError
 
-    from rag.config import get_settings
+    from infra.settings import get_settings
 
     settings_env(eval_at=value)
     with pytest.raises(ValidationError, match="HH:MM") if value else _no_error():

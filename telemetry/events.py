@@ -14,8 +14,8 @@ import time
 import traceback as tb
 from typing import Any
 
-from rag.config import get_settings
-from tasks.redis_client import get_redis
+from infra.redis_client import get_redis
+from infra.settings import get_settings
 
 TASK_KEY = "kbchat:task:{}"
 EVENTS_KEY = "kbchat:events"

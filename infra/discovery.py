@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from rag.config import Settings, get_settings
+from infra.settings import Settings, get_settings
 
 
 class ServiceUnavailable(RuntimeError):
