@@ -89,19 +89,18 @@ def ingest_through_worker(files: list[Path] | list[tuple[str, bytes]], kb_name: 
     from db.models import FINAL_STATES
     from db.repositories import documents as document_repo
     from infra.database import session_scope
-    from rag.library import get_or_create_kb, store_upload
-    from tasks.client import enqueue_ingest
+    from tasks.backend import get_backend
+    from usecases.documents import upload_files
+    from usecases.knowledge_bases import create_kb
 
     payloads = [(f.name, f.read_bytes()) if isinstance(f, Path) else f for f in files]
     started = time.perf_counter()
     ids = []
-    for name, data in payloads:
-        with session_scope() as session:
-            kb = get_or_create_kb(session=session, name=kb_name)
-            outcome = store_upload(session=session, kb_id=kb.id, filename=name, data=data)
+    kb_id, _ = create_kb(name=kb_name)
+    for name, data in payloads:  # one at a time, so the worker starts on the first while the others are stored
+        (outcome,) = upload_files(get_backend(), kb_id=kb_id, files=[(name, data)])
         if outcome.status != "queued":
             raise RuntimeError(f"{name}: {outcome.status} {outcome.error}")
-        enqueue_ingest(outcome.document_id)
         ids.append(outcome.document_id)
     while True:
         with session_scope() as session:

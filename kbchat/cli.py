@@ -1,4 +1,9 @@
-"""The ``kbchat`` command line: run the stack, start processes, ingest, search and ask from a shell."""
+"""The ``kbchat`` command line: run the stack, start processes, ingest, search and ask from a shell.
+
+Each command imports what it uses inside its function: ``kbchat --help`` and the commands that only start other
+processes must not pay for loading torch, Streamlit or a task backend (late imports for start-up time; the layers
+contract in pyproject.toml still checks them).
+"""
 
 from __future__ import annotations
 
@@ -182,23 +187,24 @@ def _files(paths: list[Path]) -> list[Path]:
 def _cmd_ingest(args) -> int:
     from db.repositories import documents as document_repo
     from infra.database import session_scope
-    from rag.library import UploadOutcome, get_or_create_kb, store_upload
-    from tasks.client import enqueue_ingest
+    from rag.library import UploadOutcome
+    from tasks.backend import get_backend
+    from usecases.documents import upload_files
+    from usecases.knowledge_bases import create_kb
 
     _check_services()
-    outcomes: list[UploadOutcome] = []
+    unreadable: list[UploadOutcome] = []
+    files: list[tuple[str, bytes]] = []
     for path in _files(args.paths):
         try:
-            data = path.read_bytes()
+            files.append((path.name, path.read_bytes()))
         except OSError as exc:
-            outcomes.append(UploadOutcome(path.name, "rejected", error=f"cannot read {path}: {exc.strerror}"))
-            continue
-        with session_scope() as session:  # one transaction per file: one bad file never undoes another
-            kb = get_or_create_kb(session=session, name=args.kb)
-            outcomes.append(store_upload(session=session, kb_id=kb.id, filename=path.name, data=data))
+            unreadable.append(UploadOutcome(path.name, "rejected", error=f"cannot read {path}: {exc.strerror}"))
+    outcomes = unreadable
+    if files:
+        kb_id, _ = create_kb(name=args.kb)
+        outcomes += upload_files(get_backend(), kb_id=kb_id, files=files)
     queued = [o.document_id for o in outcomes if o.status == "queued" and o.document_id is not None]
-    for document_id in queued:
-        enqueue_ingest(document_id)
 
     documents: dict[int, object] = {}
     if args.wait and queued:
@@ -281,23 +287,20 @@ def _kb_id(name: str) -> int:
 
 
 def _cmd_search(args) -> int:
-    from infra.database import check_database, session_scope
+    from infra.database import check_database
     from infra.discovery import service_urls
-    from rag.retrieval import hit_to_dict, search
+    from rag.citations import citation_label
+    from usecases.asking import search_passages
 
     check_database(service_urls().database_url)  # a plain message, not a traceback, when it does not answer
     kb_id = _kb_id(args.kb)
-    with session_scope() as session:
-        hits = search(session=session, kb_id=kb_id, question=args.question, k=args.k)
+    hits = search_passages(kb_id=kb_id, question=args.question, k=args.k)
     if args.json:
-        print(json.dumps({"question": args.question, "kb": args.kb, "hits": [hit_to_dict(h) for h in hits]},
-                         indent=2, ensure_ascii=False))
+        print(json.dumps({"question": args.question, "kb": args.kb, "hits": hits}, indent=2, ensure_ascii=False))
         return 0
-    from rag.answering import citation_label
-
     for rank, hit in enumerate(hits, start=1):
-        text = " ".join(hit.text.split())
-        print(f"{rank}. [{hit.score:.3f}] {citation_label(hit)}\n   {text[:300]}{'…' if len(text) > 300 else ''}\n")
+        text = " ".join(hit["text"].split())
+        print(f"{rank}. [{hit['score']:.3f}] {citation_label(hit)}\n   {text[:300]}{'…' if len(text) > 300 else ''}\n")
     if not hits:
         print("no passages (is the knowledge base empty?)")
     return 0
@@ -305,39 +308,21 @@ def _cmd_search(args) -> int:
 
 def _cmd_ask(args) -> int:
     from rag.citations import citation_label
-    from tasks.client import enqueue
-    from tasks.streams import follow, request_stop
+    from tasks.backend import get_backend
+    from telemetry.answer_streams import read_answer, request_stop
+    from usecases.asking import ask
 
     _check_services()  # both are needed: a plain message, not a traceback (or a 20 s Celery retry), when one is down
     kb_id = _kb_id(args.kb)
     started = time.perf_counter()
-    task_id = enqueue("chat.answer", kb_id, args.question, None)
-    answer: list[str] = []
-    meta: dict = {}
-    done: dict = {}
-    notices: list[str] = []
-    first_token: float | None = None
+    task_id = ask(get_backend(), kb_id=kb_id, question=args.question).task_id
+    echo = {} if args.json else {
+        "on_status": lambda message: print(f"kbchat: {message}", file=sys.stderr),
+        "on_token": lambda piece, _: print(piece, end="", flush=True),
+        "on_notice": lambda notice: print(f"\n\n[{notice}]", end="", flush=True),
+    }
     try:
-        for kind, data in follow(task_id, timeout=args.timeout):
-            if kind == "meta":
-                meta = data
-            elif kind == "token":
-                first_token = first_token or time.perf_counter()
-                answer.append(data)
-                if not args.json:
-                    print(data, end="", flush=True)
-            elif kind == "status" and not args.json:
-                print(f"kbchat: {data.get('message') if isinstance(data, dict) else data}", file=sys.stderr)
-            elif kind == "notice":
-                notices.append(str(data))
-                if not args.json:
-                    print(f"\n\n[{data}]", end="", flush=True)
-            elif kind == "done":
-                done = data
-            elif kind == "error":
-                message = data.get("message") if isinstance(data, dict) else data
-                print(f"\nkbchat: the answer failed: {message}", file=sys.stderr)
-                return 1
+        read = read_answer(task_id, timeout=args.timeout, **echo)
     except TimeoutError:
         print(f"kbchat: no answer started within {args.timeout:.0f} s: is a chat worker running? (task {task_id})",
               file=sys.stderr)
@@ -345,15 +330,19 @@ def _cmd_ask(args) -> int:
     except KeyboardInterrupt:
         request_stop(task_id)  # the worker stops generating too
         raise
+    if read.error is not None:
+        print(f"\nkbchat: the answer failed: {read.error['message']}", file=sys.stderr)
+        return 1
+    done, meta, notices, first_token = read.done, read.meta, read.notices, read.first_token_at
     timings = dict(done.get("timings", {}))
     timings["end_to_end_ms"] = round((time.perf_counter() - started) * 1000, 1)
     if first_token is not None:
         timings["end_to_end_first_token_ms"] = round((first_token - started) * 1000, 1)
-    citations = [_citation_json(c) for c in done.get("citations", meta.get("citations", []))]
-    mode = done.get("mode") or meta.get("mode")
+    citations = [_citation_json(c) for c in read.citations]
+    mode = read.mode
     if args.json:
         extra = {k: True for k in ("stopped", "interrupted", "no_answer") if done.get(k) or meta.get(k)}
-        print(json.dumps({"answer": "".join(answer), "mode": mode, "citations": citations, "timings": timings,
+        print(json.dumps({"answer": read.text, "mode": mode, "citations": citations, "timings": timings,
                           "task_id": task_id, **({"notices": notices} if notices else {}), **extra},
                          indent=2, ensure_ascii=False))
     else:
@@ -411,11 +400,12 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from rag.consistency import check
+    from tasks.backend import get_backend
+    from usecases.upkeep import check_consistency
 
     _check_services()
     kb_id = _kb_id(args.kb) if args.kb else None
-    report = check(kb_id=kb_id, fix=args.fix)
+    report = check_consistency(get_backend(), kb_id=kb_id, fix=args.fix)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False, default=str))
     else:

@@ -22,7 +22,8 @@ from prometheus_client.registry import Collector
 
 from infra.redis_client import get_redis
 from infra.settings import get_settings
-from telemetry import events, monitoring, system_status
+from tasks import monitoring, system_status
+from telemetry import events, retrievals
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class KbchatCollector(Collector):
         yield workers
 
         empty = CounterMetricFamily("kbchat_empty_retrievals", "Questions that found no relevant passage")
-        empty.add_metric([], float(get_redis().hget(events.EMPTY_RETRIEVALS_COUNT_KEY, "total") or 0))
+        empty.add_metric([], float(get_redis().hget(retrievals.EMPTY_RETRIEVALS_COUNT_KEY, "total") or 0))
         yield empty
 
         pages = GaugeMetricFamily("kbchat_ingest_pages_per_second",

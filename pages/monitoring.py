@@ -9,7 +9,8 @@ from infra.database import session_scope
 from infra.settings import get_settings
 from streamlit_app import components, quality_view
 from streamlit_app import monitoring_view as view
-from telemetry import events, monitoring
+from tasks import monitoring
+from telemetry import events
 
 st.title("Monitoring")
 components.require_services()
@@ -31,7 +32,7 @@ def live() -> None:
     monitoring.maybe_sample_queues()  # history keeps filling while someone watches, even with no worker up
     depths = monitoring.queue_depths(backend)
     workers = monitoring.workers()
-    hour, day = monitoring.task_counts(3600), monitoring.task_counts(24 * 3600)
+    hour, day = events.task_counts(3600), events.task_counts(24 * 3600)
     view.show_note()
     view.headline(depths, workers, hour, window)
 

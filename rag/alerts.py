@@ -19,6 +19,7 @@ from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attemp
 from db.repositories import alerts as alert_repo
 from infra.database import session_scope
 from infra.settings import get_settings
+from telemetry import retrievals
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ def raise_alert(*, kind: str, message: str, details: dict, kb_id: int | None = N
         "created_at": now.isoformat(),
         "details": details,
     }
+    url = settings.alert_webhook_url.get_secret_value() if settings.alert_webhook_url else ""
     with session_scope() as session:
         alert_repo.lock_kind(session=session, kind=kind, kb_id=kb_id)  # held until commit: no two senders
         since = now - timedelta(seconds=settings.alert_period_seconds)
@@ -121,24 +123,27 @@ def raise_alert(*, kind: str, message: str, details: dict, kb_id: int | None = N
             log.info("alert %s (kb %s) already raised within %d s: not sent again", kind, kb_id,
                      settings.alert_period_seconds)
             return None
-        url = settings.alert_webhook_url.get_secret_value() if settings.alert_webhook_url else ""
-        delivery = post_webhook(url, payload) if url else Delivery("not_configured")
-        alert = alert_repo.add(
-            session=session, kind=kind, kb_id=kb_id, message=message, payload=payload, delivery=delivery.status,
-            attempts=delivery.attempts, delivery_error=delivery.error,
-        )
-        return {"id": alert.id, "kind": kind, "message": message, "delivery": delivery.status,
-                "attempts": delivery.attempts, "error": delivery.error}
+        # Recorded as "sending" (which holds back other senders) and committed before the POST: no database
+        # lock or transaction is held while the webhook is slow or retried.
+        alert_id = alert_repo.add(
+            session=session, kind=kind, kb_id=kb_id, message=message, payload=payload,
+            delivery="sending" if url else "not_configured", attempts=0, delivery_error=None,
+        ).id
+    delivery = Delivery("not_configured")
+    if url:
+        delivery = post_webhook(url, payload)
+        with session_scope() as session:
+            alert_repo.set_delivery(session=session, alert_id=alert_id, delivery=delivery.status,
+                                    attempts=delivery.attempts, error=delivery.error)
+    return {"id": alert_id, "kind": kind, "message": message, "delivery": delivery.status,
+            "attempts": delivery.attempts, "error": delivery.error}
 
 
 def check_empty_retrievals() -> dict:
     """The empty-retrieval rule: too large a share of recent questions found no relevant passage → alert."""
-    from tasks.system_status import empty_retrievals
-    from telemetry import events
-
     settings = get_settings()
     window = settings.empty_retrieval_window_seconds
-    stats = empty_retrievals(window)
+    stats = retrievals.empty_retrievals(window)
     rate = stats["rate"]
     outcome = {"rule": EMPTY_RETRIEVALS, "empty": stats["empty"], "questions": stats["answers"], "rate": rate,
                "threshold": settings.empty_retrieval_alert_rate, "alert": None}
@@ -147,7 +152,7 @@ def check_empty_retrievals() -> dict:
     if rate <= settings.empty_retrieval_alert_rate:
         return outcome
     since = int((datetime.now(UTC) - timedelta(seconds=window)).timestamp() * 1000)
-    recent = [e for e in events.recent_empty_retrievals(500) if int(float(e.get("ts", 0)) * 1000) >= since]
+    recent = [e for e in retrievals.recent_empty_retrievals(500) if int(float(e.get("ts", 0)) * 1000) >= since]
     by_kb: dict[str, int] = {}
     for entry in recent:
         by_kb[entry.get("kb_id", "?")] = by_kb.get(entry.get("kb_id", "?"), 0) + 1

@@ -27,6 +27,7 @@ from rag import answer_cache, conversation, llm, prompts, retrieval
 from rag.citations import MarkerFilter, cited_numbers
 from rag.citations import citation_label as _citation_label
 from rag.retrieval import hit_to_dict
+from telemetry import retrievals
 
 log = logging.getLogger(__name__)
 
@@ -375,9 +376,7 @@ def _from_cache(out: _Output, cached: dict) -> Outcome:
 
 
 def _record_empty_retrieval(kb_id: int, question: str, top_score: float | None) -> None:
-    from telemetry import events  # the monitoring records live with the task layer's
-
     try:
-        events.record_empty_retrieval(kb_id, question, top_score)
+        retrievals.record_empty_retrieval(kb_id, question, top_score)
     except Exception as exc:  # monitoring must never cost an answer
         log.warning("could not record an empty retrieval: %s", exc)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Sequence
 from functools import lru_cache
@@ -66,9 +65,6 @@ def get_model():
     ``KBCHAT_EMBEDDING_BACKEND=onnx-int8`` (the default) runs an int8 ONNX export of the same model, made once into
     the model cache, with the same interface; a model it cannot run (pooling other than mean or CLS) runs on torch.
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with _lock:
         import transformers
 
@@ -88,7 +84,7 @@ def get_model():
         if model is None:
             from sentence_transformers import SentenceTransformer  # imports torch: only when torch is used
 
-            model = SentenceTransformer(model_name(), device="cpu")
+            model = SentenceTransformer(model_name(), device="cpu", local_files_only=True)
             if settings.embedding_threads:
                 import torch
 

@@ -56,10 +56,14 @@ class _Progress:
             )
 
 
-def ingest_document(document_id: int, task_id: str | None = None) -> IngestResult:
+def ingest_document(
+    document_id: int, task_id: str | None = None, split: Callable[[int, str, int], IngestResult] | None = None
+) -> IngestResult:
     """Run the whole pipeline for one stored document; a rerun replaces its chunks in one transaction.
 
     ``task_id`` is the delivering task's id: a task that is no longer the document's current one stands down.
+    ``split(document_id, task_id, pages)`` (``rag.page_ranges.split_document``) takes over a PDF longer than
+    ``ingest_split_pages``; without it every document is ingested whole.
     """
     settings = get_settings()
     with session_scope() as session:
@@ -81,12 +85,10 @@ def ingest_document(document_id: int, task_id: str | None = None) -> IngestResul
     progress = _Progress(document_id)
     try:
         split_pages = settings.ingest_split_pages
-        if split_pages > 0 and task_id is not None:
+        if split_pages > 0 and task_id is not None and split is not None:
             total = pdf_page_count(data)
             if total is not None and total > split_pages:
-                from rag import page_ranges
-
-                return page_ranges.split_document(document_id, task_id, total)
+                return split(document_id, task_id, total)
         parsed = parse(
             data, filename, progress=lambda done, total: progress.stage(PARSING, done, total, force=False)
         )

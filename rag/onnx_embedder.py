@@ -90,8 +90,8 @@ def _export_quiet(model_path: str, target: Path) -> None:
     from transformers import AutoModel, AutoTokenizer
 
     log.info("exporting %s to ONNX int8 in %s (once)", model_path, target)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModel.from_pretrained(model_path, attn_implementation="eager").eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+    model = AutoModel.from_pretrained(model_path, attn_implementation="eager", local_files_only=True).eval()
     sample = tokenizer(["an example sentence", "another"], padding=True, return_tensors="pt")
     names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in sample]
     fp32 = target / "model_fp32.onnx"
@@ -136,7 +136,7 @@ class OnnxEncoder:
 
         self.pooling = pooling_mode(model_path)
         model_file = ensure_exported(model_path, cache_dir)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
         config = Path(model_path) / "sentence_bert_config.json"
         configured = json.loads(config.read_text()).get("max_seq_length") if config.exists() else None
         self.max_seq_length = max_seq_length or configured or 256

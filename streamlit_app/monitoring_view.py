@@ -16,8 +16,11 @@ import pandas as pd
 import streamlit as st
 
 from rag import llm
-from tasks import admin, monitoring, system_status
-from tasks.registry import QUEUES
+from tasks import monitoring, system_status
+from tasks.backend import get_backend
+from tasks.queues import QUEUES, QueueDepth
+from telemetry import events, queue_history, retrievals
+from usecases import fixes
 
 WINDOWS = {"1 h": 3600, "6 h": 6 * 3600, "24 h": 24 * 3600}
 STATUS_COLOURS = {"online": "#2e9d5b", "offline": "#d64545", "stopped": "#8a8f98"}
@@ -101,7 +104,7 @@ def _runtime_percentiles(seconds: int) -> list[dict]:
 # --- headline --------------------------------------------------------------------------------------------------
 
 
-def headline(depths: list[monitoring.QueueDepth], workers: list[dict], hour: dict, window: int) -> None:
+def headline(depths: list[QueueDepth], workers: list[dict], hour: dict, window: int) -> None:
     """Five numbers an admin reads first, and warnings for what needs a person."""
     online = [w for w in workers if w["status"] == "online"]
     offline = [w for w in workers if w["status"] == "offline"]
@@ -130,7 +133,7 @@ def headline(depths: list[monitoring.QueueDepth], workers: list[dict], hour: dic
 # --- queues ----------------------------------------------------------------------------------------------------
 
 
-def queues(depths: list[monitoring.QueueDepth], backend: str, window: int) -> None:
+def queues(depths: list[QueueDepth], backend: str, window: int) -> None:
     """Depth per queue now, its history as a chart, and any messages left on the other backend."""
     dramatiq = backend == "dramatiq"
     rows = []
@@ -148,7 +151,7 @@ def queues(depths: list[monitoring.QueueDepth], backend: str, window: int) -> No
         "Celery: *waiting* counts the queue's list and its priority sub-queues; *running* = delivered to a worker "
         "and not acknowledged (running, prefetched, or waiting out a retry countdown)."
     )
-    history = monitoring.queue_history(window)
+    history = queue_history.queue_history(window)
     if len(history) >= 2:
         frame = pd.DataFrame(history)
         frame["time"] = _utc(frame["ts"])
@@ -161,7 +164,7 @@ def queues(depths: list[monitoring.QueueDepth], backend: str, window: int) -> No
         st.altair_chart(chart, width="stretch")
     else:
         st.caption("The depth history fills in as workers run (a sample every "
-                   f"{monitoring.SAMPLE_SECONDS} s, kept a day).")
+                   f"{queue_history.SAMPLE_SECONDS} s, kept a day).")
     other = "celery" if dramatiq else "dramatiq"
     leftovers = [d for d in monitoring.queue_depths(other) if d.pending or d.dead]
     if leftovers:
@@ -217,8 +220,8 @@ def task_tables(hour: dict, day: dict, window: int, window_label: str) -> None:
     """Counts by state for the last hour and day, throughput per minute, run-time percentiles."""
     names = sorted((set(hour) | set(day)) - {"all"})
     counts = pd.DataFrame(
-        [{"task": name, **{f"{s} (1 h)": hour.get(name, {}).get(s, 0) for s in monitoring.STATES},
-          **{f"{s} (24 h)": day.get(name, {}).get(s, 0) for s in monitoring.STATES}}
+        [{"task": name, **{f"{s} (1 h)": hour.get(name, {}).get(s, 0) for s in events.STATES},
+          **{f"{s} (24 h)": day.get(name, {}).get(s, 0) for s in events.STATES}}
          for name in ["all", *names]]
     )
     left, right = st.columns(2)
@@ -271,7 +274,7 @@ def show_note() -> None:
 
 def _retry(task_id: str, name: str) -> None:
     try:
-        new_id = admin.retry_task(task_id)
+        new_id = fixes.retry_task(get_backend(), task_id)
     except (LookupError, ValueError) as exc:
         _note(str(exc), ":material/error:")
     else:
@@ -279,14 +282,14 @@ def _retry(task_id: str, name: str) -> None:
 
 
 def _retry_ingests() -> None:
-    ids = admin.retry_failed_ingests()
+    ids = fixes.retry_failed_ingests(get_backend())
     _note(f"{len(ids)} failed document(s) queued again.")
 
 
 def _requeue(ids: list[int]) -> None:
     ids = st.session_state.get("mon_stalled_pick") or ids
     try:
-        admin.requeue_documents(ids)
+        fixes.requeue_documents(get_backend(), ids)
         _note(f"{len(ids)} document(s) queued again.")
     except LookupError as exc:
         _note(str(exc), ":material/error:")
@@ -369,7 +372,7 @@ def services(window: int, window_label: str) -> None:
             if tgi["limits"]:
                 st.dataframe(pd.DataFrame([{"limit": k, "value": v} for k, v in tgi["limits"].items()]),
                              hide_index=True, width="stretch")
-        empty = system_status.empty_retrievals(window)
+        empty = retrievals.empty_retrievals(window)
         st.metric(f"Empty retrievals, last {window_label}",
                   "n.a." if empty["rate"] is None else f"{empty['rate']:.0%}",
                   help=f"{empty['empty']} of {empty['answers']} questions found no relevant passage "

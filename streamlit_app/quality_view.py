@@ -3,6 +3,8 @@ latest run, recent alerts, and buttons that run the scheduled quality jobs now."
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import altair as alt
 import pandas as pd
 import streamlit as st
@@ -14,14 +16,14 @@ from infra.database import session_scope
 from infra.settings import get_settings
 from rag.alerts import shown_url
 from streamlit_app.monitoring_view import _note, plain, status_link
+from tasks.backend import get_backend
+from usecases import upkeep
 
 METRICS = {"hit_at_1": "hit@1", "hit_at_5": "hit@5", "hit_at_10": "hit@10", "mrr": "MRR"}
 
 
-def _enqueue(name: str, *args, what: str) -> None:
-    from tasks.client import enqueue
-
-    task_id = enqueue(name, *args)
+def _enqueue(request: Callable[..., str], what: str, **kwargs) -> None:
+    task_id = request(get_backend(), **kwargs)
     _note(f"{what} queued as task [{task_id}]({status_link(task_id)}).", ":material/schedule:")
 
 
@@ -43,8 +45,8 @@ def evaluation(kb_names: dict[int, str]) -> None:
     left, right = st.columns([3, 2], vertical_alignment="bottom")
     kb_id = left.selectbox("Knowledge base", list(kb_names), format_func=kb_names.get, key="mon_eval_kb")
     right.button("Evaluate now", icon=":material/fact_check:", key="mon_eval_now",
-                 on_click=_enqueue, args=("maintenance.evaluate", kb_id, None, None, "page"),
-                 kwargs={"what": f"Evaluation of {kb_names[kb_id]}"},
+                 on_click=_enqueue, args=(upkeep.request_evaluation, f"Evaluation of {kb_names[kb_id]}"),
+                 kwargs={"kb_id": kb_id},
                  help=f"Samples {settings.eval_sample_size} chunks (seed {settings.eval_seed}), writes a question "
                       "for each and checks where retrieval ranks the chunk it came from.")
     with session_scope() as session:
@@ -118,9 +120,9 @@ def alerts_panel(kb_names: dict[int, str]) -> None:
                 f"{settings.empty_retrieval_alert_min_questions} questions in "
                 f"{settings.empty_retrieval_window_seconds // 60} min")
     b.button("Check alert rules now", icon=":material/notifications:", key="mon_alerts_now",
-             on_click=_enqueue, args=("maintenance.alerts",), kwargs={"what": "Alert check"})
+             on_click=_enqueue, args=(upkeep.request_alert_check, "Alert check"))
     c.button("Check consistency now", icon=":material/rule:", key="mon_consistency_now",
-             on_click=_enqueue, args=("maintenance.consistency",), kwargs={"what": "Consistency check (with fixes)"},
+             on_click=_enqueue, args=(upkeep.request_consistency_fix, "Consistency check (with fixes)"),
              help="Documents vs chunks vs stored files; mismatches are re-indexed, orphans removed, stuck "
                   "documents re-enqueued. `kbchat check` shows the same without fixing.")
     with session_scope() as session:

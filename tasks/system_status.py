@@ -8,9 +8,11 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from db.repositories import monitoring as monitoring_repo
+from infra.database import session_scope
 from infra.redis_client import get_redis
 from infra.settings import get_settings
-from telemetry import events
+from rag import llm
 
 # Keys that hold one task result each: the classic way a result backend fills Redis when results never expire.
 RESULT_KEY_PREFIXES = {
@@ -55,9 +57,6 @@ def redis_figures(scan_limit: int = 1_000_000) -> dict[str, Any]:
 
 def postgres_figures() -> dict[str, Any]:
     """Knowledge bases, documents by status, chunks; database, table and index sizes."""
-    from db.repositories import monitoring as monitoring_repo
-    from infra.database import session_scope
-
     with session_scope() as session:
         figures = monitoring_repo.figures(session=session)
         figures["tables"] = monitoring_repo.table_sizes(session=session)
@@ -67,8 +66,6 @@ def postgres_figures() -> dict[str, Any]:
 
 def tgi_status() -> dict[str, Any]:
     """Whether a generation server is configured and answers, with its model, limits and response time."""
-    from rag import llm
-
     url = (getattr(get_settings(), "tgi_url", "") or "").strip()
     if not url:
         return {"configured": False}
@@ -87,20 +84,4 @@ def tgi_status() -> dict[str, Any]:
         "model_id": info.get("model_id"),
         "version": info.get("version"),
         "limits": {key: info[key] for key in TGI_LIMITS if info.get(key) is not None},
-    }
-
-
-def empty_retrievals(seconds: float) -> dict[str, Any]:
-    """Questions that found no relevant passage in the last ``seconds``, against the answers attempted."""
-    from tasks.monitoring import task_counts
-
-    r = get_redis()
-    start = int((time.time() - seconds) * 1000)
-    empty = len(r.xrange(events.EMPTY_RETRIEVALS_KEY, min=str(start), max="+", count=100_000))
-    answers = task_counts(seconds).get("chat.answer", {}).get(events.STARTED, 0)
-    return {
-        "empty": empty,
-        "answers": answers,
-        "rate": empty / answers if answers else None,
-        "total": int(r.hget(events.EMPTY_RETRIEVALS_COUNT_KEY, "total") or 0),
     }

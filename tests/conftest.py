@@ -42,10 +42,12 @@ def _reset_caches() -> None:
     from infra import redis_client
     from infra.database import dispose_engine
     from infra.settings import get_settings
-    from tasks import client
+    from tasks.backend import get_backend
 
+    if get_backend.cache_info().currsize:
+        get_backend().close()
     get_settings.cache_clear()
-    client._backend.cache_clear()
+    get_backend.cache_clear()
     redis_client.reset()
     dispose_engine()
 
@@ -192,16 +194,18 @@ def wait_for_documents(document_ids: list[int], timeout: float = 120) -> dict[in
 
 
 def upload(kb_id: int, filename: str, data: bytes):
-    """Store a file the way the upload page does and enqueue it; returns the outcome."""
-    from infra.database import session_scope
-    from rag.library import store_upload
-    from tasks.client import enqueue_ingest
+    """Upload a file the way the upload page does (stored, then its ingest queued); returns the outcome."""
+    from tasks.backend import get_backend
+    from usecases.documents import upload_files
 
-    with session_scope() as session:
-        outcome = store_upload(session=session, kb_id=kb_id, filename=filename, data=data)
-    if outcome.status == "queued":
-        enqueue_ingest(outcome.document_id)
-    return outcome
+    return upload_files(get_backend(), kb_id=kb_id, files=[(filename, data)])[0]
+
+
+def enqueue(name: str, *args, task_id: str | None = None) -> str:
+    """Send a task through this process's backend now (a test running a job without waiting for its schedule)."""
+    from tasks.backend import get_backend
+
+    return get_backend().enqueue(name, *args, task_id=task_id)
 
 
 def make_pdf(pages: list[str]) -> bytes:

@@ -59,7 +59,7 @@ def failed_chat_answer(kb_id: int, question: str) -> tuple[str, int, RefusedMess
     Returns (task id, conversation id, the refusal to remove)."""
     from db.repositories import conversations as conversation_repo
     from infra.database import session_scope
-    from tasks.client import enqueue
+    from tests.conftest import enqueue
 
     with session_scope() as session:
         conversation_id = conversation_repo.create(session=session, kb_id=kb_id, title=question[:80]).id

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.orm import Session
 
 from db.models import Alert
@@ -42,12 +42,15 @@ def add(
     return alert
 
 
+def set_delivery(*, session: Session, alert_id: int, delivery: str, attempts: int, error: str | None) -> None:
+    """What the webhook said, recorded after the POST (which runs outside the transaction that added the alert)."""
+    session.execute(
+        update(Alert).where(Alert.id == alert_id).values(delivery=delivery, attempts=attempts, delivery_error=error)
+    )
+
+
 def recent(*, session: Session, limit: int = 50) -> list[Alert]:
     return list(session.scalars(select(Alert).order_by(Alert.created_at.desc(), Alert.id.desc()).limit(limit)))
-
-
-def count_since(*, session: Session, since: datetime) -> int:
-    return int(session.scalar(select(func.count()).select_from(Alert).where(Alert.created_at >= since)) or 0)
 
 
 def delete_older_than(*, session: Session, days: int) -> int:

@@ -149,7 +149,7 @@ class Run:
         return (self.of("done") or [{}])[0]
 
     def result(self) -> dict:
-        from tasks.client import wait_for_result
+        from telemetry.events import wait_for_result
 
         return wait_for_result(self.task_id, timeout=30)
 
@@ -162,8 +162,8 @@ def ask(
     document_ids: list[int] | None = None,
 ) -> Run:
     """Enqueue chat.answer as the page does and read its stream to the end."""
-    from tasks.client import enqueue
-    from tasks.streams import follow
+    from telemetry.answer_streams import follow
+    from tests.conftest import enqueue
 
     task_id = enqueue("chat.answer", kb_id, question, conversation_id, document_ids)
     events: list[tuple[str, Any]] = []
@@ -352,7 +352,7 @@ def test_prompt_that_cannot_fit_tells_the_user_why(stack, fresh_behaviour):
 
 
 def test_stop_ends_the_answer_and_the_stream(stack, fresh_behaviour):
-    from tasks.streams import request_stop
+    from telemetry.answer_streams import request_stop
 
     fresh_behaviour.answer = " ".join(f"word{i}" for i in range(300))
     fresh_behaviour.token_latency = 0.02
@@ -421,7 +421,7 @@ def test_cache_hit_on_a_repeat_and_miss_after_an_ingest(stack, kb):
 
 
 def test_question_the_base_cannot_answer_is_recorded(stack):
-    from telemetry import events
+    from telemetry import retrievals
 
     requests = len(stack.tgi.chat_requests())
     question = f"How do I reset my password for the payroll portal ({uuid.uuid4().hex[:6]})?"
@@ -429,7 +429,7 @@ def test_question_the_base_cannot_answer_is_recorded(stack):
     assert run.meta["no_answer"] is True and run.done["no_answer"] is True
     assert "does not seem to contain an answer" in run.text and run.done["citations"] == []
     assert len(stack.tgi.chat_requests()) == requests  # no passage, no prompt
-    recorded = [e for e in events.recent_empty_retrievals(50) if e["question"] == question]
+    recorded = [e for e in retrievals.recent_empty_retrievals(50) if e["question"] == question]
     assert recorded and recorded[0]["kb_id"] == str(stack.kb_id) and float(recorded[0]["top_score"]) < 0.2
 
 

@@ -126,7 +126,9 @@ def test_a_large_pdf_is_split_shared_by_two_workers_and_stored_once(backend, own
     the document ends ready with exactly the chunks an unsplit ingest makes, progress counted in pages; a re-index
     replaces them, and a part of the old run stands down."""
     from tasks.admin import requeue_documents
-    from tasks.client import enqueue, wait_for_result
+
+    from telemetry.events import wait_for_result
+    from tests.conftest import enqueue
 
     kb_id, _ = kb
     for name in ("first", "second"):

@@ -116,7 +116,8 @@ def receiver() -> Iterator[WebhookReceiver]:
 def test_scheduled_evaluation_records_a_run_and_kbchat_eval_gives_the_same_numbers(worker, kb):
     """The job samples chunks over documents, asks a question of each, ranks them with the production retrieval
     and stores metrics with per-question details; the CLI with the same seed samples and scores the same."""
-    from tasks.client import enqueue, wait_for_result
+    from telemetry.events import wait_for_result
+    from tests.conftest import enqueue
 
     kb_id, kb_name = kb
     documents = _ingest_demo(kb_id)
@@ -296,7 +297,8 @@ def test_empty_retrieval_alert_job_on_a_worker_posts_to_the_webhook(own_redis_db
     alert job on that worker POSTs one alert with the share and examples, without the URL's secrets in its log."""
     from db.repositories import alerts as alert_repo
     from infra.database import session_scope
-    from tasks.client import enqueue, wait_for_result
+    from telemetry.events import wait_for_result
+    from tests.conftest import enqueue
 
     kb_id, _ = kb
     handle = start_worker("celery", tmp_path / "worker.log", queues="ingest,chat,maintenance", extra_env={
@@ -332,7 +334,7 @@ def test_empty_retrieval_alert_job_on_a_worker_posts_to_the_webhook(own_redis_db
 def test_empty_retrieval_alert_is_sent_once_per_period_and_failures_keep_no_secret(own_redis_db, env, receiver,
                                                                                    caplog):
     from rag import alerts
-    from telemetry import events
+    from telemetry import events, retrievals
 
     env.set(KBCHAT_ALERT_WEBHOOK_URL=_secret_url(receiver), KBCHAT_ALERT_WEBHOOK_BACKOFF_SECONDS="0.01",
             KBCHAT_ALERT_WEBHOOK_RETRIES="2", KBCHAT_EMPTY_RETRIEVAL_ALERT_MIN_QUESTIONS="5",
@@ -341,7 +343,7 @@ def test_empty_retrieval_alert_is_sent_once_per_period_and_failures_keep_no_secr
     for number in range(4):  # 4 questions, 3 empty: too few questions for the rule
         events.record(f"ask-{number}", events.STARTED, name="chat.answer", queue="chat")
     for number in range(3):
-        events.record_empty_retrieval(kb_marker, f"unanswerable question {number}", 0.05)
+        retrievals.record_empty_retrieval(kb_marker, f"unanswerable question {number}", 0.05)
     assert alerts.check_empty_retrievals()["alert"] is None and not receiver.requests
 
     events.record("ask-5", events.STARTED, name="chat.answer", queue="chat")
@@ -378,7 +380,8 @@ def test_consistency_check_reports_without_changing_then_the_job_fixes(worker, k
     ``kbchat check`` lists them and changes nothing; the scheduled job fixes them all; then the check is clean."""
     from infra.database import session_scope
     from rag.library import get_or_create_kb
-    from tasks.client import enqueue, wait_for_result
+    from telemetry.events import wait_for_result
+    from tests.conftest import enqueue
 
     kb_id, kb_name = kb
     with session_scope() as session:
@@ -431,15 +434,15 @@ def test_consistency_check_reports_without_changing_then_the_job_fixes(worker, k
 def test_cleanup_removes_what_is_past_retention_and_keeps_the_rest(own_redis_db, kb):
     from infra.redis_client import get_redis
     from rag.cleanup import cleanup
-    from tasks.monitoring import HISTORY_KEY
-    from telemetry import events
+    from telemetry import events, retrievals
+    from telemetry.queue_history import HISTORY_KEY
 
     kb_id, _ = kb
     r = get_redis()
     old_ms = int((time.time() - 10 * 86400) * 1000)
     r.xadd(events.EVENTS_KEY, {"task_id": "old", "event": "succeeded", "ts": old_ms / 1000}, id=f"{old_ms}-0")
     events.record("new", events.QUEUED, name="maintenance.cleanup")
-    r.xadd(events.EMPTY_RETRIEVALS_KEY, {"kb_id": kb_id, "question": "old"}, id=f"{old_ms}-0")
+    r.xadd(retrievals.EMPTY_RETRIEVALS_KEY, {"kb_id": kb_id, "question": "old"}, id=f"{old_ms}-0")
     r.xadd(HISTORY_KEY, {"ts": old_ms / 1000}, id=f"{old_ms}-0")
     r.xadd("kbchat:stream:old", {"kind": "token", "data": "x"}, id=f"{old_ms}-0")  # lost its expiry long ago
     r.xadd("kbchat:stream:new", {"kind": "token", "data": "y"})  # recent, but without an expiry
@@ -470,7 +473,7 @@ def test_cleanup_removes_what_is_past_retention_and_keeps_the_rest(own_redis_db,
     assert removed["answer_streams"] == 1 and removed["eval_details"] >= 1 and removed["alerts"] >= 1, removed
     assert removed["stale_upload_files"] >= 1 and removed["abandoned_eval_runs"] >= 1, removed
     assert [fields["task_id"] for _, fields in r.xrange(events.EVENTS_KEY)] == ["new"]
-    assert r.xlen(events.EMPTY_RETRIEVALS_KEY) == 0
+    assert r.xlen(retrievals.EMPTY_RETRIEVALS_KEY) == 0
     assert not r.exists("kbchat:stream:old")
     assert 0 < r.ttl("kbchat:stream:new") <= get_settings_value("stream_ttl_seconds")
     assert tuple(_sql("SELECT details IS NULL, hit_at_1 FROM eval_runs WHERE id = :i", i=old_run)[0]) == (True, 1.0)

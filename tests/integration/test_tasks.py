@@ -302,9 +302,9 @@ def test_a_crashing_task_is_recorded_failed_and_its_answer_stream_says_so(worker
     waiting for its timeout."""
     from db.repositories import conversations as conversation_repo
     from infra.database import session_scope
-    from tasks.client import enqueue
-    from tasks.streams import follow
     from telemetry import events
+    from telemetry.answer_streams import follow
+    from tests.conftest import enqueue
     from tests.monitoring_support import RefusedMessages
 
     kb_id, _ = kb
@@ -403,8 +403,8 @@ def test_transient_database_failure_is_retried_then_succeeds(worker, kb):
 
     from infra.database import get_engine, session_scope
     from rag.library import store_upload
-    from tasks.client import enqueue
     from telemetry import events
+    from tests.conftest import enqueue
 
     kb_id, _ = kb
     with session_scope() as session:
@@ -455,9 +455,9 @@ def test_chat_answer_streams_through_the_worker_and_is_saved(worker, kb):
     from db.repositories import conversations as conversation_repo
     from infra.database import session_scope
     from infra.settings import get_settings
-    from tasks.client import enqueue
-    from tasks.streams import follow
     from telemetry import events
+    from telemetry.answer_streams import follow
+    from tests.conftest import enqueue
 
     kb_id, _ = kb
     document = _ingest_ready(kb_id, "orchard.pdf", make_pdf(PDF_PAGES))
@@ -500,8 +500,8 @@ def test_chat_answer_streams_through_the_worker_and_is_saved(worker, kb):
 
 
 def test_chat_answer_on_an_empty_kb_says_there_is_no_answer(worker, kb):
-    from tasks.client import enqueue
-    from tasks.streams import follow
+    from telemetry.answer_streams import follow
+    from tests.conftest import enqueue
 
     kb_id, _ = kb
     task_id = enqueue("chat.answer", kb_id, "What is the boiling point of tungsten?", None)
@@ -555,7 +555,8 @@ def test_reconcile_requeues_a_document_whose_queue_message_was_lost(worker, kb):
     from infra.database import session_scope
     from infra.settings import get_settings
     from rag.library import store_upload
-    from tasks.client import enqueue, wait_for_result
+    from telemetry.events import wait_for_result
+    from tests.conftest import enqueue
 
     kb_id, _ = kb
     wait_for_result(enqueue("maintenance.reconcile"), timeout=60)  # drain any start-up reconcile first
