@@ -23,7 +23,7 @@ from db.repositories import knowledge_bases as kb_repo
 from db.repositories.chunks import Hit
 from infra.database import session_scope
 from infra.settings import get_settings
-from rag import answer_cache, conversation, llm, prompts, retrieval
+from rag import answer_cache, conversation, llm, llm_client, prompts, retrieval
 from rag.citations import MarkerFilter, cited_numbers
 from rag.citations import citation_label as _citation_label
 from rag.retrieval import hit_to_dict
@@ -217,7 +217,7 @@ def answer_question(
                 passages,
                 note=f"{rewrite.error} Here are the most relevant passages instead.",
             )
-        elif llm.configured():
+        elif llm_client.configured():
             outcome = _generate(out, question, passages, history)
         else:
             outcome = _extractive(out, standalone, passages, note=None)
@@ -339,7 +339,7 @@ def _fit_to_limits(
     parts: prompts.PromptParts, exc: llm.PromptRejected, max_tokens: int
 ) -> tuple[prompts.PromptParts, int] | None:
     """The prompt trimmed to the limits ``GET /info`` reports (calibrated by the count in the 422 message)."""
-    limits = llm.server_limits()
+    limits = llm_client.server_limits()
     if limits is None:
         return None
     max_tokens = min(max_tokens, max(64, limits.max_total_tokens // 4))
@@ -361,7 +361,7 @@ def _extractive(out: _Output, question: str, passages: list[dict], *, note: str 
 
 
 def _no_answer(out: _Output) -> Outcome:
-    mode = "llm" if llm.configured() else "extractive"
+    mode = "llm" if llm_client.configured() else "extractive"
     out.meta(mode=mode, citations=[], no_answer=True)
     out.token(NO_ANSWER)
     return Outcome(mode=mode, no_answer=True)

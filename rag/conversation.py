@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from db.repositories import conversations as conversation_repo
 from infra.database import session_scope
 from infra.settings import get_settings
-from rag import llm, prompts
+from rag import llm, llm_client, prompts
 
 # Words that make a question lean on the conversation ("what caused it?", "and the pilot?").
 _REFERENCES = re.compile(
@@ -77,7 +77,7 @@ def standalone_question(
     if not any(turn["role"] == "user" for turn in turns):
         return Rewrite(question, "as-is")
     error: llm.LLMError | None = None
-    if llm.configured():
+    if llm_client.configured():
         try:
             text = "".join(
                 llm.stream_chat(
@@ -140,7 +140,7 @@ def summarize_conversation(conversation_id: int) -> dict:
     older_turns = turns[: len(older)]
     mode = "llm"
     try:
-        if not llm.configured():
+        if not llm_client.configured():
             raise llm.ModelUnavailable("no model")
         text = llm.complete(prompts.summary_messages(previous_text, older_turns), max_tokens=320).strip()
         if not text:

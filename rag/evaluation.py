@@ -20,7 +20,7 @@ from db.repositories import knowledge_bases as kb_repo
 from db.repositories.chunks import Hit
 from infra.database import session_scope
 from infra.settings import get_settings
-from rag import llm
+from rag import llm, llm_client
 from rag.chunking import split_sentences
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def llm_question(text: str) -> str:
 
 def write_question(text: str) -> tuple[str, str]:
     """(question, how): the model's when one is configured and answers, else the extractive one."""
-    if llm.configured():
+    if llm_client.configured():
         try:
             question = llm_question(text)
             if len(question) >= 8:

@@ -15,7 +15,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from rag import llm
+from rag import llm_breaker
 from tasks import monitoring, system_status
 from tasks.backend import get_backend
 from tasks.queues import QUEUES, QueueDepth
@@ -362,7 +362,7 @@ def services(window: int, window_label: str) -> None:
                 f"{'Healthy' if tgi['ok'] else 'Not healthy'}: {tgi['detail']} in {tgi['response_ms']:.0f} ms",
                 icon=":material/dns:")
             st.caption(f"{tgi['url']} · model **{tgi['model_id'] or '?'}** · version {tgi['version'] or '?'}")
-            circuit = llm.circuit_state()
+            circuit = llm_breaker.circuit_state()
             if circuit["open"]:
                 st.warning(f"Breaker open: questions are answered from the passages without asking the model for "
                            f"{circuit['seconds_left']:.0f} s more ({plain(circuit['reason'], 160)}).",

@@ -12,7 +12,7 @@ from db.repositories import monitoring as monitoring_repo
 from infra.database import session_scope
 from infra.redis_client import get_redis
 from infra.settings import get_settings
-from rag import llm
+from rag import llm_client
 
 # Keys that hold one task result each: the classic way a result backend fills Redis when results never expire.
 RESULT_KEY_PREFIXES = {
@@ -72,9 +72,9 @@ def tgi_status() -> dict[str, Any]:
     parts = urlsplit(url)
     shown = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")  # no credentials
     started = time.perf_counter()
-    health = llm.health()
+    health = llm_client.health()
     response_ms = round((time.perf_counter() - started) * 1000, 1)
-    info = llm.server_info() if health.get("ok") else {}
+    info = llm_client.server_info() if health.get("ok") else {}
     return {
         "configured": True,
         "url": shown,

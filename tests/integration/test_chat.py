@@ -120,9 +120,9 @@ def stack(request, services, tmp_path_factory) -> Iterator[Stack]:
 @pytest.fixture(autouse=True)
 def fresh_behaviour(stack):
     from infra.redis_client import get_redis
-    from rag import llm
+    from rag import llm_breaker
 
-    get_redis().delete(llm.CIRCUIT_KEY, llm.FAILURES_KEY)  # each test starts with the breaker closed
+    get_redis().delete(llm_breaker.CIRCUIT_KEY, llm_breaker.FAILURES_KEY)  # each test starts with the breaker closed
     stack.tgi.behaviour.reset()
     stack.tgi.behaviour.answer = ANSWER
     yield stack.tgi.behaviour
@@ -297,13 +297,13 @@ def test_after_questions_in_a_row_fail_the_breaker_answers_at_once_then_tries_th
     """Two questions in a row find the server down (the worker's breaker threshold): the next one is answered from
     the passages at once, without asking the server or waiting through retries; once the breaker's time is up and
     the server is back, answers come from the model again."""
-    from rag import llm
+    from rag import llm_breaker
 
     fresh_behaviour.fail_statuses = [503] * 40
     for question in ("Where did the divers splice the new cable section?", "Who repaired the telegraph cable?"):
         run = ask(stack.kb_id, question)
         assert run.meta["mode"] == "extractive" and len(run.of("status")) == 3  # retried, then gave up
-    assert llm.circuit_state()["open"]
+    assert llm_breaker.circuit_state()["open"]
     asked_before = len(stack.tgi.chat_requests())
     run = ask(stack.kb_id, "How long did the cable repair take?")
     assert run.meta["mode"] == "extractive" and "tried again in" in run.meta["note"], run.meta
@@ -312,10 +312,10 @@ def test_after_questions_in_a_row_fail_the_breaker_answers_at_once_then_tries_th
     assert run.done["citations"] and "[1]" in run.text
 
     fresh_behaviour.fail_statuses = []
-    wait_until(lambda: not llm.circuit_state()["open"], 15, "the breaker to let the next question through")
+    wait_until(lambda: not llm_breaker.circuit_state()["open"], 15, "the breaker to let the next question through")
     healed = ask(stack.kb_id, "How long did the cable repair take?")
     assert healed.meta["mode"] == "llm" and healed.text.startswith("Divers repaired")
-    assert llm.circuit_state()["failures"] == 0
+    assert llm_breaker.circuit_state()["failures"] == 0
 
 
 def test_prompt_over_the_limit_is_trimmed_to_info_and_retried_once(stack, fresh_behaviour):
