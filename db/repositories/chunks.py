@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select, text
+from pgvector.sqlalchemy import Vector
+from sqlalchemy import bindparam, delete, func, select, text
 from sqlalchemy.orm import Session
 
 from db.models import Chunk, Document
@@ -53,7 +54,7 @@ def replace_for_document(
 
 
 def row_values(row: ChunkRow) -> dict:
-    """A chunk row's bind values (the vector as a literal the SQL casts), for inserts into chunks or staging."""
+    """A chunk row's bind values, for inserts into chunks or staging (``EMBEDDING`` binds the vector)."""
     return {
         "ordinal": row.ordinal,
         "page": row.page,
@@ -61,16 +62,19 @@ def row_values(row: ChunkRow) -> dict:
         "heading": row.heading,
         "text": row.text,
         "token_count": row.token_count,
-        "embedding": vector_literal(row.embedding),
+        "embedding": row.embedding,
     }
 
 
-# Plain SQL so the tsvector is computed from the same bound text and the vector cast happens server-side.
+# pgvector's type binds a list or numpy array as the ``:embedding`` of the plain-SQL statements below.
+EMBEDDING = bindparam("embedding", type_=Vector())
+
+# Plain SQL so the tsvector is computed from the same bound text.
 _INSERT = text(
     "INSERT INTO chunks (kb_id, document_id, ordinal, page, locator, heading, text, token_count, tsv, embedding) "
     "VALUES (:kb_id, :document_id, :ordinal, :page, :locator, :heading, :text, :token_count, "
-    "to_tsvector(CAST(:cfg AS regconfig), :text), CAST(:embedding AS vector))"
-)
+    "to_tsvector(CAST(:cfg AS regconfig), :text), :embedding)"
+).bindparams(EMBEDDING)
 
 
 def replace_from_staging(
@@ -97,10 +101,6 @@ def count_for_document(*, session: Session, document_id: int) -> int:
     return session.scalar(select(func.count()).select_from(Chunk).where(Chunk.document_id == document_id)) or 0
 
 
-def vector_literal(embedding: Sequence[float]) -> str:
-    return "[" + ",".join(f"{float(x):.7g}" for x in embedding) + "]"
-
-
 def _set_search_options(session: Session, ef_search: int) -> None:
     """HNSW settings for this transaction: ``ef_search``, and iterative scans so a filter (the knowledge base,
     chosen documents) cannot starve the index of candidates (pgvector >= 0.8)."""
@@ -121,7 +121,7 @@ _HYBRID = """
 WITH vector_hits AS (
     SELECT id, row_number() OVER (ORDER BY distance, id) AS rank
     FROM (
-        SELECT c.id, c.embedding <=> CAST(:embedding AS vector) AS distance
+        SELECT c.id, c.embedding <=> :embedding AS distance
         FROM chunks c
         WHERE c.kb_id = :kb_id {document_filter}
         ORDER BY distance
@@ -150,14 +150,16 @@ fused AS (
     LIMIT :limit
 )
 SELECT f.id, c.document_id, d.filename, c.page, c.locator, c.ordinal, c.text,
-       1 - (c.embedding <=> CAST(:embedding AS vector)) AS score, f.fused, f.vector_rank, f.text_rank
+       1 - (c.embedding <=> :embedding) AS score, f.fused, f.vector_rank, f.text_rank
 FROM fused f
 JOIN chunks c ON c.id = f.id
 JOIN documents d ON d.id = c.document_id
 ORDER BY f.fused DESC, score DESC
 """
-_HYBRID_ALL = text(_HYBRID.format(document_filter=""))
-_HYBRID_DOCUMENTS = text(_HYBRID.format(document_filter="AND c.document_id = ANY(CAST(:document_ids AS bigint[]))"))
+_HYBRID_ALL = text(_HYBRID.format(document_filter="")).bindparams(EMBEDDING)
+_HYBRID_DOCUMENTS = text(
+    _HYBRID.format(document_filter="AND c.document_id = ANY(CAST(:document_ids AS bigint[]))")
+).bindparams(EMBEDDING)
 
 
 def hybrid_search(
@@ -181,7 +183,7 @@ def hybrid_search(
     _set_search_options(session, ef_search)
     params = {
         "kb_id": kb_id,
-        "embedding": vector_literal(embedding),
+        "embedding": embedding,
         "question": question,
         "cfg": text_search_config,
         "candidates": max(candidates, limit),
