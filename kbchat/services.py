@@ -12,8 +12,9 @@ from pathlib import Path
 
 import redis
 
-from infra.discovery import ServiceUnavailable, ServiceUrls, read_state, redact
+from infra.discovery import ServiceUnavailable, ServiceUrls, read_state
 from infra.settings import Settings
+from infra.urls import redact
 
 log = logging.getLogger(__name__)
 

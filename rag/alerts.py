@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit
 
 import requests
 from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
@@ -19,6 +18,7 @@ from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attemp
 from db.repositories import alerts as alert_repo
 from infra.database import session_scope
 from infra.settings import get_settings
+from infra.urls import scrub, shown_url
 from telemetry import retrievals
 
 log = logging.getLogger(__name__)
@@ -36,27 +36,6 @@ class Delivery:
 
 class _Retryable(Exception):
     """A webhook answer worth retrying (429 or 5xx)."""
-
-
-def shown_url(url: str) -> str:
-    """What of a webhook URL may be logged or shown: ``scheme://host[:port]``, nothing that can hold a secret."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
-
-
-def _redact(message: str, url: str) -> str:
-    """``message`` with every piece of ``url`` that could carry a secret replaced (requests quotes URLs in errors):
-    user, password, the path and each of its segments, the query and each of its values."""
-    parts = urlsplit(url)
-    path_query = parts.path + (f"?{parts.query}" if parts.query else "")
-    secrets = {url, path_query, path_query.lstrip("/"), parts.path, parts.path.lstrip("/"), parts.query,
-               parts.password or "", parts.username or ""}
-    secrets |= {segment for segment in parts.path.split("/") if len(segment) >= 4}
-    secrets |= {pair.partition("=")[2] for pair in parts.query.split("&") if len(pair.partition("=")[2]) >= 4}
-    for secret in sorted((s for s in secrets if s and s != "/"), key=len, reverse=True):
-        message = message.replace(secret, "…")
-    return message
 
 
 def post_webhook(url: str, payload: dict) -> Delivery:
@@ -81,7 +60,7 @@ def post_webhook(url: str, payload: dict) -> Delivery:
         retry=retry_if_exception(lambda e: isinstance(e, _Retryable | requests.ConnectionError | requests.Timeout)),
         before_sleep=lambda state: log.warning(
             "alert webhook %s: attempt %d failed (%s); retrying", shown_url(url), state.attempt_number,
-            _redact(str(state.outcome.exception()), url) if state.outcome else "?",
+            scrub(str(state.outcome.exception()), url) if state.outcome else "?",
         ),
         reraise=False,
     )
@@ -89,11 +68,11 @@ def post_webhook(url: str, payload: dict) -> Delivery:
         retrying(attempt)
     except RetryError as exc:
         cause = exc.last_attempt.exception()
-        error = _redact(f"{type(cause).__name__}: {cause}", url)[:500]
+        error = scrub(f"{type(cause).__name__}: {cause}", url)[:500]
         log.error("alert webhook %s: gave up after %d attempts: %s", shown_url(url), attempts, error)
         return Delivery("failed", attempts, error)
     except Exception as exc:  # not retryable: a 4xx, a malformed URL
-        error = _redact(f"{type(exc).__name__}: {exc}", url)[:500]
+        error = scrub(f"{type(exc).__name__}: {exc}", url)[:500]
         log.error("alert webhook %s refused the alert: %s", shown_url(url), error)
         return Delivery("failed", attempts, error)
     log.info("alert webhook %s took the alert (%d attempt(s))", shown_url(url), attempts)

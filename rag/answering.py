@@ -24,8 +24,7 @@ from db.repositories.chunks import Hit
 from infra.database import session_scope
 from infra.settings import get_settings
 from rag import answer_cache, conversation, llm, llm_client, prompts, retrieval
-from rag.citations import MarkerFilter, cited_numbers
-from rag.citations import citation_label as _citation_label
+from rag.citations import MarkerFilter, citation_label, cited_numbers
 from rag.retrieval import hit_to_dict
 from telemetry import retrievals
 
@@ -46,9 +45,10 @@ class Answer:
     citations: list[dict] = field(default_factory=list)
 
 
-def citation_label(hit: Hit | dict) -> str:
-    """'file.pdf, p. 3' or 'notes.md, lines 4-9'."""
-    return _citation_label(hit if isinstance(hit, dict) else hit_to_dict(hit))
+def relevant_passages(hits: list[Hit]) -> list[dict]:
+    """The hits relevant enough to answer from (``min_relevance``), numbered from 1 as the answer cites them."""
+    threshold = get_settings().min_relevance
+    return [{"n": i + 1, **hit_to_dict(h)} for i, h in enumerate(h for h in hits if h.score >= threshold)]
 
 
 # --- extractive answers -----------------------------------------------------------------------------------
@@ -56,9 +56,7 @@ def citation_label(hit: Hit | dict) -> str:
 
 def extractive_answer(question: str, hits: list[Hit]) -> tuple[Answer, Iterator[str]]:
     """The most relevant passages, each quoted with its document and page, as a stream of text pieces."""
-    settings = get_settings()
-    relevant = [h for h in hits if h.score >= settings.min_relevance]
-    citations = [{"n": i + 1, **hit_to_dict(h)} for i, h in enumerate(relevant)]
+    citations = relevant_passages(hits)
     return Answer(mode="extractive", citations=citations), extractive_pieces(question, citations)
 
 
@@ -166,7 +164,6 @@ def answer_question(
     document_ids: list[int] | None = None,
 ) -> dict:
     """Answer ``question`` from one knowledge base and stream it; saves the answer to the conversation."""
-    settings = get_settings()
     started = time.perf_counter()
     out = _Output(emit, should_stop or (lambda: False))
     timings: dict[str, float] = {}
@@ -205,8 +202,7 @@ def answer_question(
                 session=session, kb_id=kb_id, question=standalone, document_ids=document_ids
             )
         timings["retrieval_ms"] = round(_ms(started) - timings["rewrite_ms"], 1)
-        relevant = [h for h in hits if h.score >= settings.min_relevance]
-        passages = [{"n": i + 1, **hit_to_dict(h)} for i, h in enumerate(relevant)]
+        passages = relevant_passages(hits)
         if not passages:
             _record_empty_retrieval(kb_id, standalone, max((h.score for h in hits), default=None))
             outcome = _no_answer(out)

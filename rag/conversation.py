@@ -12,6 +12,7 @@ from db.repositories import conversations as conversation_repo
 from infra.database import session_scope
 from infra.settings import get_settings
 from rag import llm, llm_client, prompts
+from rag.citations import strip_markers
 
 # Words that make a question lean on the conversation ("what caused it?", "and the pilot?").
 _REFERENCES = re.compile(
@@ -170,7 +171,7 @@ def fallback_summary(previous: str | None, turns: list[dict[str, str]], budget: 
     """Without a model: each question, and the first sentence of each answer, newest kept within ``budget``."""
     lines = previous.splitlines() if previous else []
     for turn in turns:
-        text = " ".join(prompts.strip_markers(turn["content"]).split())
+        text = " ".join(strip_markers(turn["content"]).split())
         if turn["role"] == "user":
             lines.append(f"Asked: {text[:300]}")
         else:

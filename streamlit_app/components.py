@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import streamlit as st
 
 from infra.discovery import ServiceUnavailable
+from rag.citations import citation_label
 
 STATUS_BADGES = {
     "queued": ("gray", ":material/schedule:"),
@@ -107,8 +108,6 @@ def safe_markdown(text: str) -> str:
 
 def citation_cards(citations: list[dict]) -> None:
     """One expandable card per cited passage: document, page, score and the passage itself."""
-    from rag.answering import citation_label
-
     if not citations:
         return
     st.caption("Sources")

@@ -14,7 +14,8 @@ from db.repositories import evaluations as eval_repo
 from db.repositories import knowledge_bases as kb_repo
 from infra.database import session_scope
 from infra.settings import get_settings
-from rag.alerts import shown_url
+from infra.urls import shown_url
+from rag.citations import citation_label
 from streamlit_app.monitoring_view import _note, plain, status_link
 from tasks.backend import get_backend
 from usecases import upkeep
@@ -98,10 +99,8 @@ def evaluation(kb_names: dict[int, str]) -> None:
     else:
         st.dataframe(pd.DataFrame([{
             "rank": "missed" if d["rank"] is None else str(d["rank"]), "question": d["question"],
-            "from": f"{d['document']}" + (f", p. {d['page']}" if d.get("page") else
-                                         f", {d['locator']}" if d.get("locator") else ""),
-            "top hit": (f"{d['top'][0]['document']}" + (f", p. {d['top'][0]['page']}" if d['top'][0].get('page')
-                                                        else "")) if d.get("top") else "nothing",
+            "from": citation_label(d),
+            "top hit": citation_label(d["top"][0]) if d.get("top") else "nothing",
             "by": d.get("how", ""),
         } for d in worst]), hide_index=True, width="stretch")
     with st.expander("Recent runs"):

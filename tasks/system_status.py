@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 from db.repositories import monitoring as monitoring_repo
 from infra.database import session_scope
 from infra.redis_client import get_redis
 from infra.settings import get_settings
+from infra.urls import shown_url
 from rag import llm_client
 
 # Keys that hold one task result each: the classic way a result backend fills Redis when results never expire.
@@ -69,8 +69,7 @@ def tgi_status() -> dict[str, Any]:
     url = (getattr(get_settings(), "tgi_url", "") or "").strip()
     if not url:
         return {"configured": False}
-    parts = urlsplit(url)
-    shown = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")  # no credentials
+    shown = shown_url(url)  # no credentials
     started = time.perf_counter()
     health = llm_client.health()
     response_ms = round((time.perf_counter() - started) * 1000, 1)

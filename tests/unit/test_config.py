@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from infra.discovery import ServiceUnavailable, redact, service_urls
+from infra.discovery import ServiceUnavailable, service_urls
 from infra.settings import Settings
+from infra.urls import redact
 
 
 @pytest.fixture
