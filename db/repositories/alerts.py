@@ -56,3 +56,11 @@ def recent(*, session: Session, limit: int = 50) -> list[Alert]:
 def delete_older_than(*, session: Session, days: int) -> int:
     cutoff = datetime.now(UTC) - timedelta(days=days)
     return session.execute(delete(Alert).where(Alert.created_at < cutoff)).rowcount or 0
+
+
+def counts_last_day(*, session: Session) -> dict[tuple[str, str], int]:
+    """Alerts of the last 24 h per (kind, delivery), for the metrics exporter."""
+    rows = session.execute(
+        text("SELECT kind, delivery, count(*) FROM alerts WHERE created_at > now() - interval '1 day' GROUP BY 1, 2")
+    )
+    return {(kind, delivery): n for kind, delivery, n in rows}
