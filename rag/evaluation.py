@@ -20,8 +20,9 @@ from db.repositories import knowledge_bases as kb_repo
 from db.repositories.chunks import Hit
 from infra.database import session_scope
 from infra.settings import get_settings
-from rag import llm, llm_client
+from rag import alerts, llm, llm_client
 from rag.chunking import CJK, split_sentences
+from rag.retrieval import DUPLICATE_JACCARD, _shingles, search
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +172,6 @@ def rank_of(target: Sampled, hits: list[Hit]) -> int | None:
     reports), so a hit whose text contains the sampled chunk's text, or nearly all of it (as much as retrieval
     itself needs to call two passages duplicates), counts as finding it.
     """
-    from rag.retrieval import DUPLICATE_JACCARD, _shingles
-
     wanted = _norm(target.text)
     shingles = _shingles(wanted)
     for rank, hit in enumerate(hits, start=1):
@@ -205,8 +204,6 @@ def evaluate_kb(
     progress: ProgressFn | None = None,
 ) -> dict:
     """Evaluate one knowledge base's retrieval and record the run; returns its summary (``run_id``, metrics…)."""
-    from rag.retrieval import search
-
     settings = get_settings()
     seed = settings.eval_seed if seed is None else int(seed)
     size = settings.eval_sample_size if sample_size is None else int(sample_size)
@@ -255,8 +252,6 @@ def evaluate_kb(
 
 def _check_drop(run_id: int, kb_name: str) -> dict | None:
     """Alert when this run is worse than the previous comparable one by more than the setting."""
-    from rag import alerts
-
     threshold = get_settings().eval_drop_alert
     with session_scope() as session:
         run = eval_repo.get(session=session, run_id=run_id)
