@@ -1,5 +1,5 @@
 """The only module that talks to the generation server: TGI's OpenAI-compatible Messages API (so vLLM,
-llama.cpp's server and Ollama work too), through ``huggingface_hub.InferenceClient``.
+llama.cpp's server and Ollama work too), streamed over HTTP by ``llm_client``.
 
 Failure handling follows one rule: nothing is retried once a token has been shown. Before the first token,
 429/503/timeouts/refused connections are retried with exponential backoff and jitter (the caller hears about
@@ -17,10 +17,8 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import httpx2
-from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError, OverloadedError, ValidationError
 
 from infra.settings import get_settings
 from rag import llm_breaker, llm_client, llm_stream
@@ -160,23 +158,17 @@ def _first_token_message(seconds: float) -> str:
 
 def _classify(exc: BaseException) -> tuple[bool, str, float | None, LLMError | None]:
     """(retry?, reason, Retry-After seconds, or the error to raise now) for a failure before the first token."""
-    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
-        status = exc.response.status_code
-        message = _error_message(exc)
-        if status == 422:
-            return False, message, None, PromptRejected(message, _given_tokens(message))
-        if status in RETRY_STATUSES:
-            return True, f"HTTP {status}: {message}", _retry_after(exc.response), None
-        return (
-            False,
-            message,
-            None,
-            ModelUnavailable(f"The language model refused the request (HTTP {status}: {message})."),
-        )
-    if isinstance(exc, ValidationError):  # a validation error sent as a stream event
-        return False, str(exc), None, PromptRejected(str(exc), _given_tokens(str(exc)))
-    if isinstance(exc, OverloadedError):
-        return True, f"overloaded: {exc}", None, None
+    if isinstance(exc, llm_client.ServerRefused):
+        if exc.status == 422:
+            return False, exc.message, None, PromptRejected(exc.message, _given_tokens(exc.message))
+        if exc.status in RETRY_STATUSES:
+            return True, str(exc), exc.retry_after, None
+        return False, exc.message, None, ModelUnavailable(f"The language model refused the request ({exc}).")
+    if isinstance(exc, llm_client.StreamFailed):
+        if exc.error_type == "validation":  # a validation error sent as a stream event
+            return False, str(exc), None, PromptRejected(str(exc), _given_tokens(str(exc)))
+        if exc.error_type == "overloaded":
+            return True, f"overloaded: {exc}", None, None
     if _timed_out(exc):
         return True, "timed out", None, None
     if isinstance(exc, httpx2.TransportError | ConnectionError):
@@ -186,31 +178,13 @@ def _classify(exc: BaseException) -> tuple[bool, str, float | None, LLMError | N
 
 def _timed_out(exc: BaseException) -> bool:
     """The HTTP client gave up waiting for the server (connect or read timeout)."""
-    return isinstance(exc, InferenceTimeoutError | httpx2.TimeoutException)
-
-
-def _error_message(exc: Any) -> str:
-    """TGI's ``error`` field when the body has one, else the status line."""
-    try:
-        body = exc.response.json()
-        if isinstance(body, dict) and body.get("error"):
-            return str(body["error"])[:500]
-    except Exception:
-        pass
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+    return isinstance(exc, httpx2.TimeoutException)
 
 
 def _given_tokens(message: str) -> int | None:
     """How many input tokens TGI counted, from its 422 message ("... Given: 5000 `inputs` tokens ...")."""
     match = re.search(r"Given:\s*(\d+)", message)
     return int(match.group(1)) if match else None
-
-
-def _retry_after(response: Any) -> float | None:
-    try:
-        return float(response.headers.get("retry-after"))
-    except (TypeError, ValueError):
-        return None
 
 
 def _backoff(attempt: int, base: float, retry_after: float | None) -> float:

@@ -1,17 +1,15 @@
-"""The HTTP side of the generation server: which one is configured, huggingface_hub's InferenceClient for it,
-and its ``/info`` and ``/health``."""
+"""The HTTP side of the generation server: which one is configured, the streamed Messages API request, and its
+``/info`` and ``/health``."""
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx2
-from huggingface_hub import InferenceClient, get_session, set_client_factory
-from huggingface_hub.utils import _http as hf_http
 
 from infra.settings import get_settings
 
@@ -34,51 +32,87 @@ def base_url() -> str:
 
 
 # --- the HTTP client ----------------------------------------------------------------------------------------
+# kbchat's own client, not huggingface_hub's: that one refuses every request when HF_HUB_OFFLINE is set (the Docker
+# image sets it, and so do air-gapped sites) and sends a cached Hub token along; letting requests through would
+# mean replacing its process-wide client factory. Only the configured API key is ever sent.
 
 
-@lru_cache(maxsize=1)
-def _install_http_client() -> None:
-    """Let requests to the generation server through huggingface_hub's shared HTTP client.
+class ServerRefused(Exception):
+    """The server answered with an error status; ``message`` is TGI's ``error`` field or the status line."""
 
-    That client refuses every request when ``HF_HUB_OFFLINE`` is set (kbchat sets it so the embedding model never
-    downloads, and air-gapped sites set it too). Requests to the configured server pass; Hub requests stay
-    blocked. Without an API key no Authorization header goes out (not even a cached Hub token).
-    """
-
-    settings = get_settings()
-    target = urlsplit(base_url())
-    send_key = settings.tgi_api_key is not None
-
-    def on_request(request: httpx2.Request) -> None:
-        if (request.url.scheme, request.url.host, request.url.port) == (
-            target.scheme,
-            target.hostname,
-            target.port,
-        ):
-            if not send_key:
-                request.headers.pop("authorization", None)
-            return
-        hf_http.hf_request_event_hook(request)
-
-    set_client_factory(
-        lambda: httpx2.Client(event_hooks={"request": [on_request]}, follow_redirects=True, timeout=None)
-    )
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status, self.message, self.retry_after = status, message, retry_after
 
 
-def client(timeout: float) -> InferenceClient:
-    """An InferenceClient for the configured server (close it when done)."""
-    _install_http_client()
+class StreamFailed(Exception):
+    """An error event inside the stream (TGI: ``{"error", "error_type"}``)."""
+
+    def __init__(self, message: str, error_type: str | None) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+def http_client(timeout: float) -> httpx2.Client:
+    """A client for the configured server: its API key (if any) as a bearer token, ``timeout`` per connect/read."""
     key = get_settings().tgi_api_key
-    return InferenceClient(
-        base_url=base_url(), api_key=key.get_secret_value() if key is not None else None, timeout=timeout
-    )
+    headers = {"authorization": f"Bearer {key.get_secret_value()}"} if key is not None else {}
+    return httpx2.Client(headers=headers, timeout=timeout, follow_redirects=True)
 
 
-def reset() -> None:
-    """Put huggingface_hub's own HTTP client back (tests that change the server URL)."""
-    _install_http_client.cache_clear()
+def chat_url() -> str:
+    """The OpenAI-compatible Messages endpoint under the configured URL (which may end in ``/v1``)."""
+    base = base_url()
+    return f"{base}/chat/completions" if base.endswith("/v1") else f"{base}/v1/chat/completions"
 
-    set_client_factory(hf_http.default_client_factory)  # also closes the current session
+
+def stream_chat(
+    client: httpx2.Client, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
+) -> Iterator[str]:
+    """The answer's text pieces as the server streams them (server-sent events); closing the iterator closes the
+    response, which tells the server to stop. Raises ServerRefused, StreamFailed or httpx2's transport errors."""
+    body = {"model": get_settings().tgi_model or "tgi", "messages": messages, "max_tokens": max_tokens,
+            "temperature": temperature, "stream": True}
+    with client.stream("POST", chat_url(), json=body) as response:
+        if response.status_code >= 400:
+            response.read()
+            raise ServerRefused(response.status_code, _error_message(response), _retry_after(response))
+        for line in response.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[len("data:"):].strip()
+            if data == "[DONE]":
+                return
+            event = json.loads(data)
+            if event.get("error"):
+                raise StreamFailed(str(event["error"]), event.get("error_type"))
+            for choice in event.get("choices") or []:
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    yield content
+
+
+def _error_message(response: httpx2.Response) -> str:
+    """TGI's ``error`` field when the body has one, else the status line."""
+    try:
+        body = response.json()
+        if isinstance(body, dict) and body.get("error"):
+            return str(body["error"])[:500]
+    except Exception:
+        pass
+    return f"{response.status_code} {response.reason_phrase}".strip()
+
+
+def _retry_after(response: httpx2.Response) -> float | None:
+    try:
+        return float(response.headers.get("retry-after"))
+    except (TypeError, ValueError):
+        return None
+
+
+def _get(path: str) -> httpx2.Response:
+    with http_client(timeout=5) as client:
+        return client.get(f"{base_url()}{path}")
 
 
 # --- server information -------------------------------------------------------------------------------------
@@ -98,9 +132,8 @@ def server_info() -> dict[str, Any]:
     """``GET /info`` (TGI's model and limits); {} when the server has none or does not answer."""
     if not configured():
         return {}
-    _install_http_client()
     try:
-        response = get_session().get(f"{base_url()}/info", timeout=5)
+        response = _get("/info")
         return response.json() if response.status_code == 200 else {}
     except Exception as exc:  # any transport or decoding failure means "unknown"
         log.info("GET /info failed: %s", exc)
@@ -115,9 +148,8 @@ def health() -> dict[str, Any]:
             "ok": None,
             "detail": "no generation server configured (extractive answers)",
         }
-    _install_http_client()
     try:
-        response = get_session().get(f"{base_url()}/health", timeout=5)
+        response = _get("/health")
     except Exception as exc:
         return {"configured": True, "ok": False, "detail": f"{type(exc).__name__}: {exc}"}
     return {"configured": True, "ok": response.status_code == 200, "detail": f"HTTP {response.status_code}"}

@@ -6,6 +6,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from contextlib import closing
 from typing import Any
 
 from infra.settings import get_settings
@@ -25,35 +26,22 @@ class StreamRequest:
         settings = get_settings()
         self.items: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.cancelled = threading.Event()
-        self._client = llm_client.client(timeout=settings.llm_timeout_seconds)
-        self._kwargs = {
-            "model": settings.tgi_model or None,
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-            "stream": True,
-        }
-        self._messages = messages
+        self._client = llm_client.http_client(timeout=settings.llm_timeout_seconds)
+        self._pieces = llm_client.stream_chat(self._client, messages, max_tokens=max_tokens, temperature=temperature)
         self._pending: tuple[str, Any] | None = None  # an item read past the tokens handed out together
         self._thread = threading.Thread(target=self._run, name="kbchat-llm", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
-            for chunk in self._client.chat_completion(self._messages, **self._kwargs):
-                if self.cancelled.is_set():
-                    break
-                for choice in chunk.choices or []:
-                    content = choice.delta.content if choice.delta else None
-                    if content:
-                        self.items.put(("token", content))
+            with closing(self._pieces), self._client:  # closing ends the response: the server stops generating
+                for piece in self._pieces:
+                    if self.cancelled.is_set():
+                        break
+                    self.items.put(("token", piece))
             self.items.put(("end", None))
         except Exception as exc:  # handed to the caller, who classifies it
             self.items.put(("error", exc))
-        finally:
-            try:
-                self._client.close()
-            except Exception:
-                pass
 
     def next(self, deadline: float, should_stop: Callable[[], bool] | None) -> tuple[str, Any]:
         """The next ("token" | "end" | "error", value), ("timeout", None) at the deadline, or ("stopped", None)

@@ -76,13 +76,10 @@ class _Env:
         self.saved: dict[str, str | None] = {}
 
     def set(self, **values: str) -> None:
-        from rag import llm_client
-
         for key, value in values.items():
             self.saved.setdefault(key, os.environ.get(key))
             os.environ[key] = value
         _reset_caches()
-        llm_client.reset()
 
     def restore(self) -> None:
         for key, value in self.saved.items():
@@ -90,10 +87,7 @@ class _Env:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        from rag import llm_client
-
         _reset_caches()
-        llm_client.reset()
 
 
 @pytest.fixture

@@ -183,19 +183,16 @@ def test_a_stalled_document_is_listed_and_requeued_from_the_page(activity):
 
 
 def test_monitoring_page_reports_a_configured_generation_server(services, monkeypatch):
-    from rag import llm_client
     from tests.tgi_server import MODEL_ID, TGIServer
 
     with TGIServer() as server:
         monkeypatch.setenv("KBCHAT_TGI_URL", server.url)
         _reset_caches()
-        llm_client.reset()
         try:
             at = open_page(MONITORING)
         finally:
             monkeypatch.delenv("KBCHAT_TGI_URL")
             _reset_caches()
-            llm_client.reset()
     healthy = [s for s in texts(at.success) if s.startswith("Healthy")]
     assert healthy and "HTTP 200" in healthy[0]
     assert any(MODEL_ID in c for c in texts(at.caption))

@@ -22,7 +22,7 @@ FAST = {
 
 
 def configure(**env: str | None) -> None:
-    """Set KBCHAT_* variables (None removes one) and make settings and the HTTP client see them."""
+    """Set KBCHAT_* variables (None removes one) and make the settings see them."""
     from infra.settings import get_settings
 
     for key, value in env.items():
@@ -31,7 +31,6 @@ def configure(**env: str | None) -> None:
         else:
             os.environ[key] = value
     get_settings.cache_clear()
-    llm_client.reset()
 
 
 @pytest.fixture
