@@ -7,7 +7,7 @@ import streamlit as st
 from db.repositories import monitoring as monitoring_repo
 from infra.database import session_scope
 from infra.settings import get_settings
-from streamlit_app import components, quality_view
+from streamlit_app import components, fixes_view, quality_view
 from streamlit_app import monitoring_view as view
 from tasks import monitoring
 from telemetry import events
@@ -33,7 +33,7 @@ def live() -> None:
     depths = monitoring.queue_depths(backend)
     workers = monitoring.workers()
     hour, day = events.task_counts(3600), events.task_counts(24 * 3600)
-    view.show_note()
+    fixes_view.show_note()
     view.headline(depths, workers, hour, window)
 
     queues_tab, workers_tab, tasks_tab, failures_tab, documents_tab, quality_tab, services_tab = st.tabs(
@@ -52,11 +52,11 @@ def live() -> None:
     with failures_tab:
         with session_scope() as session:
             failed_documents = len(monitoring_repo.failed_document_ids(session=session))
-        view.failures(failed_documents)
+        fixes_view.failures(failed_documents)
     with documents_tab:
         minutes = st.number_input("Not moved for more than (minutes)", min_value=1, max_value=24 * 60, value=5,
                                   key="mon_stalled_minutes", width=260)
-        view.stalled_documents(int(minutes))
+        fixes_view.stalled_documents(int(minutes))
     with quality_tab:
         quality_view.quality()
     with services_tab:

@@ -16,7 +16,8 @@ from infra.database import session_scope
 from infra.settings import get_settings
 from infra.urls import shown_url
 from rag.citations import citation_label
-from streamlit_app.monitoring_view import _note, plain, status_link
+from streamlit_app.fixes_view import note
+from streamlit_app.monitoring_view import plain, status_link
 from tasks.backend import get_backend
 from usecases import upkeep
 
@@ -25,7 +26,7 @@ METRICS = {"hit_at_1": "hit@1", "hit_at_5": "hit@5", "hit_at_10": "hit@10", "mrr
 
 def _enqueue(request: Callable[..., str], what: str, **kwargs) -> None:
     task_id = request(get_backend(), **kwargs)
-    _note(f"{what} queued as task [{task_id}]({status_link(task_id)}).", ":material/schedule:")
+    note(f"{what} queued as task [{task_id}]({status_link(task_id)}).", ":material/schedule:")
 
 
 def _run_rows(runs) -> list[dict]:
