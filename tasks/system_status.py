@@ -13,11 +13,12 @@ from infra.redis_client import get_redis
 from infra.settings import get_settings
 from infra.urls import shown_url
 from rag import llm_client
+from tasks.queues import DRAMATIQ_NAMESPACE
 
 # Keys that hold one task result each: the classic way a result backend fills Redis when results never expire.
 RESULT_KEY_PREFIXES = {
     "celery": "celery-task-meta-",
-    "dramatiq": "kbchat-dramatiq-results:",
+    "dramatiq": f"{DRAMATIQ_NAMESPACE}-results:",
     "kbchat": "kbchat:task:",
 }
 TGI_LIMITS = ("max_input_tokens", "max_total_tokens", "max_concurrent_requests", "max_best_of",

@@ -201,6 +201,22 @@ def upload(kb_id: int, filename: str, data: bytes):
     return upload_files(get_backend(), kb_id=kb_id, files=[(filename, data)])[0]
 
 
+class RecordingQueue:
+    """A task queue that only records what a use case sends (the stub twin of tasks.backend's backends)."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.sent: list[tuple] = []
+
+    def enqueue(self, name: str, *args, task_id: str | None = None) -> str:
+        self.sent.append((name, *args))
+        return f"id-{len(self.sent)}"
+
+    def waiting_ingest_runs(self) -> set[str]:
+        return set()
+
+
 def enqueue(name: str, *args, task_id: str | None = None) -> str:
     """Send a task through this process's backend now (a test running a job without waiting for its schedule)."""
     from tasks.backend import get_backend

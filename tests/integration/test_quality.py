@@ -151,18 +151,18 @@ def test_scheduled_evaluation_records_a_run_and_kbchat_eval_gives_the_same_numbe
     assert human.returncode == 0 and "hit@5" in human.stdout and "MRR" in human.stdout, human.stdout + human.stderr
 
 
-def test_nightly_job_without_a_base_queues_one_evaluation_per_knowledge_base(services, kb, monkeypatch):
+def test_nightly_job_without_a_base_queues_one_evaluation_per_knowledge_base(services, kb):
     from db.repositories import knowledge_bases as kb_repo
     from infra.database import session_scope
-    from tasks import bodies, client
+    from tests.conftest import RecordingQueue
+    from usecases import upkeep
 
-    queued: list[tuple] = []
-    monkeypatch.setattr(client, "enqueue", lambda name, *args: queued.append((name, *args)) or f"id-{len(queued)}")
-    result = bodies.maintenance_evaluate()
+    queue = RecordingQueue()
+    result = upkeep.evaluate(queue)  # what maintenance.evaluate does without a base
     with session_scope() as session:
         ids = {k.id for k in kb_repo.list_knowledge_bases(session=session)}
-    assert {q[1] for q in queued} == ids and kb[0] in ids
-    assert all(q[0] == "maintenance.evaluate" and q[2:] == (None, None, "scheduled") for q in queued)
+    assert {q[1] for q in queue.sent} == ids and kb[0] in ids
+    assert all(q[0] == "maintenance.evaluate" and q[2:] == (None, None, "scheduled") for q in queue.sent)
     assert set(result["enqueued"]) == {str(i) for i in ids}
 
 
