@@ -111,7 +111,7 @@ def ingest_through_worker(files: list[Path] | list[tuple[str, bytes]], kb_name: 
 
 
 def chunk_texts(kb_name: str) -> list[str]:
-    """The texts the pipeline embedded (heading path + chunk), in document order."""
+    """The texts the pipeline embedded (context header + heading path + chunk), in document order."""
     from sqlalchemy import text
 
     from infra.database import session_scope
@@ -119,10 +119,11 @@ def chunk_texts(kb_name: str) -> list[str]:
 
     with session_scope() as session:
         rows = session.execute(
-            text("SELECT c.heading, c.text FROM chunks c JOIN knowledge_bases k ON k.id = c.kb_id "
+            text("SELECT d.context, c.heading, c.text FROM chunks c JOIN knowledge_bases k ON k.id = c.kb_id "
+                 "JOIN documents d ON d.id = c.document_id "
                  "WHERE k.name = :name ORDER BY c.document_id, c.ordinal"), {"name": kb_name}
         ).all()
-    return [embedding_text(heading, body) for heading, body in rows]
+    return [embedding_text(context, heading, body) for context, heading, body in rows]
 
 
 # --- encoders -------------------------------------------------------------------------------------------

@@ -242,16 +242,15 @@ def measure(kb_id: int, qs: list[str], efs: list[int]) -> None:
                 retrieval.search(session=session, kb_id=kb_id, question=q, k=settings.top_k)
             total_ms.append((time.perf_counter() - started) * 1000)
             started = time.perf_counter()
-            with session_scope() as session:
-                chunk_repo.hybrid_search(
+            with session_scope() as session:  # the search without the question's embedding
+                text_query = retrieval.full_text_query(session=session, kb_id=kb_id, question=q)
+                chunk_repo.hybrid_candidates(
                     session=session,
                     kb_id=kb_id,
                     embedding=vector,
-                    question=q,
-                    text_search_config=settings.text_search_config,
-                    limit=settings.top_k * 3,
-                    candidates=settings.retrieval_candidates,
-                    rrf_k=settings.rrf_k,
+                    match=text_query.match if text_query else None,
+                    weighted=text_query.weighted if text_query else (),
+                    candidates=max(settings.retrieval_candidates, settings.top_k * 3),
                     ef_search=ef,
                     rank_limit=settings.fulltext_rank_limit,
                 )

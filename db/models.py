@@ -59,6 +59,8 @@ class KnowledgeBase(Base):
     embedding_dim: Mapped[int] = mapped_column(Integer)
     chunk_tokens: Mapped[int] = mapped_column(Integer)
     chunk_overlap_tokens: Mapped[int] = mapped_column(Integer)
+    # What the chunks' embedded and indexed text was built by (rag.context.CHUNK_RECIPE): an older one is re-indexed.
+    chunk_recipe: Mapped[int] = mapped_column(Integer, default=1)
     # Bumped by every ingest or delete so caches keyed by it go stale.
     version: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = _created()
@@ -84,6 +86,8 @@ class Document(Base):
     progress_total: Mapped[int] = mapped_column(Integer, default=0)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(Text)
+    # The context header (title · file name · date) put before each chunk's text where it is embedded and indexed.
+    context: Mapped[str | None] = mapped_column(Text)
     task_id: Mapped[str | None] = mapped_column(String(64))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = _created()
@@ -129,6 +133,19 @@ class Chunk(Base):
     token_count: Mapped[int] = mapped_column(Integer)
     tsv: Mapped[Any] = mapped_column(TSVECTOR)
     embedding: Mapped[Any] = mapped_column(Vector(EMBEDDING_DIM))
+
+
+class DocumentLexeme(Base):
+    """How many of a document's chunks hold a word (a lexeme of the text search configuration): summed over a
+    base, the document frequencies that the full-text ranking weighs a question's words by."""
+
+    __tablename__ = "document_lexemes"
+    __table_args__ = (Index("ix_document_lexemes_kb_lexeme", "kb_id", "lexeme"),)
+
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True)
+    lexeme: Mapped[str] = mapped_column(Text, primary_key=True)
+    kb_id: Mapped[int] = mapped_column(ForeignKey("knowledge_bases.id", ondelete="CASCADE"))
+    chunks: Mapped[int] = mapped_column(Integer)
 
 
 class Conversation(Base):
@@ -188,11 +205,16 @@ class EvalRun(Base):
     seed: Mapped[int] = mapped_column(BigInteger)
     sample_size: Mapped[int] = mapped_column(Integer)
     questions: Mapped[int] = mapped_column(Integer, default=0)
-    question_mode: Mapped[str | None] = mapped_column(String(20))  # llm | extractive | mixed
+    question_mode: Mapped[str | None] = mapped_column(String(20))  # llm | extractive | mixed | golden
+    # Sampled runs: the sampled chunk among the top k; golden runs: the question's document among the top k.
     hit_at_1: Mapped[float | None] = mapped_column(Float)
     hit_at_5: Mapped[float | None] = mapped_column(Float)
     hit_at_10: Mapped[float | None] = mapped_column(Float)
     mrr: Mapped[float | None] = mapped_column(Float)
+    # Golden runs whose questions give pages: the evidence page of the right document among the top k.
+    page_hit_at_1: Mapped[float | None] = mapped_column(Float)
+    page_hit_at_5: Mapped[float | None] = mapped_column(Float)
+    page_hit_at_10: Mapped[float | None] = mapped_column(Float)
     details: Mapped[list | None] = mapped_column(JSONB)
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)

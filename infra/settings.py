@@ -98,7 +98,13 @@ class Settings(BaseSettings):
         description="Full-text matches ranked per question at most: a question of words common to thousands of "
         "chunks is ranked among the first this many found, which bounds search time (bench/retrieval.py).",
     )
-    rrf_k: int = Field(default=60, description="Reciprocal-rank fusion constant: score = sum of 1 / (rrf_k + rank).")
+    retrieval_mode: Literal["hybrid", "vector", "fulltext"] = Field(
+        default="hybrid", description="hybrid: both halves fused; vector or fulltext: one half alone (for comparison)."
+    )
+    fulltext_weight: float = Field(
+        default=0.3, ge=0.0, description="Hybrid ranking: cosine + this x the share of the question's word weight "
+        "a passage holds (rare words weigh most). 0 = the vector half alone."
+    )
     context_neighbours: int = Field(default=0, description="Adjacent chunks added around each passage for context.")
     min_relevance: float = Field(default=0.2, description="Cosine similarity below which a passage is not relevant.")
     stream_ttl_seconds: int = 3600

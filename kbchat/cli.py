@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("question")
     p.add_argument("--kb", required=True)
     p.add_argument("-k", type=int, default=5, help="how many passages (default 5)")
+    p.add_argument("--mode", choices=("hybrid", "vector", "fulltext"),
+                   help="both halves fused (default: KBCHAT_RETRIEVAL_MODE), or one half alone")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("ask", help="ask a question; the answer streams with its citations")
@@ -57,8 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=120, help="seconds to wait for the answer to start")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("eval", help="evaluate retrieval: sampled chunks, a question each, hit@1/5/10 and MRR")
+    p = sub.add_parser("eval", help="evaluate retrieval: sampled chunks (or your own questions), hit@k and MRR")
     p.add_argument("--kb", required=True)
+    p.add_argument("--questions", metavar="FILE", type=Path,
+                   help="your golden questions: CSV (question, document[, page]) or JSONL with those keys; reports "
+                        "document and page hit@1/5/10 and MRR, and what was retrieved instead")
     p.add_argument("--seed", type=int, help="sampling seed (default KBCHAT_EVAL_SEED, the nightly run's)")
     p.add_argument("--sample", type=int, help="chunks to sample (default KBCHAT_EVAL_SAMPLE_SIZE)")
     p.add_argument("--json", action="store_true", help="print the run, with per-question details, as JSON")
@@ -160,6 +165,56 @@ def _cmd_metrics(args) -> int:
     return 0
 
 
+def _eval_golden(args, kb_id: int) -> int:
+    from tqdm import tqdm
+
+    from db.repositories import evaluations as eval_repo
+    from infra.database import session_scope
+    from rag import golden
+    from rag.evaluation import evaluate_golden
+
+    try:
+        questions = golden.load(kb_id, args.questions.read_bytes(), args.questions.name)
+    except OSError as exc:
+        print(f"kbchat: cannot read {args.questions}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except golden.QuestionFileError as exc:
+        print(f"kbchat: {args.questions.name}: {exc}", file=sys.stderr)
+        return 2
+    run_id = golden.start_run(kb_id, questions, trigger="cli")
+    with tqdm(total=len(questions), unit="question", file=sys.stderr, disable=args.json, desc="asking") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.n = done
+            bar.refresh()
+
+        summary = evaluate_golden(run_id, progress=progress)
+    with session_scope() as session:
+        run = eval_repo.get(session=session, run_id=run_id)
+        details = list(run.details or []) if run else []
+    if args.json:
+        print(json.dumps({**summary, "details": details}, indent=2, ensure_ascii=False))
+        return 0
+    page = summary.get("page_hit_at_5")
+    print(f"{args.kb}: {summary['questions']} golden questions from {args.questions.name}, run {run_id}")
+    print(f"  document hit@1 {summary['hit_at_1']:.2f}   hit@5 {summary['hit_at_5']:.2f}   "
+          f"hit@10 {summary['hit_at_10']:.2f}   MRR {summary['mrr']:.3f}")
+    if page is not None:
+        print(f"  page     hit@1 {summary['page_hit_at_1']:.2f}   hit@5 {page:.2f}   "
+              f"hit@10 {summary['page_hit_at_10']:.2f}")
+    missed = [d for d in details if not d["rank"] or d["rank"] > 5 or (d["pages"] and not d["page_rank"])]
+    if missed:
+        print(f"  {len(missed)} question(s) whose document or page was not found at 5 or 10:")
+        print(f"    {'line':>5}  {'doc rank':>8}  {'page rank':>9}  question → retrieved instead")
+        for d in missed[:20]:
+            got = "; ".join(f"{t['document']}" + (f" p. {t['page']}" if t.get("page") else "") for t in d["top"])
+            print(f"    {d['line']:>5}  {d['rank'] or '—':>8}  {d['page_rank'] or '—':>9}  {d['question'][:70]}"
+                  f" ({d['document']}{', p. ' + ','.join(map(str, d['pages'])) if d['pages'] else ''}) → "
+                  f"{got or 'nothing'}")
+    if summary.get("alert"):
+        print(f"  alert raised: {summary['alert']['message']}")
+    return 0
+
+
 def _cmd_eval(args) -> int:
     from tqdm import tqdm
 
@@ -169,6 +224,8 @@ def _cmd_eval(args) -> int:
 
     kb_commands.check_services()
     kb_id = kb_commands.kb_id_named(args.kb)
+    if args.questions is not None:
+        return _eval_golden(args, kb_id)
     with tqdm(total=0, unit="question", file=sys.stderr, disable=args.json, desc="evaluating") as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total

@@ -147,7 +147,7 @@ def search_command(args) -> int:
 
     check_database(service_urls().database_url)  # a plain message, not a traceback, when it does not answer
     kb_id = kb_id_named(args.kb)
-    hits = search_passages(kb_id=kb_id, question=args.question, k=args.k)
+    hits = search_passages(kb_id=kb_id, question=args.question, k=args.k, mode=args.mode)
     if args.json:
         print(json.dumps({"question": args.question, "kb": args.kb, "hits": hits}, indent=2, ensure_ascii=False))
         return 0
@@ -205,7 +205,8 @@ def ask_command(args) -> int:
         elif mode == "cache":
             print("(answered from the cache: the same question was asked before)", file=sys.stderr)
         if citations:
-            print("Sources:")
+            print("Passages given to the model; the answer cites none:" if not any(c["cited"] for c in citations)
+                  else "Sources:")
             for c in citations:
                 print(f"  [{c['n']}] {citation_label(c)} (score {c['score']:.2f})")
     return 0
@@ -234,4 +235,5 @@ def check_command(args) -> int:
 def _citation_json(citation: dict) -> dict:
     """The citation fields the CLI promises (README: ``kbchat ask --json``)."""
     keys = ("n", "document", "document_id", "page", "locator", "chunk_id", "score", "text")
-    return {key: citation.get(key) for key in keys}
+    # cited: False when the answer cites no passage and these are the passages the model was given.
+    return {**{key: citation.get(key) for key in keys}, "cited": citation.get("cited", True)}

@@ -1,6 +1,6 @@
 """Retrieve → prompt → generate, streamed through ``emit``, with page citations.
 
-The stream a reader sees (``tasks/streams.py`` carries it): ``status`` events while nothing is shown yet
+The stream a reader sees (``telemetry/answer_streams.py`` carries it): ``status`` events while nothing is shown yet
 (retrying, trimming), one ``meta`` (mode, candidate citations) just before the first token, ``token``s, a
 ``notice`` when the answer ends early (stopped, interrupted), then ``done`` (mode, final citations, timings);
 or ``error`` with ``{"code", "message"}`` when no answer could start in time.
@@ -326,9 +326,15 @@ def _stream_llm(out: _Output, messages: prompts.Messages, passages: list[dict], 
 
 
 def _cited(text: str, passages: list[dict]) -> list[dict]:
-    """The passages the text cites, in passage order; markers to other numbers were removed as they streamed."""
+    """The passages the text cites, in passage order; markers to other numbers were removed as they streamed.
+
+    An answer that cites none (small models often don't) still comes with every passage it was given, each marked
+    ``cited: False``, so the reader has something to check it against."""
     numbers = set(cited_numbers(text))
-    return [p for p in passages if p["n"] in numbers]
+    cited = [p for p in passages if p["n"] in numbers]
+    if cited or not text.strip():
+        return cited
+    return [{**p, "cited": False} for p in passages]
 
 
 def _fit_to_limits(

@@ -5,7 +5,8 @@ Found, and fixed with ``fix=True``:
 - a failed document that still has searchable chunks → chunks removed;
 - chunks or blobs whose document is gone → removed;
 - a document stuck in a non-final state past the timeout → re-enqueued (``maintenance.reconcile``'s rule);
-- a base embedded with another model than the configured one → the base is re-indexed with the configured model.
+- a base embedded with another model than the configured one → the base is re-indexed with the configured model;
+- a base whose chunks were built by an older chunk recipe (``rag.context.CHUNK_RECIPE``) → re-indexed, once.
 Reported only: a document whose original file is gone (it cannot be re-indexed: delete it and upload it again).
 """
 
@@ -23,6 +24,7 @@ from db.repositories import knowledge_bases as kb_repo
 from infra.database import session_scope
 from infra.settings import get_settings
 from rag import embedding
+from rag.context import CHUNK_RECIPE
 from rag.library import reindex as requeue_documents
 from rag.maintenance import moved_recently, reconcile_stuck_documents
 
@@ -62,6 +64,14 @@ def check(
                 if fix:
                     base.embedding_model = model
                     reindex[base.id] = document_repo.list_ids(session=session, kb_id=base.id, statuses=("ready",))
+            elif base.chunk_recipe != CHUNK_RECIPE:
+                problem("recipe_outdated", f"chunks built by recipe {base.chunk_recipe}; the current one is "
+                        f"{CHUNK_RECIPE} (document context in every chunk)", "re-indexed", kb_id=base.id, kb=base.name)
+            if base.chunk_recipe != CHUNK_RECIPE and fix:
+                base.chunk_recipe = CHUNK_RECIPE
+                reindex.setdefault(base.id, []).extend(
+                    document_repo.list_ids(session=session, kb_id=base.id, statuses=("ready",))
+                )
 
         for row in repo.ready_mismatches(session=session, kb_id=kb_id):
             reasons = []

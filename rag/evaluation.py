@@ -20,7 +20,7 @@ from db.repositories import knowledge_bases as kb_repo
 from db.repositories.chunks import Hit
 from infra.database import session_scope
 from infra.settings import get_settings
-from rag import alerts, llm, llm_client
+from rag import alerts, golden, llm, llm_client
 from rag.chunking import CJK, split_sentences
 from rag.retrieval import DUPLICATE_JACCARD, _shingles, search
 
@@ -248,6 +248,15 @@ def evaluate_kb(
     log.info("evaluation of %s: hit@1 %.2f hit@5 %.2f hit@10 %.2f MRR %.3f over %d questions", kb_name,
              result["hit_at_1"], result["hit_at_5"], result["hit_at_10"], result["mrr"], len(details))
     return summary
+
+
+def evaluate_golden(run_id: int, progress: ProgressFn | None = None) -> dict:
+    """Run a recorded golden-question evaluation (``rag.golden``) with the base's search, and alert on a drop."""
+    def top_hits(kb_id: int, question: str) -> list[Hit]:
+        with session_scope() as session:
+            return search(session=session, kb_id=kb_id, question=question, k=K)
+
+    return golden.run(run_id, search=top_hits, check_drop=_check_drop, progress=progress)
 
 
 def _check_drop(run_id: int, kb_name: str) -> dict | None:

@@ -16,7 +16,8 @@ from infra.database import session_scope
 from infra.settings import get_settings
 from rag import embedding
 from rag.chunking import split_sections
-from rag.parsing import ParseError, parse, pdf_page_count
+from rag.context import header
+from rag.parsing import ParseError, parse, parse_pdf_pages, pdf_page_count
 
 log = logging.getLogger(__name__)
 
@@ -88,17 +89,23 @@ def ingest_document(
         if split_pages > 0 and task_id is not None and split is not None:
             total = pdf_page_count(data)
             if total is not None and total > split_pages:
+                # The parts each read a page range: the header comes from the first pages, once, for all.
+                context = document_context(parse_pdf_pages(data, 1, CONTEXT_PAGES), filename)
+                with session_scope() as session:
+                    document_repo.set_context(session=session, document_id=document_id, context=context)
                 return split(document_id, task_id, total)
         parsed = parse(
             data, filename, progress=lambda done, total: progress.stage(PARSING, done, total, force=False)
         )
+        context = document_context(parsed, filename)
         progress.stage(CHUNKING, 0, len(parsed.sections), pages=parsed.pages)
         drafts = chunk(parsed, filename, max_tokens, overlap)
         if not drafts:
             raise ParseError("The file contains no readable text.")
         progress.stage(EMBEDDING, 0, len(drafts))
         rows = embed_rows(
-            drafts, on_batch=lambda embedded: progress.stage(EMBEDDING, embedded, len(drafts), force=False)
+            drafts, context=context,
+            on_batch=lambda embedded: progress.stage(EMBEDDING, embedded, len(drafts), force=False),
         )
     except ParseError as exc:
         with session_scope() as session:
@@ -120,7 +127,9 @@ def ingest_document(
             document_id=document_id,
             rows=rows,
             text_search_config=settings.text_search_config,
+            context=context,
         )
+        document_repo.set_context(session=session, document_id=document_id, context=context)
         document_repo.mark_ready(session=session, document_id=document_id, pages=parsed.pages, chunk_count=len(rows))
         part_repo.delete_for_document(session=session, document_id=document_id)  # an earlier split run's leftovers
         kb_repo.bump_version(session=session, kb_id=kb_id)
@@ -146,19 +155,32 @@ def _superseded(document, task_id: str | None) -> bool:
 
 
 def chunk(parsed, filename: str, max_tokens: int, overlap: int) -> list:
-    """The parsed sections as chunk drafts in the knowledge base's window (model tokens), titled by the document."""
+    """The parsed sections as chunk drafts in the knowledge base's window (model tokens), each with its heading
+    path (the document itself is named by the context header, which is not part of the window)."""
     return split_sections(
         parsed.sections,
         count_tokens=embedding.count_tokens,
         max_tokens=max_tokens,
         overlap_tokens=overlap,
-        title=parsed.title or filename,
     )
 
 
-def embed_rows(drafts: list, on_batch: Callable[[int], None]) -> list[chunk_repo.ChunkRow]:
-    """Embed the drafts in batches (``on_batch`` gets how many are done after each) and return the rows to store."""
-    texts = [embedding_text(d.heading, d.text) for d in drafts]
+CONTEXT_PAGES = 3  # the pages a document's title and date are looked for on
+
+
+def document_context(parsed, filename: str) -> str | None:
+    """The context header of a parsed document (or of its first pages): title · file name · date."""
+    return header(
+        title=parsed.title, filename=filename, first_pages=[s.text for s in parsed.sections[:CONTEXT_PAGES]]
+    )
+
+
+def embed_rows(
+    drafts: list, on_batch: Callable[[int], None], context: str | None = None
+) -> list[chunk_repo.ChunkRow]:
+    """Embed the drafts in batches (``on_batch`` gets how many are done after each) and return the rows to store;
+    each is embedded with the document's ``context`` header and its heading before its text."""
+    texts = [embedding_text(context, d.heading, d.text) for d in drafts]
     # Batches of similar length across the whole document pad little (a page's last chunk is short).
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
     vectors: list = [None] * len(texts)
@@ -177,6 +199,7 @@ def embed_rows(drafts: list, on_batch: Callable[[int], None]) -> list[chunk_repo
     ]
 
 
-def embedding_text(heading: str | None, text: str) -> str:
-    # The title and heading path go into the vector so a chunk can be found by what document it is from.
-    return f"{heading}\n{text}" if heading else text
+def embedding_text(context: str | None, heading: str | None, text: str) -> str:
+    """What a chunk's vector is made from: the document's context header and the chunk's heading path go in, so
+    a chunk can be found by what document and section it is from (the index gets the same text, in SQL)."""
+    return "\n".join(part for part in (context, heading, text) if part)

@@ -13,6 +13,7 @@ from db.repositories import documents as document_repo
 from db.repositories import knowledge_bases as kb_repo
 from infra.settings import get_settings
 from rag import embedding
+from rag.context import CHUNK_RECIPE
 from rag.parsing import ParseError, sniff
 
 MIME_TYPES = {
@@ -56,6 +57,7 @@ def get_or_create_kb(*, session: Session, name: str):
             embedding_dim=settings.embedding_dim,
             chunk_tokens=settings.chunk_tokens,
             chunk_overlap_tokens=settings.chunk_overlap_tokens,
+            chunk_recipe=CHUNK_RECIPE,
         )
     return kb
 

@@ -78,7 +78,7 @@ def ingest_pages(document_id: int, run: str, first_page: int, last_page: int) ->
             return stale
         kb = kb_repo.get(session=session, kb_id=document.kb_id)
         assert kb is not None
-        kb_id, filename = kb.id, document.filename
+        kb_id, filename, context = kb.id, document.filename, document.context
         max_tokens, overlap = kb.chunk_tokens, kb.chunk_overlap_tokens
         data = document_repo.get_blob(session=session, document_id=document_id) or b""
 
@@ -92,7 +92,7 @@ def ingest_pages(document_id: int, run: str, first_page: int, last_page: int) ->
             pages_done = drafts[embedded].page - first_page if embedded < len(drafts) else last_page - first_page + 1
             report(pages_done, force=embedded == len(drafts))
 
-        rows = embed_rows(drafts, on_batch=report_pages)
+        rows = embed_rows(drafts, on_batch=report_pages, context=context)
     except ParseError as exc:
         return fail_run(document_id, run, str(exc))
     except _StandDown as stop:

@@ -1,5 +1,5 @@
-"""Question → ranked chunks of one knowledge base: vector (HNSW) and full-text search fused, near-duplicates
-collapsed, each hit with its cosine score for the relevance threshold."""
+"""Question → ranked chunks of one knowledge base: vector (HNSW) and full-text (any-word, rare words weigh most)
+search fused by score, near-duplicates collapsed, each hit with its cosine score for the relevance threshold."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from dataclasses import asdict, replace
 from sqlalchemy.orm import Session
 
 from db.repositories import chunks as chunk_repo
-from db.repositories.chunks import Hit
+from db.repositories.chunks import Candidate, Hit
 from infra.settings import get_settings
-from rag import embedding
+from rag import embedding, query
 
 # Two passages whose word 3-gram sets overlap this much say the same thing (a re-uploaded file, boilerplate).
 DUPLICATE_JACCARD = 0.8
@@ -27,32 +27,84 @@ def search(
     question: str,
     k: int | None = None,
     document_ids: Sequence[int] | None = None,
+    mode: str | None = None,
 ) -> list[Hit]:
-    """The ``k`` best passages for ``question`` (hybrid search, fused by rank), near-duplicates collapsed."""
+    """The ``k`` best passages for ``question``, near-duplicates collapsed. ``mode`` (default: the setting):
+    ``hybrid`` fuses the vector and full-text halves, ``vector`` and ``fulltext`` use one half alone."""
     settings = get_settings()
     question = " ".join(question.split())
     if not question:
         return []
     k = k or settings.top_k
+    mode = mode or settings.retrieval_mode
     vector = embed_question(question)
-    # Fetch more than k: collapsing removes some.
-    hits = chunk_repo.hybrid_search(
+    text_query = full_text_query(session=session, kb_id=kb_id, question=question) if mode != "vector" else None
+    candidates = chunk_repo.hybrid_candidates(
         session=session,
         kb_id=kb_id,
         embedding=vector,
-        question=question,
-        text_search_config=settings.text_search_config,
-        limit=k * 3,
-        candidates=settings.retrieval_candidates,
-        rrf_k=settings.rrf_k,
+        match=text_query.match if text_query else None,
+        weighted=text_query.weighted if text_query else (),
+        candidates=max(settings.retrieval_candidates, k * 3),  # more than k: collapsing removes some
         ef_search=settings.hnsw_ef_search,
         document_ids=document_ids,
         rank_limit=settings.fulltext_rank_limit,
     )
-    hits = collapse_duplicates(hits)[:k]
+    hits = fuse(
+        candidates,
+        text_total=text_query.total if text_query else 0.0,
+        text_weight={"vector": 0.0, "fulltext": None}.get(mode, settings.fulltext_weight),
+    )
+    hits = collapse_duplicates(hits[: k * 3])[:k]
     if settings.context_neighbours > 0:
         hits = [with_neighbours(session=session, hit=hit, radius=settings.context_neighbours) for hit in hits]
     return hits
+
+
+def full_text_query(*, session: Session, kb_id: int, question: str) -> query.FullTextQuery | None:
+    """The full-text half's query for ``question`` in this base (None when none of its words occurs there)."""
+    settings = get_settings()
+    rows, total = chunk_repo.question_terms(
+        session=session, kb_id=kb_id, question=query.content_words(question),
+        text_search_config=settings.text_search_config,
+    )
+    terms = [query.Term(lexeme, positions, chunks) for lexeme, positions, chunks in rows]
+    return query.build(terms, total, rank_limit=settings.fulltext_rank_limit)
+
+
+def fuse(candidates: Sequence[Candidate], *, text_total: float, text_weight: float | None) -> list[Hit]:
+    """Both halves' candidates in one ranking, best first.
+
+    A candidate scores its cosine similarity plus ``text_weight`` times the share of the question's word weight
+    it holds (``text_score / text_total``, 0..1). The share is absolute, not relative to the best match found: a
+    full-text list whose matches hold only common words adds almost nothing, so it cannot push the vector half's
+    best passages out, while a passage holding the question's rare words (a name, a number, an exact phrase) rises.
+    ``text_weight`` 0 is the vector half alone; None ranks by the full-text half alone."""
+    text_ranks = {
+        c.hit.chunk_id: rank
+        for rank, c in enumerate(
+            sorted((c for c in candidates if c.text_score), key=lambda c: (-c.text_score, c.hit.chunk_id)), start=1
+        )
+    }
+
+    def share(c: Candidate) -> float:
+        return min(1.0, (c.text_score or 0.0) / text_total) if text_total > 0 else 0.0
+
+    scored: list[Hit] = []
+    for c in candidates:
+        if text_weight is None:
+            if c.text_score is None:
+                continue
+            fused = share(c)
+        elif text_weight == 0:
+            if c.vector_rank is None:
+                continue
+            fused = c.hit.score
+        else:
+            fused = c.hit.score + text_weight * share(c)
+        scored.append(replace(c.hit, fused=round(fused, 6), text_rank=text_ranks.get(c.hit.chunk_id)))
+    scored.sort(key=lambda h: (-h.fused, -h.score, h.chunk_id))
+    return scored
 
 
 class _QuestionBatcher:

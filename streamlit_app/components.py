@@ -105,7 +105,8 @@ def citation_cards(citations: list[dict]) -> None:
     """One expandable card per cited passage: document, page, score and the passage itself."""
     if not citations:
         return
-    st.caption("Sources")
+    uncited = all(c.get("cited") is False for c in citations)
+    st.caption("Passages given to the model; the answer cites none" if uncited else "Sources")
     for citation in citations:
         with st.expander(f"[{citation['n']}] {citation_label(citation)} · score {citation['score']:.2f}"):
             st.markdown(safe_markdown(citation["text"]))

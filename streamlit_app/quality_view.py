@@ -17,6 +17,7 @@ from infra.settings import get_settings
 from infra.urls import shown_url
 from rag.citations import citation_label
 from streamlit_app.fixes_view import note
+from streamlit_app.golden_view import golden_questions
 from streamlit_app.monitoring_view import plain, status_link
 from tasks.backend import get_backend
 from usecases import upkeep
@@ -142,5 +143,9 @@ def quality() -> None:
         kb_names = {kb.id: kb.name for kb in kb_repo.list_knowledge_bases(session=session)}
     st.markdown("**Retrieval evaluation**")
     evaluation(kb_names)
+    kb_id = st.session_state.get("mon_eval_kb")
+    if kb_id in kb_names:
+        st.markdown("**Golden questions**")
+        golden_questions(kb_id, kb_names[kb_id])
     st.markdown("**Alerts**")
     alerts_panel(kb_names)

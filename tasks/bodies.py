@@ -3,7 +3,7 @@ JSON. Follow-up work goes out through the backend running the task (``current_ba
 
 from __future__ import annotations
 
-from rag import alerts, cleanup, ingestion, page_ranges
+from rag import alerts, cleanup, evaluation, ingestion, page_ranges
 from tasks.context import current_backend, current_task_id
 from tasks.queues import is_transient
 from telemetry.answer_streams import StopFlag, StreamPublisher
@@ -72,6 +72,11 @@ def maintenance_evaluate(
     """maintenance.evaluate: retrieval evaluation of one knowledge base; without one, a task per base is queued."""
     return upkeep.evaluate(current_backend(), kb_id=int(kb_id) if kb_id is not None else None, seed=seed,
                            sample_size=sample_size, trigger=trigger)
+
+
+def maintenance_evaluate_golden(run_id: int) -> dict:
+    """maintenance.evaluate_golden: ask a recorded golden question set (uploaded on the Quality tab) of its base."""
+    return evaluation.evaluate_golden(int(run_id))
 
 
 def maintenance_consistency(kb_id: int | None = None) -> dict:

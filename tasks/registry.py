@@ -44,6 +44,7 @@ def task_specs() -> list[TaskSpec]:
         TaskSpec("chat.summarize", bodies.chat_summarize, "chat", settings.chat_time_limit_seconds, 2),
         TaskSpec("maintenance.reconcile", bodies.maintenance_reconcile, "maintenance", 300, 2),
         TaskSpec("maintenance.evaluate", bodies.maintenance_evaluate, "maintenance", 3600, 2),
+        TaskSpec("maintenance.evaluate_golden", bodies.maintenance_evaluate_golden, "maintenance", 3600, 2),
         TaskSpec("maintenance.consistency", bodies.maintenance_consistency, "maintenance", 900, 2),
         TaskSpec("maintenance.alerts", bodies.maintenance_alerts, "maintenance", 300, 2),
         TaskSpec("maintenance.cleanup", bodies.maintenance_cleanup, "maintenance", 600, 2),

@@ -66,10 +66,11 @@ def summarize(*, conversation_id: int) -> dict:
     return conversation.summarize_conversation(conversation_id)
 
 
-def search_passages(*, kb_id: int, question: str, k: int = 10) -> list[dict]:
-    """The ``k`` passages closest to a question, as JSON-ready dicts."""
+def search_passages(*, kb_id: int, question: str, k: int = 10, mode: str | None = None) -> list[dict]:
+    """The ``k`` passages closest to a question, as JSON-ready dicts (``mode``: see ``rag.retrieval.search``)."""
     with session_scope() as session:
-        return [hit_to_dict(h) for h in search(session=session, kb_id=kb_id, question=question, k=k)]
+        hits = search(session=session, kb_id=kb_id, question=question, k=k, mode=mode)
+        return [hit_to_dict(h) for h in hits]
 
 
 def preview_search(queue: TaskQueue, *, kb_id: int, question: str, k: int = 10, timeout: float = 30) -> list[dict]:

@@ -7,7 +7,7 @@ from functools import partial
 
 from db.repositories import knowledge_bases as kb_repo
 from infra.database import session_scope
-from rag import consistency, evaluation, maintenance
+from rag import consistency, evaluation, golden, maintenance
 from telemetry import events
 from usecases.documents import enqueue_ingest
 from usecases.ports import TaskQueue
@@ -46,6 +46,14 @@ def request_evaluation(
 ) -> str:
     """Queue an evaluation (of every base when ``kb_id`` is None); returns the task id."""
     return queue.enqueue("maintenance.evaluate", kb_id, seed, sample_size, trigger)
+
+
+def request_golden_evaluation(queue: TaskQueue, *, kb_id: int, data: bytes, filename: str) -> tuple[int, str]:
+    """Read an uploaded golden-question file (``golden.QuestionFileError`` says what is wrong with it), record the
+    run, then queue it; returns (how many questions, the task id)."""
+    questions = golden.load(kb_id, data, filename)
+    run_id = golden.start_run(kb_id, questions, trigger="page")
+    return len(questions), queue.enqueue("maintenance.evaluate_golden", run_id)
 
 
 def request_alert_check(queue: TaskQueue) -> str:

@@ -39,18 +39,30 @@ class Hit:
 
 
 def replace_for_document(
-    *, session: Session, kb_id: int, document_id: int, rows: Sequence[ChunkRow], text_search_config: str, batch: int = 500
+    *,
+    session: Session,
+    kb_id: int,
+    document_id: int,
+    rows: Sequence[ChunkRow],
+    text_search_config: str,
+    context: str | None = None,
+    batch: int = 500,
 ) -> None:
-    """Delete the document's chunks and insert ``rows`` in the caller's transaction (so a retry never duplicates)."""
+    """Delete the document's chunks and insert ``rows`` in the caller's transaction (so a retry never duplicates).
+
+    Each chunk is indexed for full-text search with the document's ``context`` header and its heading before its
+    text, the same text its vector was made from."""
     session.execute(delete(Chunk).where(Chunk.document_id == document_id))
     for start in range(0, len(rows), batch):
         session.execute(
             _INSERT,
             [
-                {**row_values(row), "kb_id": kb_id, "document_id": document_id, "cfg": text_search_config}
+                {**row_values(row), "kb_id": kb_id, "document_id": document_id, "cfg": text_search_config,
+                 "context": context}
                 for row in rows[start : start + batch]
             ],
         )
+    _count_lexemes(session, kb_id, document_id)
 
 
 def row_values(row: ChunkRow) -> dict:
@@ -66,6 +78,9 @@ def row_values(row: ChunkRow) -> dict:
     }
 
 
+# What a chunk is indexed by: the document's context header, the chunk's heading path and its text (NULLs skipped).
+_SEARCH_TEXT = "to_tsvector(CAST(:cfg AS regconfig), concat_ws(E'\\n', {context}, {heading}, {text}))"
+
 # pgvector's type binds a list or numpy array as the ``:embedding`` of the plain-SQL statements below.
 EMBEDDING = bindparam("embedding", type_=Vector())
 
@@ -73,8 +88,24 @@ EMBEDDING = bindparam("embedding", type_=Vector())
 _INSERT = text(
     "INSERT INTO chunks (kb_id, document_id, ordinal, page, locator, heading, text, token_count, tsv, embedding) "
     "VALUES (:kb_id, :document_id, :ordinal, :page, :locator, :heading, :text, :token_count, "
-    "to_tsvector(CAST(:cfg AS regconfig), :text), :embedding)"
+    + _SEARCH_TEXT.format(context="CAST(:context AS text)", heading="CAST(:heading AS text)", text="CAST(:text AS text)")
+    + ", :embedding)"
 ).bindparams(EMBEDDING)
+
+# Per document, how many chunks hold each lexeme (their sum over a base is the full-text ranking's document
+# frequency); replaced with the chunks, in the same transaction.
+_DELETE_LEXEMES = text("DELETE FROM document_lexemes WHERE document_id = :document_id")
+_COUNT_LEXEMES = text(
+    "INSERT INTO document_lexemes (document_id, lexeme, kb_id, chunks) "
+    "SELECT :document_id, u.lexeme, :kb_id, count(*) FROM chunks c, unnest(c.tsv) AS u "
+    "WHERE c.document_id = :document_id GROUP BY u.lexeme"
+)
+
+
+def _count_lexemes(session: Session, kb_id: int, document_id: int) -> None:
+    params = {"kb_id": kb_id, "document_id": document_id}
+    session.execute(_DELETE_LEXEMES, params)
+    session.execute(_COUNT_LEXEMES, params)
 
 
 def replace_from_staging(
@@ -83,17 +114,21 @@ def replace_from_staging(
     """Replace the document's chunks with a split run's staged ones, ordinals renumbered 0..n-1 in page order,
     in the caller's transaction; returns how many were stored."""
     session.execute(delete(Chunk).where(Chunk.document_id == document_id))
-    return session.execute(
+    stored = session.execute(
         _INSERT_FROM_STAGING,
         {"kb_id": kb_id, "document_id": document_id, "run": run, "cfg": text_search_config},
     ).rowcount
+    _count_lexemes(session, kb_id, document_id)
+    return stored
 
 
 _INSERT_FROM_STAGING = text(
     "INSERT INTO chunks (kb_id, document_id, ordinal, page, locator, heading, text, token_count, tsv, embedding) "
-    "SELECT :kb_id, document_id, row_number() OVER (ORDER BY first_page, ordinal) - 1, page, locator, heading, "
-    "text, token_count, to_tsvector(CAST(:cfg AS regconfig), text), embedding "
-    "FROM staged_chunks WHERE document_id = :document_id AND run = :run"
+    "SELECT :kb_id, s.document_id, row_number() OVER (ORDER BY s.first_page, s.ordinal) - 1, s.page, s.locator, "
+    "s.heading, s.text, s.token_count, "
+    + _SEARCH_TEXT.format(context="d.context", heading="s.heading", text="s.text")
+    + ", s.embedding FROM staged_chunks s JOIN documents d ON d.id = s.document_id "
+    "WHERE s.document_id = :document_id AND s.run = :run"
 )
 
 
@@ -110,14 +145,42 @@ def _set_search_options(session: Session, ef_search: int) -> None:
     )
 
 
-# Vector (HNSW, cosine) and full-text (GIN, websearch syntax) candidates, fused by reciprocal rank, in one
-# statement. Iterative scans may return neighbours slightly out of order, so ranks are recomputed from the
-# distances. Each hit keeps its cosine similarity for the relevance threshold, also when only full-text found it.
-# The full-text side ranks with ts_rank, not ts_rank_cd: at 100k chunks the cover-density rank of every match was
-# most of the statement's time (p50 11.6 ms, p95 28.6 ms against 2.4 and 4.6 for ts_rank, sentence-long
-# questions), and fused retrieval scored the same on 240 evaluation questions (MRR 0.624 → 0.633, hit@10
-# 0.896 → 0.883).
-_HYBRID = """
+@dataclass(frozen=True)
+class Candidate:
+    """A chunk found by either half of hybrid search, with what each half said of it; fusion ranks them."""
+
+    hit: Hit
+    vector_rank: int | None  # 1 = nearest; None: not among the vector half's candidates
+    text_score: float | None  # the summed weights of the question words and phrases it holds; None: not matched
+
+
+# The question's lexemes (the text search configuration's normalisation, stop words out), where they stand, and
+# in how many chunks of the base each occurs; with the base's chunk count.
+_QUESTION_TERMS = text("""
+SELECT q.lexeme, q.positions, coalesce(sum(l.chunks), 0) AS chunks,
+       (SELECT coalesce(sum(d.chunk_count), 0) FROM documents d WHERE d.kb_id = :kb_id AND d.status = 'ready') AS total
+FROM unnest(to_tsvector(CAST(:cfg AS regconfig), :question)) AS q
+LEFT JOIN document_lexemes l ON l.kb_id = :kb_id AND l.lexeme = q.lexeme
+GROUP BY q.lexeme, q.positions
+""")
+
+
+def question_terms(
+    *, session: Session, kb_id: int, question: str, text_search_config: str
+) -> tuple[list[tuple[str, tuple[int, ...], int]], int]:
+    """((lexeme, positions, chunks holding it), …) of ``question`` in the base, and the base's chunk count."""
+    rows = session.execute(_QUESTION_TERMS, {"kb_id": kb_id, "question": question, "cfg": text_search_config}).all()
+    total = int(rows[0].total) if rows else 0
+    return [(row.lexeme, tuple(row.positions or ()), int(row.chunks)) for row in rows], total
+
+
+# Vector (HNSW, cosine) and full-text (GIN) candidates in one statement. Iterative scans may return neighbours
+# slightly out of order, so ranks are recomputed from the distances. The full-text side takes the chunks that hold
+# any of the question's rarer words (``:match``, at most ``:rank_limit`` of them, which bounds the statement's
+# time) and scores each by the weights of the words and phrases it holds (``:queries``/``:weights``, BM25-style
+# inverse document frequencies). Each candidate keeps its cosine similarity for the relevance threshold, also when
+# only full-text found it; fusing the two lists is the caller's.
+_CANDIDATES = """
 WITH vector_hits AS (
     SELECT id, row_number() OVER (ORDER BY distance, id) AS rank
     FROM (
@@ -128,87 +191,81 @@ WITH vector_hits AS (
         LIMIT :candidates
     ) nearest
 ),
-text_hits AS (
-    SELECT id, row_number() OVER (ORDER BY text_rank DESC, id) AS rank
-    FROM (
-        SELECT m.id, ts_rank(m.tsv, m.query) AS text_rank
-        FROM (
-            SELECT c.id, c.tsv, query
-            FROM chunks c, websearch_to_tsquery(CAST(:cfg AS regconfig), :question) AS query
-            WHERE c.kb_id = :kb_id AND c.tsv @@ query {document_filter}
-            LIMIT :rank_limit
-        ) m
-        ORDER BY text_rank DESC
-        LIMIT :candidates
-    ) matched
+weighted AS MATERIALIZED (
+    SELECT CAST(q AS tsquery) AS query, w AS weight
+    FROM unnest(CAST(:queries AS text[]), CAST(:weights AS float8[])) AS t(q, w)
 ),
-fused AS (
-    SELECT coalesce(v.id, t.id) AS id, v.rank AS vector_rank, t.rank AS text_rank,
-           coalesce(1.0 / (:rrf_k + v.rank), 0) + coalesce(1.0 / (:rrf_k + t.rank), 0) AS fused
-    FROM vector_hits v FULL OUTER JOIN text_hits t ON t.id = v.id
-    ORDER BY fused DESC
-    LIMIT :limit
+text_hits AS (
+    SELECT m.id, sum(w.weight) AS text_score
+    FROM (
+        SELECT c.id, c.tsv
+        FROM chunks c
+        WHERE c.kb_id = :kb_id AND c.tsv @@ CAST(:match AS tsquery) {document_filter}
+        LIMIT :rank_limit
+    ) m
+    JOIN weighted w ON m.tsv @@ w.query
+    GROUP BY m.id
+    ORDER BY text_score DESC, m.id
+    LIMIT :candidates
 )
-SELECT f.id, c.document_id, d.filename, c.page, c.locator, c.ordinal, c.text,
-       1 - (c.embedding <=> :embedding) AS score, f.fused, f.vector_rank, f.text_rank
-FROM fused f
-JOIN chunks c ON c.id = f.id
+SELECT coalesce(v.id, t.id) AS id, c.document_id, d.filename, c.page, c.locator, c.ordinal, c.text,
+       1 - (c.embedding <=> :embedding) AS score, v.rank AS vector_rank, t.text_score
+FROM vector_hits v
+FULL OUTER JOIN text_hits t ON t.id = v.id
+JOIN chunks c ON c.id = coalesce(v.id, t.id)
 JOIN documents d ON d.id = c.document_id
-ORDER BY f.fused DESC, score DESC
 """
-_HYBRID_ALL = text(_HYBRID.format(document_filter="")).bindparams(EMBEDDING)
-_HYBRID_DOCUMENTS = text(
-    _HYBRID.format(document_filter="AND c.document_id = ANY(CAST(:document_ids AS bigint[]))")
+_CANDIDATES_ALL = text(_CANDIDATES.format(document_filter="")).bindparams(EMBEDDING)
+_CANDIDATES_DOCUMENTS = text(
+    _CANDIDATES.format(document_filter="AND c.document_id = ANY(CAST(:document_ids AS bigint[]))")
 ).bindparams(EMBEDDING)
 
 
-def hybrid_search(
+def hybrid_candidates(
     *,
     session: Session,
     kb_id: int,
     embedding: Sequence[float],
-    question: str,
-    text_search_config: str,
-    limit: int,
+    match: str | None,
+    weighted: Sequence[tuple[str, float]],
     candidates: int,
-    rrf_k: int,
     ef_search: int,
     rank_limit: int,
     document_ids: Sequence[int] | None = None,
-) -> list[Hit]:
-    """Up to ``limit`` chunks of one knowledge base (optionally of some documents), best fused rank first.
-
-    At most ``rank_limit`` full-text matches are ranked: a question of common words that matches more (boilerplate
-    in every report) is ranked among the first that many found, which bounds the statement's time."""
+) -> list[Candidate]:
+    """The ``candidates`` nearest chunks and the ``candidates`` best full-text matches of one knowledge base
+    (optionally of some documents), each once. With no ``match`` (no question word occurs in the base) only the
+    vector half runs."""
     _set_search_options(session, ef_search)
     params = {
         "kb_id": kb_id,
         "embedding": embedding,
-        "question": question,
-        "cfg": text_search_config,
-        "candidates": max(candidates, limit),
-        "rrf_k": rrf_k,
-        "limit": limit,
-        "rank_limit": max(rank_limit, candidates, limit),
+        "match": match or "",
+        "queries": [query for query, _ in weighted] if match else [],
+        "weights": [float(weight) for _, weight in weighted] if match else [],
+        "candidates": candidates,
+        "rank_limit": max(rank_limit, candidates),
     }
-    statement = _HYBRID_ALL
+    statement = _CANDIDATES_ALL
     if document_ids:
-        statement = _HYBRID_DOCUMENTS
+        statement = _CANDIDATES_DOCUMENTS
         params["document_ids"] = [int(d) for d in document_ids]
     rows = session.execute(statement, params).all()
     return [
-        Hit(
-            chunk_id=row.id,
-            document_id=row.document_id,
-            document=row.filename,
-            page=row.page,
-            locator=row.locator,
-            score=round(float(row.score), 4),
-            text=row.text,
-            ordinal=row.ordinal,
-            fused=round(float(row.fused), 6),
+        Candidate(
+            hit=Hit(
+                chunk_id=row.id,
+                document_id=row.document_id,
+                document=row.filename,
+                page=row.page,
+                locator=row.locator,
+                score=round(float(row.score), 4),
+                text=row.text,
+                ordinal=row.ordinal,
+                vector_rank=row.vector_rank,
+            ),
             vector_rank=row.vector_rank,
-            text_rank=row.text_rank,
+            text_score=None if row.text_score is None else float(row.text_score),
         )
         for row in rows
     ]

@@ -77,6 +77,7 @@ def missing_blobs(*, session: Session, kb_id: int | None) -> list[dict]:
 def delete_chunks_of(*, session: Session, document_ids: list[int]) -> int:
     if not document_ids:
         return 0
+    session.execute(text("DELETE FROM document_lexemes WHERE document_id = ANY(:ids)"), {"ids": document_ids})
     return session.execute(text("DELETE FROM chunks WHERE document_id = ANY(:ids)"), {"ids": document_ids}).rowcount
 
 

@@ -95,6 +95,17 @@ def mark_started(*, session: Session, document_id: int) -> None:
     )
 
 
+def names(*, session: Session, kb_id: int) -> dict[int, str]:
+    """Every document of a base: id → file name."""
+    return {int(i): name for i, name in session.execute(select(Document.id, Document.filename).where(
+        Document.kb_id == kb_id))}
+
+
+def set_context(*, session: Session, document_id: int, context: str | None) -> None:
+    """Record the context header the document's chunks are embedded and indexed with."""
+    session.execute(update(Document).where(Document.id == document_id).values(context=context))
+
+
 def mark_ready(*, session: Session, document_id: int, pages: int, chunk_count: int) -> None:
     session.execute(
         update(Document)

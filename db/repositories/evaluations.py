@@ -9,6 +9,8 @@ from sqlalchemy.orm import Session
 
 from db.models import READY, Chunk, Document, EvalRun
 
+GOLDEN = "golden"  # the question_mode of runs of a user's question set
+
 # A chunk shorter than this (in model tokens) is a heading or a page footer: no question to ask of it.
 MIN_TOKENS = 20
 
@@ -40,8 +42,13 @@ def eligible_chunks(*, session: Session, document_id: int) -> list[Chunk]:
     )
 
 
-def start(*, session: Session, kb_id: int, trigger: str, seed: int, sample_size: int) -> int:
-    run = EvalRun(kb_id=kb_id, trigger=trigger, status="running", seed=seed, sample_size=sample_size)
+def start(
+    *, session: Session, kb_id: int, trigger: str, seed: int, sample_size: int, question_mode: str | None = None,
+    details: list | None = None,
+) -> int:
+    """A running evaluation; a golden run is recorded with its questions as ``details`` until it finishes."""
+    run = EvalRun(kb_id=kb_id, trigger=trigger, status="running", seed=seed, sample_size=sample_size,
+                  question_mode=question_mode, details=details)
     session.add(run)
     session.flush()
     return run.id
@@ -54,7 +61,9 @@ def finish(*, session: Session, run_id: int, metrics: dict, details: list, quest
         .values(
             status="succeeded", questions=len(details), question_mode=question_mode, details=details,
             hit_at_1=metrics["hit_at_1"], hit_at_5=metrics["hit_at_5"], hit_at_10=metrics["hit_at_10"],
-            mrr=metrics["mrr"], finished_at=func.now(),
+            mrr=metrics["mrr"], page_hit_at_1=metrics.get("page_hit_at_1"),
+            page_hit_at_5=metrics.get("page_hit_at_5"), page_hit_at_10=metrics.get("page_hit_at_10"),
+            finished_at=func.now(),
         )
     )
 
@@ -82,21 +91,24 @@ def previous_comparable(*, session: Session, run: EvalRun) -> EvalRun | None:
     ).first()
 
 
-def history(*, session: Session, kb_id: int, limit: int = 90) -> list[EvalRun]:
-    """Successful runs of a base, oldest first (the trend chart)."""
+def history(*, session: Session, kb_id: int, limit: int = 90, golden: bool = False) -> list[EvalRun]:
+    """Successful runs of a base, oldest first (the trend chart): sampled runs, or with ``golden`` the runs of
+    users' question sets."""
+    mode = EvalRun.question_mode == GOLDEN if golden else EvalRun.question_mode.is_distinct_from(GOLDEN)
     runs = session.scalars(
         select(EvalRun)
-        .where(EvalRun.kb_id == kb_id, EvalRun.status == "succeeded")
+        .where(EvalRun.kb_id == kb_id, EvalRun.status == "succeeded", mode)
         .order_by(EvalRun.started_at.desc())
         .limit(limit)
     )
     return list(reversed(list(runs)))
 
 
-def recent(*, session: Session, kb_id: int, limit: int = 10) -> list[EvalRun]:
-    """The newest runs of a base, whatever their status."""
+def recent(*, session: Session, kb_id: int, limit: int = 10, golden: bool = False) -> list[EvalRun]:
+    """The newest runs of a base, whatever their status (sampled ones, or with ``golden`` golden ones)."""
+    mode = EvalRun.question_mode == GOLDEN if golden else EvalRun.question_mode.is_distinct_from(GOLDEN)
     return list(session.scalars(
-        select(EvalRun).where(EvalRun.kb_id == kb_id).order_by(EvalRun.started_at.desc(), EvalRun.id.desc()).limit(limit)
+        select(EvalRun).where(EvalRun.kb_id == kb_id, mode).order_by(EvalRun.started_at.desc(), EvalRun.id.desc()).limit(limit)
     ))
 
 

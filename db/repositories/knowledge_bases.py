@@ -21,10 +21,18 @@ def get(*, session: Session, kb_id: int) -> KnowledgeBase | None:
 
 
 def create(
-    *, session: Session, name: str, embedding_model: str, embedding_dim: int, chunk_tokens: int, chunk_overlap_tokens: int
+    *,
+    session: Session,
+    name: str,
+    embedding_model: str,
+    embedding_dim: int,
+    chunk_tokens: int,
+    chunk_overlap_tokens: int,
+    chunk_recipe: int = 1,
 ) -> KnowledgeBase:
     kb = KnowledgeBase(
         name=name,
+        chunk_recipe=chunk_recipe,
         embedding_model=embedding_model,
         embedding_dim=embedding_dim,
         chunk_tokens=chunk_tokens,

@@ -216,6 +216,20 @@ def answer_requests(tgi: TGIServer) -> list[dict]:
 # --- answers ---------------------------------------------------------------------------------------------------
 
 
+def test_an_answer_that_cites_nothing_still_shows_the_passages_it_was_given(stack, fresh_behaviour):
+    fresh_behaviour.answer = "Divers repaired the cable in four days."  # no [n] marker: small models do this
+    conversation_id = new_conversation(stack.kb_id)
+    run = say(stack.kb_id, conversation_id, "Who repaired the submarine telegraph cable?")
+
+    assert run.done["mode"] == "llm" and run.text == "Divers repaired the cable in four days."
+    given = run.done["citations"]
+    assert given and [c["n"] for c in given] == [c["n"] for c in run.meta["citations"]]
+    assert all(c["cited"] is False for c in given)
+    assert any("telegraph" in c["text"] for c in given)
+    *_, citations = saved_messages(conversation_id)[-1]
+    assert [c["n"] for c in citations] == [c["n"] for c in given] and all(c["cited"] is False for c in citations)
+
+
 def test_llm_answer_streams_with_page_citations(stack, fresh_behaviour):
     fresh_behaviour.token_latency = 0.01  # tokens that arrive together are written together
     conversation_id = new_conversation(stack.kb_id)

@@ -116,7 +116,7 @@ def _expected_chunks(data: bytes, filename: str, kb_id: int) -> list[tuple[int |
         max_tokens, overlap = kb.chunk_tokens, kb.chunk_overlap_tokens
     parsed = parse(data, filename)
     drafts = split_sections(parsed.sections, count_tokens=embedding.count_tokens, max_tokens=max_tokens,
-                            overlap_tokens=overlap, title=parsed.title or filename)
+                            overlap_tokens=overlap)
     return [(d.page, d.text) for d in drafts]
 
 
@@ -125,10 +125,10 @@ def test_a_large_pdf_is_split_shared_by_two_workers_and_stored_once(backend, own
     """A 23-page PDF over a 5-page threshold: five parts, taken by both workers, every part also delivered twice;
     the document ends ready with exactly the chunks an unsplit ingest makes, progress counted in pages; a re-index
     replaces them, and a part of the old run stands down."""
-    from tasks.admin import requeue_documents
-
+    from tasks.backend import get_backend
     from telemetry.events import wait_for_result
     from tests.conftest import enqueue
+    from usecases.fixes import requeue_documents
 
     kb_id, _ = kb
     for name in ("first", "second"):
@@ -181,7 +181,7 @@ def test_a_large_pdf_is_split_shared_by_two_workers_and_stored_once(backend, own
 
     # Re-index: a new run replaces every chunk; a part of the old run delivered late stands down.
     old_ids = {c.id for c in chunks}
-    new_run = requeue_documents([document_id])[0]
+    new_run = requeue_documents(get_backend(), [document_id])[0]
     document = _final(document_id, 400)
     assert document.status == "ready", document.error
     assert document.task_id == new_run != run

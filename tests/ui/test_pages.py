@@ -1,8 +1,8 @@
 """The Streamlit pages in AppTest, through the entrypoint, over data made by real tasks on real services.
 
-AppTest runs the page scripts in this process: what a page enqueues goes through ``tasks.client`` on the
-session's backend to the ``worker`` fixture's real worker, so the data the pages show (documents, answers,
-task records) is made by real tasks on both backends.
+AppTest runs the page scripts in this process: what a page enqueues goes through the use cases and this process's
+``tasks.backend`` to the ``worker`` fixture's real worker, so the data the pages show (documents, answers, task
+records) is made by real tasks on both backends.
 """
 
 from __future__ import annotations

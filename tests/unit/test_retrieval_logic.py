@@ -1,0 +1,127 @@
+"""The full-text query builder, the fusion of the two halves and the document context header (pure logic)."""
+
+from __future__ import annotations
+
+import pytest
+
+from db.repositories.chunks import Candidate, Hit
+from rag import query
+from rag.context import clean_title, document_date, file_label, header
+from rag.query import Term, build, content_words
+from rag.retrieval import fuse
+
+# --- the query builder -------------------------------------------------------------------------------------
+
+
+def test_filler_words_of_a_question_are_dropped_and_content_words_kept():
+    kept = content_words("Please explain, based on the report: what drove Acme's 2023 margin? Answer briefly.")
+    words = kept.lower().split()
+    for filler in ("please", "explain", "based", "what", "answer"):
+        assert filler not in words
+    for content in ("drove", "acme's", "2023", "margin", "report"):
+        assert content in " ".join(words)
+
+
+def test_any_word_matches_rarest_first_and_every_word_weighs_by_rarity():
+    terms = [Term("compani", (1,), 900), Term("acm", (2,), 12), Term("margin", (3,), 150), Term("absent", (4,), 0)]
+    built = build(terms, total_chunks=1000, rank_limit=2000)
+    assert built is not None
+    # An OR query: any of the words present finds a candidate; a word in no chunk is left out.
+    assert built.match.split(" | ")[0] == "'acm'"
+    assert "'absent'" not in built.match and "&" not in built.match
+    weights = dict(built.weighted)
+    assert weights["'acm'"] > weights["'margin'"] > weights["'compani'"] > 0
+
+
+def test_common_words_do_not_flood_the_candidates_but_still_score():
+    terms = [Term("rare", (1,), 5), Term("common", (2,), 5000), Term("medium", (3,), 300)]
+    built = build(terms, total_chunks=20000, rank_limit=1000)
+    assert built.match == "'rare' | 'medium'"  # 5 + 300 chunks fit in the limit; 5000 more would not
+    assert "'common'" in dict(built.weighted)
+
+
+def test_the_rarest_word_is_always_a_candidate_source_even_past_the_limit():
+    built = build([Term("everywhere", (1,), 50_000)], total_chunks=60_000, rank_limit=100)
+    assert built.match == "'everywhere'"
+
+
+def test_adjacent_question_words_also_count_as_a_phrase():
+    terms = [Term("cash", (4,), 200), Term("flow", (5,), 150), Term("capit", (1,), 80)]
+    built = build(terms, total_chunks=10_000, rank_limit=2000)
+    phrases = [q for q, _ in built.weighted if "<->" in q]
+    assert phrases == ["'cash' <-> 'flow'"]  # capit (1) is not next to cash (4)
+    assert built.total == pytest.approx(sum(w for _, w in built.weighted))
+
+
+def test_no_query_when_no_word_occurs_in_the_base():
+    assert build([Term("nowhere", (1,), 0)], total_chunks=100, rank_limit=10) is None
+    assert build([], total_chunks=100, rank_limit=10) is None
+
+
+def test_lexemes_are_quoted_so_they_cannot_inject_operators():
+    built = build([Term("o'neil|x", (1,), 3)], total_chunks=10, rank_limit=10)
+    assert built.match == "'o''neil|x'"
+
+
+def test_idf_falls_with_frequency():
+    assert query.idf(1, 1000) > query.idf(100, 1000) > query.idf(999, 1000) > 0
+
+
+# --- fusion ------------------------------------------------------------------------------------------------
+
+
+def _candidate(chunk_id: int, cosine: float, vector_rank: int | None, text_score: float | None) -> Candidate:
+    hit = Hit(chunk_id=chunk_id, document_id=1, document="d.pdf", page=chunk_id, locator=None, score=cosine,
+              text=f"chunk {chunk_id}", ordinal=chunk_id, vector_rank=vector_rank)
+    return Candidate(hit=hit, vector_rank=vector_rank, text_score=text_score)
+
+
+def test_a_weak_full_text_list_cannot_displace_the_vector_top_hits():
+    vector = [_candidate(i, 0.80 - 0.02 * i, i, None) for i in range(1, 6)]
+    # Full-text found five other chunks, each holding only a common word: a small share of the question's weight.
+    weak = [_candidate(100 + i, 0.45, None, 0.4) for i in range(5)]
+    fused = fuse(vector + weak, text_total=20.0, text_weight=0.3)
+    assert [h.chunk_id for h in fused[:5]] == [1, 2, 3, 4, 5]
+
+
+def test_a_passage_holding_the_questions_rare_words_rises():
+    vector = [_candidate(i, 0.70 - 0.01 * i, i, None) for i in range(1, 6)]
+    exact = _candidate(42, 0.62, None, 18.0)  # holds 90 % of the question's word weight
+    fused = fuse([*vector, exact], text_total=20.0, text_weight=0.3)
+    assert fused[0].chunk_id == 42
+    assert fused[0].text_rank == 1 and fused[0].vector_rank is None
+
+
+def test_fusion_modes_use_one_half_alone():
+    both = [_candidate(1, 0.9, 1, None), _candidate(2, 0.5, None, 5.0), _candidate(3, 0.6, 2, 9.0)]
+    assert [h.chunk_id for h in fuse(both, text_total=10.0, text_weight=0.0)] == [1, 3]
+    assert [h.chunk_id for h in fuse(both, text_total=10.0, text_weight=None)] == [3, 2]
+
+
+# --- the context header ------------------------------------------------------------------------------------
+
+
+def test_header_names_title_file_and_the_date_the_first_pages_give():
+    pages = ["Annual report of Acme Corp. Printed 3 March 2024.", "For the fiscal year ended December 31, 2023 …"]
+    assert header(title="Acme Annual Report", filename="acme_2023-annual.pdf", first_pages=pages) == (
+        "Acme Annual Report · acme 2023 annual · December 31, 2023"
+    )
+
+
+def test_header_leaves_out_what_repeats_and_what_names_nothing():
+    assert header(title="0001018724-18-000005", filename="Protocol_v3.pdf", first_pages=[]) == "Protocol v3"
+    assert header(title="protocol v3", filename="Protocol_v3.pdf", first_pages=[]) == "protocol v3"
+    assert header(title=None, filename="", first_pages=[]) is None
+
+
+def test_title_cleaning_and_file_labels():
+    assert clean_title("Microsoft Word - Services Agreement FINAL") == "Services Agreement FINAL"
+    assert clean_title("  ") is None
+    assert file_label("ACME_2023Q2_10Q.pdf") == "ACME 2023 Q2 10Q"
+    assert file_label("contract-v2.final.docx") == "contract v2 final"
+
+
+def test_date_prefers_a_cued_date_and_falls_back_to_the_first():
+    assert document_date(["Printed 2024-01-05. Version date: 12 May 2023"]) == "12 May 2023"
+    assert document_date(["Signed on 07/01/2022 in Oslo"]) == "07/01/2022"
+    assert document_date(["no date at all"]) is None
