@@ -201,9 +201,9 @@ def _eval_golden(args, kb_id: int) -> int:
     if page is not None:
         print(f"  page     hit@1 {summary['page_hit_at_1']:.2f}   hit@5 {page:.2f}   "
               f"hit@10 {summary['page_hit_at_10']:.2f}")
-    missed = [d for d in details if not d["rank"] or d["rank"] > 5 or (d["pages"] and not d["page_rank"])]
+    missed = golden.not_first(details)
     if missed:
-        print(f"  {len(missed)} question(s) whose document or page was not found at 5 or 10:")
+        print(f"  {len(missed)} question(s) whose first passage is not from the expected document (or page), worst first:")
         print(f"    {'line':>5}  {'doc rank':>8}  {'page rank':>9}  question → retrieved instead")
         for d in missed[:20]:
             got = "; ".join(f"{t['document']}" + (f" p. {t['page']}" if t.get("page") else "") for t in d["top"])

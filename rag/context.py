@@ -74,5 +74,53 @@ def document_date(first_pages: Sequence[str]) -> str | None:
     return first
 
 
+_SMALL_WORDS = frozenset("a an and as at by for from in of on or the to with vs via per".split())
+_HEADING_LINES = 8  # a page's heading is among its first lines
+_RUNNING_SHARE = 0.3  # a line on this share of the pages (and on 3 at least) is a running header or footer
+
+
+def page_headings(pages: Sequence[str]) -> list[str | None]:
+    """The heading each page of a PDF sits under: the first heading-like lines at the top of the page (short,
+    capitalised like a title, no sentence punctuation), running headers and footers left out; a page without
+    one continues the heading of the page before it."""
+    counts: dict[str, int] = {}
+    for page in pages:
+        for line in {_shape(line) for line in page.splitlines()[:_HEADING_LINES]}:
+            counts[line] = counts.get(line, 0) + 1
+    running = max(3, int(_RUNNING_SHARE * len(pages)) + 1)
+    headings: list[str | None] = []
+    current: str | None = None
+    for page in pages:
+        found: list[str] = []
+        for line in page.splitlines()[:_HEADING_LINES]:
+            line = " ".join(line.split())
+            if line and counts.get(_shape(line), 0) < running and _heading_like(line):
+                found.append(line)
+                if len(found) == 2:
+                    break
+            elif found:
+                break  # the heading lines stand together
+        if found:
+            current = " > ".join(found)
+        headings.append(current)
+    return headings
+
+
+def _shape(line: str) -> str:
+    """A line with its numbers blanked, so 'Page 3' and 'Page 4' count as one running footer."""
+    return re.sub(r"\d+", "#", " ".join(line.split()).lower())
+
+
+def _heading_like(line: str) -> bool:
+    words = line.split()
+    if not 2 <= len(words) <= 12 or len(line) > 100 or line[-1] in ".,;":
+        return False
+    if not re.search(r"[^\W\d_]{3,}", line):
+        return False
+    lettered = [w for w in words if re.search(r"[^\W\d_]", w) and w.lower() not in _SMALL_WORDS]
+    capitalised = [w for w in lettered if w.lstrip("(“\"'")[:1].isupper()]
+    return len(lettered) >= 2 and len(capitalised) >= 0.7 * len(lettered)
+
+
 def _words(text: str) -> set[str]:
     return set(re.findall(r"\w+", text.lower()))

@@ -188,6 +188,14 @@ def score_question(q: GoldenQuestion, hits: Sequence[Hit]) -> dict:
     }
 
 
+def not_first(details: Sequence[dict]) -> list[dict]:
+    """The questions whose first passage is not from their document (or page), worst first: missed, then by rank."""
+    def badness(d: dict) -> tuple:
+        return (d["rank"] is not None, -(d["rank"] or 0), d.get("page_rank") is not None, -(d.get("page_rank") or 0))
+
+    return sorted((d for d in details if d["rank"] != 1 or (d["pages"] and d["page_rank"] != 1)), key=badness)
+
+
 def metrics(details: Sequence[dict]) -> dict[str, float | None]:
     """Document hit@1/5/10 and MRR over every question; page hit@1/5/10 over the questions that give a page."""
     n = len(details)

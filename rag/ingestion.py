@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from db.models import CHUNKING, EMBEDDING, FINAL_STATES, PARSING, READY, STORING
 from db.repositories import chunks as chunk_repo
@@ -16,7 +16,7 @@ from infra.database import session_scope
 from infra.settings import get_settings
 from rag import embedding
 from rag.chunking import split_sections
-from rag.context import header
+from rag.context import header, page_headings
 from rag.parsing import ParseError, parse, parse_pdf_pages, pdf_page_count
 
 log = logging.getLogger(__name__)
@@ -156,9 +156,14 @@ def _superseded(document, task_id: str | None) -> bool:
 
 def chunk(parsed, filename: str, max_tokens: int, overlap: int) -> list:
     """The parsed sections as chunk drafts in the knowledge base's window (model tokens), each with its heading
-    path (the document itself is named by the context header, which is not part of the window)."""
+    path (the document itself is named by the context header, which is not part of the window). A PDF's pages
+    carry no headings of their own: each page gets the heading it sits under (``rag.context.page_headings``)."""
+    sections = parsed.sections
+    if parsed.kind == "pdf":
+        headings = page_headings([s.text for s in sections])
+        sections = [replace(s, heading=h) if h and not s.heading else s for s, h in zip(sections, headings, strict=True)]
     return split_sections(
-        parsed.sections,
+        sections,
         count_tokens=embedding.count_tokens,
         max_tokens=max_tokens,
         overlap_tokens=overlap,

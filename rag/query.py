@@ -34,6 +34,7 @@ FILLER_WORDS = frozenset(
     """.split()
 )
 
+IDF_POWER = 1.0
 PHRASE_WEIGHT = 0.5  # a phrase match adds half the mean weight of its two words
 MAX_TERMS = 16  # the rarest words of a long question: the rest add almost nothing and cost time
 
@@ -61,9 +62,20 @@ class FullTextQuery:
 _WORD = re.compile(r"[\w'’&.\-]+")
 
 
+_LETTERS_DIGITS = re.compile(r"(?<=[^\W\d_])(?=\d)|(?<=\d)(?=[^\W\d_])")
+
+
 def content_words(question: str) -> str:
-    """The question without the words that only make it a question or an instruction."""
-    kept = [w for w in _WORD.findall(question) if w.lower().strip("'’.-") not in FILLER_WORDS]
+    """The question without the words that only make it a question or an instruction; a word that runs letters
+    and digits together ("FY2023", "Q2", "v3") also gives its parts, which is how documents often write them."""
+    kept: list[str] = []
+    for word in _WORD.findall(question):
+        if word.lower().strip("'’.-") in FILLER_WORDS:
+            continue
+        kept.append(word)
+        parts = _LETTERS_DIGITS.split(word)
+        if len(parts) > 1:
+            kept.extend(part for part in parts if len(part) > 1)  # "FY2023" → FY, 2023; "Q2" adds nothing
     return " ".join(kept)
 
 
@@ -85,7 +97,7 @@ def build(terms: Sequence[Term], total_chunks: int, rank_limit: int, max_terms: 
         return None
     present.sort(key=lambda t: (t.chunks, t.lexeme))
     kept = present[:max_terms]
-    weights = {t.lexeme: idf(t.chunks, max(total_chunks, t.chunks)) for t in kept}
+    weights = {t.lexeme: idf(t.chunks, max(total_chunks, t.chunks)) ** IDF_POWER for t in kept}
 
     matching: list[str] = []
     reach = 0

@@ -76,24 +76,25 @@ def fuse(candidates: Sequence[Candidate], *, text_total: float, text_weight: flo
     """Both halves' candidates in one ranking, best first.
 
     A candidate scores its cosine similarity plus ``text_weight`` times the share of the question's word weight
-    it holds (``text_score / text_total``, 0..1). The share is absolute, not relative to the best match found: a
-    full-text list whose matches hold only common words adds almost nothing, so it cannot push the vector half's
-    best passages out, while a passage holding the question's rare words (a name, a number, an exact phrase) rises.
-    ``text_weight`` 0 is the vector half alone; None ranks by the full-text half alone."""
+    it holds (``text_score / text_total``, 0..1), both computed for every candidate, whichever half found it. The
+    share is absolute, not relative to the best match found: a full-text list whose matches hold only common words
+    adds almost nothing, so it cannot push the vector half's best passages out, while a passage holding the
+    question's rare words (a name, a number, an exact phrase) rises. ``text_weight`` 0 is the vector half alone;
+    None ranks the full-text half's own candidates by their share alone."""
     text_ranks = {
         c.hit.chunk_id: rank
         for rank, c in enumerate(
-            sorted((c for c in candidates if c.text_score), key=lambda c: (-c.text_score, c.hit.chunk_id)), start=1
+            sorted((c for c in candidates if c.text_listed), key=lambda c: (-c.text_score, c.hit.chunk_id)), start=1
         )
     }
 
     def share(c: Candidate) -> float:
-        return min(1.0, (c.text_score or 0.0) / text_total) if text_total > 0 else 0.0
+        return min(1.0, c.text_score / text_total) if text_total > 0 else 0.0
 
     scored: list[Hit] = []
     for c in candidates:
         if text_weight is None:
-            if c.text_score is None:
+            if not c.text_listed:
                 continue
             fused = share(c)
         elif text_weight == 0:

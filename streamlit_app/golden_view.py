@@ -17,7 +17,7 @@ from tasks.backend import get_backend
 from usecases import upkeep
 
 FIGURES = {"hit_at_1": "document hit@1", "hit_at_5": "document hit@5", "hit_at_10": "document hit@10",
-           "mrr": "MRR", "page_hit_at_1": "page hit@1", "page_hit_at_5": "page hit@5", "page_hit_at_10": "page hit@10"}
+           "mrr": "document MRR", "page_hit_at_1": "page hit@1", "page_hit_at_5": "page hit@5", "page_hit_at_10": "page hit@10"}
 
 
 def _start(kb_id: int, kb_name: str) -> None:
@@ -77,12 +77,12 @@ def golden_questions(kb_id: int, kb_name: str) -> None:
         st.altair_chart(alt.Chart(long).mark_line(point=True).encode(
             x=alt.X("started:T", title=None), y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1]), title=None),
             color=alt.Color("metric:N", title=None)).properties(height=200), width="stretch")
-    missed = [d for d in details if not d.get("rank") or d["rank"] > 5 or (d.get("pages") and not d.get("page_rank"))]
+    missed = golden.not_first(details)
     if not missed:
-        st.success("Every question found its document in the top 5 (and its page, where one was given).",
+        st.success("The first passage of every question came from its document (and page, where one was given).",
                    icon=":material/task_alt:")
         return
-    st.markdown(f"**{len(missed)} question(s) not answered from the right place**")
+    st.markdown(f"**{len(missed)} question(s) whose first passage came from elsewhere, worst first**")
     st.dataframe(pd.DataFrame([{
         "line": d["line"], "question": d["question"],
         "expected": d["document"] + (f", p. {', '.join(map(str, d['pages']))}" if d.get("pages") else ""),

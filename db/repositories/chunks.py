@@ -151,7 +151,8 @@ class Candidate:
 
     hit: Hit
     vector_rank: int | None  # 1 = nearest; None: not among the vector half's candidates
-    text_score: float | None  # the summed weights of the question words and phrases it holds; None: not matched
+    text_score: float  # the summed weights of the question words and phrases it holds (0: none)
+    text_listed: bool = False  # among the full-text half's own candidates
 
 
 # The question's lexemes (the text search configuration's normalisation, stop words out), where they stand, and
@@ -178,8 +179,9 @@ def question_terms(
 # slightly out of order, so ranks are recomputed from the distances. The full-text side takes the chunks that hold
 # any of the question's rarer words (``:match``, at most ``:rank_limit`` of them, which bounds the statement's
 # time) and scores each by the weights of the words and phrases it holds (``:queries``/``:weights``, BM25-style
-# inverse document frequencies). Each candidate keeps its cosine similarity for the relevance threshold, also when
-# only full-text found it; fusing the two lists is the caller's.
+# inverse document frequencies). Every candidate gets both scores, whichever half found it: its cosine similarity
+# (also the relevance threshold's) and its full-text score, so fusion compares like with like; fusing is the
+# caller's.
 _CANDIDATES = """
 WITH vector_hits AS (
     SELECT id, row_number() OVER (ORDER BY distance, id) AS rank
@@ -209,7 +211,8 @@ text_hits AS (
     LIMIT :candidates
 )
 SELECT coalesce(v.id, t.id) AS id, c.document_id, d.filename, c.page, c.locator, c.ordinal, c.text,
-       1 - (c.embedding <=> :embedding) AS score, v.rank AS vector_rank, t.text_score
+       1 - (c.embedding <=> :embedding) AS score, v.rank AS vector_rank, t.id IS NOT NULL AS text_listed,
+       coalesce(t.text_score, (SELECT sum(w.weight) FROM weighted w WHERE c.tsv @@ w.query), 0) AS text_score
 FROM vector_hits v
 FULL OUTER JOIN text_hits t ON t.id = v.id
 JOIN chunks c ON c.id = coalesce(v.id, t.id)
@@ -265,7 +268,8 @@ def hybrid_candidates(
                 vector_rank=row.vector_rank,
             ),
             vector_rank=row.vector_rank,
-            text_score=None if row.text_score is None else float(row.text_score),
+            text_score=float(row.text_score or 0.0),
+            text_listed=bool(row.text_listed),
         )
         for row in rows
     ]

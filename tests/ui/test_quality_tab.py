@@ -79,3 +79,39 @@ def test_quality_tab_shows_the_latest_figures_trend_worst_questions_and_alerts(e
     task_id = note.split("[", 1)[1].split("]", 1)[0]
     record = events.get_task(task_id)
     assert record["name"] == "maintenance.evaluate" and json.loads(record["args"])["args"] == [kb_id, None, None, "page"]
+
+
+def test_golden_runs_show_document_and_page_figures_apart_from_the_sampled_trend(evaluated_kb):
+    from infra.database import session_scope
+
+    kb_id, name, missed, _ = evaluated_kb
+    wrong = f"Which lamp did the keepers trim {uuid.uuid4().hex[:6]}?"
+    details = [
+        {"line": 2, "question": "Who kept the lamp?", "document": "lighthouse.pdf", "document_id": 1, "page": 2,
+         "pages": [2], "rank": 1, "page_rank": 1, "top": [{"chunk_id": 1, "document": "lighthouse.pdf", "page": 2,
+                                                            "score": 0.8}]},
+        {"line": 3, "question": wrong, "document": "lighthouse.pdf", "document_id": 1, "page": 3, "pages": [3],
+         "rank": 2, "page_rank": None, "top": [{"chunk_id": 7, "document": "glacier.pdf", "page": 1, "score": 0.5}]},
+    ]
+    with session_scope() as session:
+        session.execute(text(
+            "INSERT INTO eval_runs (kb_id, trigger, status, seed, sample_size, questions, question_mode, hit_at_1, "
+            "hit_at_5, hit_at_10, mrr, page_hit_at_1, page_hit_at_5, page_hit_at_10, details, finished_at) VALUES "
+            "(:kb, 'cli', 'succeeded', 987654321, 2, 2, 'golden', 0.5, 1.0, 1.0, 0.75, 0.5, 0.5, 0.5, "
+            "CAST(:details AS jsonb), now())"), {"kb": kb_id, "details": json.dumps(details)})
+    st.cache_data.clear()
+    at = AppTest.from_file(str(ENTRYPOINT), default_timeout=60)
+    at.run()
+    at.switch_page("../pages/monitoring.py").run()
+    at.selectbox(key="mon_eval_kb").set_value(kb_id).run()
+    assert not at.exception, at.exception
+
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["hit@5"] == "0.50"  # the sampled runs' figures are not mixed with the golden run's
+    assert metrics["document hit@1"] == "0.50" and metrics["page hit@5"] == "0.50" and metrics["document MRR"] == "0.750"
+    frames = [f.value for f in at.dataframe]
+    golden = next(f for f in frames if "retrieved instead" in f.columns)
+    assert list(golden["question"]) == [wrong]
+    row = golden.iloc[0]
+    assert row["expected"] == "lighthouse.pdf, p. 3" and row["document rank"] == "2" and row["page rank"] == "missed"
+    assert row["retrieved instead"] == "glacier.pdf, p. 1"

@@ -73,7 +73,7 @@ def test_idf_falls_with_frequency():
 def _candidate(chunk_id: int, cosine: float, vector_rank: int | None, text_score: float | None) -> Candidate:
     hit = Hit(chunk_id=chunk_id, document_id=1, document="d.pdf", page=chunk_id, locator=None, score=cosine,
               text=f"chunk {chunk_id}", ordinal=chunk_id, vector_rank=vector_rank)
-    return Candidate(hit=hit, vector_rank=vector_rank, text_score=text_score)
+    return Candidate(hit=hit, vector_rank=vector_rank, text_score=text_score or 0.0, text_listed=text_score is not None)
 
 
 def test_a_weak_full_text_list_cannot_displace_the_vector_top_hits():
@@ -90,6 +90,14 @@ def test_a_passage_holding_the_questions_rare_words_rises():
     fused = fuse([*vector, exact], text_total=20.0, text_weight=0.3)
     assert fused[0].chunk_id == 42
     assert fused[0].text_rank == 1 and fused[0].vector_rank is None
+
+
+def test_every_candidate_is_scored_by_both_halves():
+    # The vector half's best passage holds the question's words too, though full-text listed others first.
+    best = Candidate(hit=_candidate(1, 0.70, 1, None).hit, vector_rank=1, text_score=8.0, text_listed=False)
+    listed = _candidate(2, 0.60, None, 9.0)
+    fused = fuse([best, listed], text_total=10.0, text_weight=0.3)
+    assert [h.chunk_id for h in fused] == [1, 2]  # 0.70 + 0.24 beats 0.60 + 0.27
 
 
 def test_fusion_modes_use_one_half_alone():
@@ -125,3 +133,29 @@ def test_date_prefers_a_cued_date_and_falls_back_to_the_first():
     assert document_date(["Printed 2024-01-05. Version date: 12 May 2023"]) == "12 May 2023"
     assert document_date(["Signed on 07/01/2022 in Oslo"]) == "07/01/2022"
     assert document_date(["no date at all"]) is None
+
+
+def test_pdf_pages_get_the_heading_they_sit_under_without_running_headers():
+    running = "Acme Corp Annual Report"
+    pages = [
+        f"{running}\nConsolidated Statement of Cash Flows\n(Millions) 2023 2022\nNet income 5,363 4,869",
+        f"{running}\nNotes to the Financial Statements\nNOTE 1. Significant Accounting Policies\nAll subsidiaries are consolidated.",
+        f"{running}\nmarketable securities are recorded at fair value, as the policy says.\nMore text here.",
+        f"{running}\nRisk Factors\nThe company faces competition.",
+        f"{running}\nthe end of the report.",
+    ]
+    from rag.context import page_headings
+
+    assert page_headings(pages) == [
+        "Consolidated Statement of Cash Flows",
+        "Notes to the Financial Statements > NOTE 1. Significant Accounting Policies",
+        "Notes to the Financial Statements > NOTE 1. Significant Accounting Policies",  # continues
+        "Risk Factors",
+        "Risk Factors",
+    ]
+
+
+def test_a_sentence_is_not_a_heading():
+    from rag.context import page_headings
+
+    assert page_headings(["The pilot reported engine trouble.\nit was raining"]) == [None]
