@@ -219,7 +219,8 @@ def answer_requests(tgi: TGIServer) -> list[dict]:
 def test_an_answer_that_cites_nothing_still_shows_the_passages_it_was_given(stack, fresh_behaviour):
     fresh_behaviour.answer = "Divers repaired the cable in four days."  # no [n] marker: small models do this
     conversation_id = new_conversation(stack.kb_id)
-    run = say(stack.kb_id, conversation_id, "Who repaired the submarine telegraph cable?")
+    # A question no other test asks: the answer cache would otherwise hand this answer to the next test.
+    run = say(stack.kb_id, conversation_id, "Which crew mended the submarine telegraph cable?")
 
     assert run.done["mode"] == "llm" and run.text == "Divers repaired the cable in four days."
     given = run.done["citations"]
