@@ -57,8 +57,9 @@ def load_questions(files: list[Path]) -> list[Question]:
     return questions
 
 
-def build_kb(name: str, files: list[Path], rebuild: bool) -> int:
-    """The knowledge base with every file ingested by the current recipe; ingests what is missing."""
+def build_kb(name: str, files: list[Path], rebuild: bool) -> tuple[int, list[int]]:
+    """The knowledge base with every file ingested by the current recipe (ingests what is missing), and the ids of
+    ``files``' documents in it."""
     from db.repositories import documents as document_repo
     from db.repositories import knowledge_bases as kb_repo
     from infra.database import session_scope
@@ -72,9 +73,10 @@ def build_kb(name: str, files: list[Path], rebuild: bool) -> int:
             library.delete_kb(session=session, kb_id=kb.id)
     with session_scope() as session:
         kb_id = library.get_or_create_kb(session=session, name=name).id
-        todo = []
+        todo, ids = [], []
         for path in files:
             outcome = library.store_upload(session=session, kb_id=kb_id, filename=path.name, data=path.read_bytes())
+            ids.append(outcome.document_id)
             if outcome.status == "queued":
                 todo.append(outcome.document_id)
             elif outcome.document_id is not None:
@@ -88,7 +90,7 @@ def build_kb(name: str, files: list[Path], rebuild: bool) -> int:
             if result.status != "ready":
                 print(f"  document {document_id}: {result.status} {result.error}", file=sys.stderr)
         print(f"ingested {len(todo)} documents in {time.perf_counter() - started:.0f} s")
-    return kb_id
+    return kb_id, ids
 
 
 def baseline_index(files: list[Path]) -> tuple[np.ndarray, list[tuple[str, int]]]:
@@ -126,7 +128,7 @@ def ntsb_evaluation(seeds: tuple[int, ...] = (1, 2, 3), size: int = 100) -> dict
     from rag.evaluation import evaluate_kb
 
     files = sorted((CORPUS.parent / "ntsb").glob("*.pdf"))
-    kb_id = build_kb(f"bench-ntsb-{len(files)}", files, rebuild=False)
+    kb_id, _ = build_kb(f"bench-ntsb-{len(files)}", files, rebuild=False)
     runs = [evaluate_kb(kb_id, trigger="cli", seed=seed, sample_size=size) for seed in seeds]
     return {key: float(np.mean([run[key] for run in runs])) for key in ("hit_at_1", "hit_at_5", "hit_at_10", "mrr")}
 
@@ -145,7 +147,8 @@ def score(results: list[tuple[Question, list[tuple[str, set[int]]]]]) -> dict[st
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--docs", type=int, default=0, help="only the first N filings (by name) and their questions")
+    parser.add_argument("--docs", type=int, default=0,
+                        help="only the first N filings (by name) and their questions, searched among themselves")
     parser.add_argument("--rebuild", action="store_true", help="ingest the knowledge base again")
     parser.add_argument("--failures", type=int, default=15, help="how many missed questions to print")
     parser.add_argument("--modes", default=",".join(MODES), help="which kbchat pipelines to measure")
@@ -168,7 +171,9 @@ def main() -> int:
     questions = load_questions(files)
     services = start_services(DATA)
     try:
-        kb_id = build_kb(f"bench-financebench-{len(files)}", files, args.rebuild)
+        # One base for all runs; --docs N searches only the first N filings' documents in it.
+        kb_id, document_ids = build_kb("bench-financebench", files, args.rebuild)
+        subset = document_ids if args.docs else None
         table: dict[str, dict[str, float]] = {}
         misses = []
         for mode in [m for m in args.modes.split(",") if m]:
@@ -176,7 +181,8 @@ def main() -> int:
             for q in tqdm(questions, desc=f"kbchat {mode}", unit="q"):
                 started = time.perf_counter()
                 with session_scope() as session:
-                    hits = search(session=session, kb_id=kb_id, question=q.text, k=10, mode=mode)
+                    hits = search(session=session, kb_id=kb_id, question=q.text, k=10, mode=mode,
+                                  document_ids=subset)
                 latencies.append(time.perf_counter() - started)
                 results.append((q, [(h.document, passage_pages(h)) for h in hits]))
                 if mode == "hybrid" and not any(h.document == q.document for h in hits[:5]):

@@ -102,8 +102,8 @@ class Settings(BaseSettings):
         default="hybrid", description="hybrid: both halves fused; vector or fulltext: one half alone (for comparison)."
     )
     fulltext_weight: float = Field(
-        default=0.3, ge=0.0, description="Hybrid ranking: cosine + this x the share of the question's word weight "
-        "a passage holds (rare words weigh most). 0 = the vector half alone."
+        default=0.8, ge=0.0, description="Hybrid ranking: cosine + this x the share of the question's word weight "
+        "a passage holds (rare words weigh most). 0 = the vector half alone (bench/retrieval_quality.py)."
     )
     context_neighbours: int = Field(default=0, description="Adjacent chunks added around each passage for context.")
     min_relevance: float = Field(default=0.2, description="Cosine similarity below which a passage is not relevant.")

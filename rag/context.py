@@ -113,8 +113,8 @@ def _shape(line: str) -> str:
 
 def _heading_like(line: str) -> bool:
     words = line.split()
-    if not 2 <= len(words) <= 12 or len(line) > 100 or line[-1] in ".,;":
-        return False
+    if not 2 <= len(words) <= 12 or len(line) > 100 or line[-1] in ".,;" or ":" in line[:-1]:
+        return False  # a sentence, or a form's "Field: value" line
     if not re.search(r"[^\W\d_]{3,}", line):
         return False
     lettered = [w for w in words if re.search(r"[^\W\d_]", w) and w.lower() not in _SMALL_WORDS]

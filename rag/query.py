@@ -34,7 +34,6 @@ FILLER_WORDS = frozenset(
     """.split()
 )
 
-IDF_POWER = 1.0
 PHRASE_WEIGHT = 0.5  # a phrase match adds half the mean weight of its two words
 MAX_TERMS = 16  # the rarest words of a long question: the rest add almost nothing and cost time
 
@@ -97,7 +96,7 @@ def build(terms: Sequence[Term], total_chunks: int, rank_limit: int, max_terms: 
         return None
     present.sort(key=lambda t: (t.chunks, t.lexeme))
     kept = present[:max_terms]
-    weights = {t.lexeme: idf(t.chunks, max(total_chunks, t.chunks)) ** IDF_POWER for t in kept}
+    weights = {t.lexeme: idf(t.chunks, max(total_chunks, t.chunks)) for t in kept}
 
     matching: list[str] = []
     reach = 0

@@ -178,7 +178,8 @@ def question_terms(
 # Vector (HNSW, cosine) and full-text (GIN) candidates in one statement. Iterative scans may return neighbours
 # slightly out of order, so ranks are recomputed from the distances. The full-text side takes the chunks that hold
 # any of the question's rarer words (``:match``, at most ``:rank_limit`` of them, which bounds the statement's
-# time) and scores each by the weights of the words and phrases it holds (``:queries``/``:weights``, BM25-style
+# time), keeps the ``:prerank`` that ts_rank puts first (one cheap rank per match instead of a test per word), and
+# scores each by the weights of the words and phrases it holds (``:queries``/``:weights``, BM25-style
 # inverse document frequencies). Every candidate gets both scores, whichever half found it: its cosine similarity
 # (also the relevance threshold's) and its full-text score, so fusion compares like with like; fusing is the
 # caller's.
@@ -200,10 +201,15 @@ weighted AS MATERIALIZED (
 text_hits AS (
     SELECT m.id, sum(w.weight) AS text_score
     FROM (
-        SELECT c.id, c.tsv
-        FROM chunks c
-        WHERE c.kb_id = :kb_id AND c.tsv @@ CAST(:match AS tsquery) {document_filter}
-        LIMIT :rank_limit
+        SELECT found.id, found.tsv
+        FROM (
+            SELECT c.id, c.tsv
+            FROM chunks c
+            WHERE c.kb_id = :kb_id AND c.tsv @@ CAST(:match AS tsquery) {document_filter}
+            LIMIT :rank_limit
+        ) found
+        ORDER BY ts_rank(found.tsv, CAST(:match AS tsquery)) DESC
+        LIMIT :prerank
     ) m
     JOIN weighted w ON m.tsv @@ w.query
     GROUP BY m.id
@@ -247,6 +253,7 @@ def hybrid_candidates(
         "queries": [query for query, _ in weighted] if match else [],
         "weights": [float(weight) for _, weight in weighted] if match else [],
         "candidates": candidates,
+        "prerank": 4 * candidates,
         "rank_limit": max(rank_limit, candidates),
     }
     statement = _CANDIDATES_ALL

@@ -80,14 +80,14 @@ def test_a_weak_full_text_list_cannot_displace_the_vector_top_hits():
     vector = [_candidate(i, 0.80 - 0.02 * i, i, None) for i in range(1, 6)]
     # Full-text found five other chunks, each holding only a common word: a small share of the question's weight.
     weak = [_candidate(100 + i, 0.45, None, 0.4) for i in range(5)]
-    fused = fuse(vector + weak, text_total=20.0, text_weight=0.3)
+    fused = fuse(vector + weak, text_total=20.0, text_weight=0.8)
     assert [h.chunk_id for h in fused[:5]] == [1, 2, 3, 4, 5]
 
 
 def test_a_passage_holding_the_questions_rare_words_rises():
     vector = [_candidate(i, 0.70 - 0.01 * i, i, None) for i in range(1, 6)]
     exact = _candidate(42, 0.62, None, 18.0)  # holds 90 % of the question's word weight
-    fused = fuse([*vector, exact], text_total=20.0, text_weight=0.3)
+    fused = fuse([*vector, exact], text_total=20.0, text_weight=0.8)
     assert fused[0].chunk_id == 42
     assert fused[0].text_rank == 1 and fused[0].vector_rank is None
 
@@ -96,7 +96,7 @@ def test_every_candidate_is_scored_by_both_halves():
     # The vector half's best passage holds the question's words too, though full-text listed others first.
     best = Candidate(hit=_candidate(1, 0.70, 1, None).hit, vector_rank=1, text_score=8.0, text_listed=False)
     listed = _candidate(2, 0.60, None, 9.0)
-    fused = fuse([best, listed], text_total=10.0, text_weight=0.3)
+    fused = fuse([best, listed], text_total=10.0, text_weight=0.8)
     assert [h.chunk_id for h in fused] == [1, 2]  # 0.70 + 0.24 beats 0.60 + 0.27
 
 
