@@ -30,7 +30,10 @@ RUN pip install --upgrade pip \
         "torch==2.13.0" . \
     && python -c "import torch; assert '+cpu' in torch.__version__, torch.__version__"
 
+COPY infra/ infra/
+COPY telemetry/ telemetry/
 COPY rag/ rag/
+COPY usecases/ usecases/
 COPY db/ db/
 COPY tasks/ tasks/
 COPY kbchat/ kbchat/

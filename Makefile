@@ -25,13 +25,15 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 test: $(STAMP) chromium
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check rag db tasks kbchat streamlit_app pages tests bench
+	$(VENV)/bin/ruff check infra telemetry db rag usecases tasks kbchat streamlit_app pages tests bench
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format rag db tasks kbchat streamlit_app pages tests bench
+	$(VENV)/bin/ruff format infra telemetry db rag usecases tasks kbchat streamlit_app pages tests bench
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[bench]"

@@ -8,7 +8,7 @@ from sqlalchemy import create_engine, pool
 
 from alembic import context
 from db.models import Base
-from rag.runtime import service_urls
+from infra.discovery import service_urls
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

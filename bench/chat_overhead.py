@@ -46,7 +46,7 @@ QUESTIONS = [
 
 def start_worker(queues: str, concurrency: int, env: dict[str, str], log: Path) -> subprocess.Popen:
     """A ``kbchat worker`` process; returns once its heartbeat shows."""
-    from tasks import events
+    from telemetry import events
 
     already = sum(1 for w in events.live_workers() if w.get("queues") == queues)
 
@@ -81,24 +81,20 @@ def stop(process: subprocess.Popen) -> None:
 
 def ingest_demo(kb_name: str) -> int:
     """The NTSB reports in a base (once), so questions find passages; returns the base id."""
-    from db.session import session_scope
-    from rag.library import get_or_create_kb, store_upload
-    from tasks.client import enqueue_ingest
+    from tasks.backend import get_backend
+    from usecases.documents import upload_files
+    from usecases.knowledge_bases import create_kb
 
-    with session_scope() as session:
-        kb_id = get_or_create_kb(session=session, name=kb_name).id
+    kb_id, _ = create_kb(name=kb_name)
     for path in sorted((CORPUS / "ntsb").glob("*.pdf")):
-        with session_scope() as session:
-            outcome = store_upload(session=session, kb_id=kb_id, filename=path.name, data=path.read_bytes())
-        if outcome.status == "queued":
-            enqueue_ingest(outcome.document_id)
+        upload_files(get_backend(), kb_id=kb_id, files=[(path.name, path.read_bytes())])
     return kb_id
 
 
 def wait_idle(kb_id: int, timeout: float = 900) -> None:
     from db.models import FINAL_STATES
     from db.repositories import documents as document_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -111,20 +107,16 @@ def wait_idle(kb_id: int, timeout: float = 900) -> None:
 
 def load_documents(kb_name: str, count: int) -> int:
     """``count`` corpus PDFs queued for ingestion in a fresh base (each run gets new bytes: never a duplicate)."""
-    from db.session import session_scope
-    from rag.library import get_or_create_kb, store_upload
-    from tasks.client import enqueue_ingest
+    from tasks.backend import get_backend
+    from usecases.documents import upload_files
+    from usecases.knowledge_bases import create_kb
 
-    with session_scope() as session:
-        kb_id = get_or_create_kb(session=session, name=f"{kb_name}-load-{int(time.time())}").id
+    kb_id, _ = create_kb(name=f"{kb_name}-load-{int(time.time())}")
     files = sorted((CORPUS / "nih").glob("*.pdf")) + sorted((CORPUS / "ntsb").glob("*.pdf"))
     for i in range(count):
         path = files[i % len(files)]
         data = path.read_bytes() + f"\n% bench copy {i} {time.time()}\n".encode()  # still a valid PDF
-        with session_scope() as session:
-            outcome = store_upload(session=session, kb_id=kb_id, filename=f"{i:02d}-{path.name}", data=data)
-        if outcome.status == "queued":
-            enqueue_ingest(outcome.document_id)
+        upload_files(get_backend(), kb_id=kb_id, files=[(f"{i:02d}-{path.name}", data)])
     return kb_id
 
 
@@ -195,8 +187,9 @@ def task_ttft(kb_id: int, questions: list[str], concurrency: int, stagger: float
     """Milliseconds from enqueue to the first token read from the stream, how many chats failed, and each chat's
     steps (see ``steps``). With ``stagger`` the chats start spread evenly over that many seconds (people do not
     press Enter in step); without it all ask their first question at the same instant (a burst)."""
-    from tasks.client import enqueue
-    from tasks.streams import follow
+    from tasks.backend import get_backend
+    from telemetry.answer_streams import follow
+    from usecases.asking import ask
 
     times: list[float] = []
     breakdowns: list[dict] = []
@@ -215,7 +208,7 @@ def task_ttft(kb_id: int, questions: list[str], concurrency: int, stagger: float
             first = first_wall = None
             timings: dict = {}
             try:
-                task_id = enqueue("chat.answer", kb_id, question, None)
+                task_id = ask(get_backend(), kb_id=kb_id, question=question).task_id
                 enqueued = time.perf_counter()
                 for kind, data in follow(task_id, timeout=60):
                     if kind == "token" and first is None:
@@ -251,9 +244,9 @@ def steps(task_id: str, sent_at: float, enqueue_ms: float, read_at: float, timin
     ``enqueue`` the call; ``pickup`` from the call's start to the worker's started record minus the call;
     ``in task`` from there to the first token's stream entry (``retrieval``/``model`` parts from the answer's
     own timings: the model part includes the server's first-token time); ``read`` from that entry to the reader."""
-    from tasks import events
-    from tasks.redis_client import get_redis
-    from tasks.streams import STREAM_KEY
+    from infra.redis_client import get_redis
+    from telemetry import events
+    from telemetry.answer_streams import STREAM_KEY
 
     record = events.get_task(task_id) or {}
     entries = get_redis().xrange(STREAM_KEY.format(task_id))
@@ -335,7 +328,7 @@ def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     tgi, tgi_url = start_tgi(args.token_latency, logs / "bench-tgi.log")
     os.environ["KBCHAT_TGI_URL"] = tgi_url
-    from rag.config import get_settings
+    from infra.settings import get_settings
 
     get_settings.cache_clear()
     env = {"KBCHAT_TGI_URL": tgi_url, "KBCHAT_ANSWER_CACHE_TTL_SECONDS": "0"}

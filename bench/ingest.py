@@ -39,8 +39,8 @@ def line(label: str, value: str) -> None:
 
 def start_services(data_dir: Path):
     from db import migrate
+    from infra.settings import Settings, get_settings
     from kbchat.services import Services
-    from rag.config import Settings, get_settings
 
     os.environ["KBCHAT_DATA_DIR"] = str(data_dir)
     for key in ("KBCHAT_DATABASE_URL", "KBCHAT_REDIS_URL"):
@@ -55,7 +55,7 @@ def start_services(data_dir: Path):
 
 
 def start_worker(concurrency: int, log_path: Path) -> subprocess.Popen:
-    from tasks import events
+    from telemetry import events
 
     log = open(log_path, "ab")
     process = subprocess.Popen(
@@ -88,20 +88,19 @@ def ingest_through_worker(files: list[Path] | list[tuple[str, bytes]], kb_name: 
     are final, and the documents."""
     from db.models import FINAL_STATES
     from db.repositories import documents as document_repo
-    from db.session import session_scope
-    from rag.library import get_or_create_kb, store_upload
-    from tasks.client import enqueue_ingest
+    from infra.database import session_scope
+    from tasks.backend import get_backend
+    from usecases.documents import upload_files
+    from usecases.knowledge_bases import create_kb
 
     payloads = [(f.name, f.read_bytes()) if isinstance(f, Path) else f for f in files]
     started = time.perf_counter()
     ids = []
-    for name, data in payloads:
-        with session_scope() as session:
-            kb = get_or_create_kb(session=session, name=kb_name)
-            outcome = store_upload(session=session, kb_id=kb.id, filename=name, data=data)
+    kb_id, _ = create_kb(name=kb_name)
+    for name, data in payloads:  # one at a time, so the worker starts on the first while the others are stored
+        (outcome,) = upload_files(get_backend(), kb_id=kb_id, files=[(name, data)])
         if outcome.status != "queued":
             raise RuntimeError(f"{name}: {outcome.status} {outcome.error}")
-        enqueue_ingest(outcome.document_id)
         ids.append(outcome.document_id)
     while True:
         with session_scope() as session:
@@ -115,7 +114,7 @@ def chunk_texts(kb_name: str) -> list[str]:
     """The texts the pipeline embedded (context header + heading path + chunk), in document order."""
     from sqlalchemy import text
 
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.ingestion import embedding_text
 
     with session_scope() as session:
@@ -306,7 +305,7 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-    from rag.config import get_settings
+    from infra.settings import get_settings
 
     data_dir = Path(tempfile.mkdtemp(prefix="kbchat-bench-"))
     services = worker = None

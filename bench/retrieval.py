@@ -36,8 +36,8 @@ def start_services(data_dir: Path) -> object | None:
     if os.environ.get("KBCHAT_DATABASE_URL"):
         migrate.upgrade(os.environ["KBCHAT_DATABASE_URL"])
         return None
+    from infra.settings import Settings, get_settings
     from kbchat.services import Services
-    from rag.config import Settings, get_settings
 
     data_dir.mkdir(parents=True, exist_ok=True)
     services = Services(Settings(data_dir=data_dir), write_state=False)
@@ -50,9 +50,9 @@ def start_services(data_dir: Path) -> object | None:
 
 def corpus_chunks(limit: int) -> list[tuple[str, int | None, str]]:
     """(file, page, text) of real chunks of the corpus, parsed and chunked as an upload would be."""
+    from infra.settings import get_settings
     from rag import embedding
     from rag.chunking import split_sections
-    from rag.config import get_settings
     from rag.parsing import ParseError, parse
 
     settings = get_settings()
@@ -86,9 +86,9 @@ def build(kb_name: str, total: int, base_limit: int, seed: int) -> int:
 
     from db.repositories import chunks as chunk_repo
     from db.repositories import documents as document_repo
-    from db.session import session_scope
+    from infra.database import session_scope
+    from infra.settings import get_settings
     from rag import embedding
-    from rag.config import get_settings
     from rag.library import get_or_create_kb
 
     rng = random.Random(seed)
@@ -160,7 +160,7 @@ def build(kb_name: str, total: int, base_limit: int, seed: int) -> int:
 
 def find_kb(kb_name: str) -> tuple[int, int] | None:
     from db.repositories import knowledge_bases as kb_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         kb = kb_repo.get_by_name(session=session, name=kb_name)
@@ -171,7 +171,7 @@ def questions(kb_id: int, count: int, seed: int) -> list[str]:
     """Sentences of the base's real chunks, as questions a reader might type (8-25 words)."""
     from sqlalchemy import text
 
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         texts = (
@@ -197,9 +197,9 @@ def percentile(values: list[float], q: float) -> float:
 
 def measure(kb_id: int, qs: list[str], efs: list[int]) -> None:
     from db.repositories import chunks as chunk_repo
-    from db.session import session_scope
+    from infra.database import session_scope
+    from infra.settings import get_settings
     from rag import embedding, retrieval
-    from rag.config import get_settings
 
     settings = get_settings()
     embedding.embed(["warm up"])
@@ -286,7 +286,7 @@ def main() -> None:
         found = find_kb(name)
         if found and (args.rebuild or found[1] < args.chunks):
             from db.repositories import knowledge_bases as kb_repo
-            from db.session import session_scope
+            from infra.database import session_scope
 
             with session_scope() as session:
                 kb_repo.delete_kb(session=session, kb_id=found[0])
@@ -296,7 +296,7 @@ def main() -> None:
             kb_id = build(name, args.chunks, args.base, args.seed)
             from sqlalchemy import text
 
-            from db.session import session_scope
+            from infra.database import session_scope
 
             with session_scope() as session:
                 # What autovacuum would do soon after a bulk load: merge the GIN pending list (which every

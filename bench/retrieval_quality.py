@@ -62,7 +62,7 @@ def build_kb(name: str, files: list[Path], rebuild: bool) -> tuple[int, list[int
     ``files``' documents in it."""
     from db.repositories import documents as document_repo
     from db.repositories import knowledge_bases as kb_repo
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag import library
     from rag.context import CHUNK_RECIPE
     from rag.ingestion import ingest_document
@@ -160,7 +160,7 @@ def main() -> int:
         return 1
 
     from bench.retrieval import start_services
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag import embedding
     from rag.golden import passage_pages
     from rag.retrieval import search

@@ -35,7 +35,7 @@ def long_pdf(pages: int) -> bytes:
 
 
 def start_workers(count: int, split: int, log_dir: Path) -> list[subprocess.Popen]:
-    from tasks import events
+    from telemetry import events
 
     processes = []
     for index in range(count):

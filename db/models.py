@@ -23,7 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from rag.config import get_settings
+from infra.settings import get_settings
 
 EMBEDDING_DIM = get_settings().embedding_dim
 
@@ -232,7 +232,7 @@ class Alert(Base):
     kb_id: Mapped[int | None] = mapped_column(ForeignKey("knowledge_bases.id", ondelete="SET NULL"))
     message: Mapped[str] = mapped_column(Text)
     payload: Mapped[dict] = mapped_column(JSONB)
-    delivery: Mapped[str] = mapped_column(String(20))  # sent | failed | not_configured
+    delivery: Mapped[str] = mapped_column(String(20))  # sending | sent | failed | not_configured
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     delivery_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created()

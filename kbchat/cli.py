@@ -1,4 +1,9 @@
-"""The ``kbchat`` command line: run the stack, start processes, ingest, search and ask from a shell."""
+"""The ``kbchat`` command line: run the stack, start processes, ingest, search and ask from a shell.
+
+Each command imports what it uses inside its function: ``kbchat --help`` and the commands that only start other
+processes must not pay for loading torch, Streamlit or a task backend (late imports for start-up time; the layers
+contract in pyproject.toml still checks them).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,10 @@ import argparse
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
-from rag.runtime import ServiceUnavailable
+from infra.discovery import ServiceUnavailable
+from kbchat import kb_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,15 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     except ServiceUnavailable as exc:
         print(f"kbchat: {exc}", file=sys.stderr)
         return 2
-    except KnowledgeBaseMissing as exc:
+    except kb_commands.KnowledgeBaseMissing as exc:
         print(f"kbchat: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-class KnowledgeBaseMissing(LookupError):
-    pass
 
 
 def _cmd_run(args) -> int:
@@ -104,9 +105,9 @@ def _cmd_run(args) -> int:
 def _cmd_web(args) -> int:
     import os
 
+    from infra.discovery import service_urls
+    from infra.settings import get_settings
     from kbchat.runner import web_argv
-    from rag.config import get_settings
-    from rag.runtime import service_urls
 
     settings = get_settings()
     service_urls()  # fail early with a plain message
@@ -117,8 +118,8 @@ def _cmd_web(args) -> int:
 
 def _cmd_migrate(args) -> int:
     from db import migrate
-    from db.session import check_database
-    from rag.runtime import service_urls
+    from infra.database import check_database
+    from infra.discovery import service_urls
 
     url = service_urls().database_url
     check_database(url)
@@ -130,7 +131,7 @@ def _cmd_migrate(args) -> int:
 def _cmd_worker(args) -> int:
     from tasks.worker import exec_worker
 
-    _check_services()
+    kb_commands.check_services()
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     try:
         exec_worker(queues, args.concurrency)
@@ -143,241 +144,32 @@ def _cmd_worker(args) -> int:
 def _cmd_scheduler(args) -> int:
     from tasks.scheduler import exec_scheduler
 
-    _check_services()
+    kb_commands.check_services()
     exec_scheduler()
     return 0
 
 
 def _cmd_healthcheck(args) -> int:
-    _check_services()
+    kb_commands.check_services()
     print("ok")
     return 0
 
 
 def _cmd_metrics(args) -> int:
+    from infra.discovery import service_urls
     from kbchat.metrics import serve
     from kbchat.services import check_redis
-    from rag.runtime import service_urls
 
     check_redis(service_urls().redis_url)
     serve(args.host, args.port)
     return 0
 
 
-def _check_services() -> None:
-    from db.session import check_database
-    from kbchat.services import check_redis
-    from rag.runtime import service_urls
-
-    urls = service_urls()
-    check_database(urls.database_url)
-    check_redis(urls.redis_url)
-
-
-def _files(paths: list[Path]) -> list[Path]:
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")))
-        else:
-            found.append(path)
-    return found
-
-
-def _cmd_ingest(args) -> int:
-    from db.repositories import documents as document_repo
-    from db.session import session_scope
-    from rag.library import UploadOutcome, get_or_create_kb, store_upload
-    from tasks.client import enqueue_ingest
-
-    _check_services()
-    outcomes: list[UploadOutcome] = []
-    for path in _files(args.paths):
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            outcomes.append(UploadOutcome(path.name, "rejected", error=f"cannot read {path}: {exc.strerror}"))
-            continue
-        with session_scope() as session:  # one transaction per file: one bad file never undoes another
-            kb = get_or_create_kb(session=session, name=args.kb)
-            outcomes.append(store_upload(session=session, kb_id=kb.id, filename=path.name, data=data))
-    queued = [o.document_id for o in outcomes if o.status == "queued" and o.document_id is not None]
-    for document_id in queued:
-        enqueue_ingest(document_id)
-
-    documents: dict[int, object] = {}
-    if args.wait and queued:
-        documents = _wait_for_documents(queued, args.timeout, quiet=False)
-    elif queued:
-        with session_scope() as session:
-            documents = {d.id: d for d in document_repo.list_by_ids(session=session, document_ids=queued)}
-
-    rows = []
-    for outcome in outcomes:
-        document = documents.get(outcome.document_id) if outcome.status == "queued" else None
-        rows.append(
-            {
-                "file": outcome.filename,
-                "document_id": outcome.document_id,
-                "status": document.status if document is not None else outcome.status,
-                "pages": document.pages if document is not None else None,
-                "chunks": document.chunk_count if document is not None else 0,
-                "duplicate_of": outcome.duplicate_of,
-                "error": (document.error if document is not None else None) or outcome.error,
-            }
-        )
-    if args.json:
-        print(json.dumps(rows, indent=2, ensure_ascii=False))
-    else:
-        for row in rows:
-            detail = row["error"] or (f"{row['pages']} pages, {row['chunks']} chunks" if row["pages"] else "")
-            print(f"{row['status']:<10} {row['file']}" + (f"  — {detail}" if detail else ""))
-    bad = [r for r in rows if r["status"] in ("failed", "rejected")]
-    unfinished = args.wait and any(r["status"] not in ("ready", "failed", "rejected", "duplicate") for r in rows)
-    return 1 if bad or unfinished else 0
-
-
-_STAGE_WEIGHT = {"queued": 0.0, "parsing": 0.05, "chunking": 0.3, "embedding": 0.35, "storing": 0.95}
-
-
-def _wait_for_documents(document_ids: list[int], timeout: float, quiet: bool) -> dict[int, object]:
-    """Poll the documents until all are final, with a progress bar on stderr."""
-    from tqdm import tqdm
-
-    from db.models import FINAL_STATES
-    from db.repositories import documents as document_repo
-    from db.session import session_scope
-
-    deadline = time.monotonic() + timeout
-    with tqdm(total=len(document_ids), unit="file", file=sys.stderr, disable=quiet,
-              bar_format="{l_bar}{bar}| {n:.1f}/{total} files [{elapsed}<{remaining}] {postfix}") as bar:
-        while True:
-            with session_scope() as session:
-                documents = {d.id: d for d in document_repo.list_by_ids(session=session, document_ids=document_ids)}
-            done = 0.0
-            for document in documents.values():
-                if document.status in FINAL_STATES:
-                    done += 1
-                else:
-                    base = _STAGE_WEIGHT.get(document.status, 0.0)
-                    span = 0.6 if document.status == "embedding" else 0.25 if document.status == "parsing" else 0.0
-                    done += base + span * (document.progress or 0.0)
-            bar.n = round(done, 2)
-            active = [d for d in documents.values() if d.status not in FINAL_STATES]
-            bar.set_postfix_str(", ".join(sorted({d.status for d in active})) or "done")
-            bar.refresh()
-            if not active or time.monotonic() > deadline:
-                return documents
-            time.sleep(0.5)
-
-
-def _kb_id(name: str) -> int:
-    from db.repositories import knowledge_bases as kb_repo
-    from db.session import session_scope
-
-    with session_scope() as session:
-        kb = kb_repo.get_by_name(session=session, name=name)
-        if kb is None:
-            names = [k.name for k in kb_repo.list_knowledge_bases(session=session)]
-            raise KnowledgeBaseMissing(
-                f"no knowledge base named {name!r}" + (f"; there are: {', '.join(names)}" if names else "; none exist yet")
-            )
-        return kb.id
-
-
-def _cmd_search(args) -> int:
-    from db.session import check_database, session_scope
-    from rag.retrieval import hit_to_dict, search
-    from rag.runtime import service_urls
-
-    check_database(service_urls().database_url)  # a plain message, not a traceback, when it does not answer
-    kb_id = _kb_id(args.kb)
-    with session_scope() as session:
-        hits = search(session=session, kb_id=kb_id, question=args.question, k=args.k, mode=args.mode)
-    if args.json:
-        print(json.dumps({"question": args.question, "kb": args.kb, "hits": [hit_to_dict(h) for h in hits]},
-                         indent=2, ensure_ascii=False))
-        return 0
-    from rag.answering import citation_label
-
-    for rank, hit in enumerate(hits, start=1):
-        text = " ".join(hit.text.split())
-        print(f"{rank}. [{hit.score:.3f}] {citation_label(hit)}\n   {text[:300]}{'…' if len(text) > 300 else ''}\n")
-    if not hits:
-        print("no passages (is the knowledge base empty?)")
-    return 0
-
-
-def _cmd_ask(args) -> int:
-    from rag.citations import citation_label
-    from tasks.client import enqueue
-    from tasks.streams import follow, request_stop
-
-    _check_services()  # both are needed: a plain message, not a traceback (or a 20 s Celery retry), when one is down
-    kb_id = _kb_id(args.kb)
-    started = time.perf_counter()
-    task_id = enqueue("chat.answer", kb_id, args.question, None)
-    answer: list[str] = []
-    meta: dict = {}
-    done: dict = {}
-    notices: list[str] = []
-    first_token: float | None = None
-    try:
-        for kind, data in follow(task_id, timeout=args.timeout):
-            if kind == "meta":
-                meta = data
-            elif kind == "token":
-                first_token = first_token or time.perf_counter()
-                answer.append(data)
-                if not args.json:
-                    print(data, end="", flush=True)
-            elif kind == "status" and not args.json:
-                print(f"kbchat: {data.get('message') if isinstance(data, dict) else data}", file=sys.stderr)
-            elif kind == "notice":
-                notices.append(str(data))
-                if not args.json:
-                    print(f"\n\n[{data}]", end="", flush=True)
-            elif kind == "done":
-                done = data
-            elif kind == "error":
-                message = data.get("message") if isinstance(data, dict) else data
-                print(f"\nkbchat: the answer failed: {message}", file=sys.stderr)
-                return 1
-    except TimeoutError:
-        print(f"kbchat: no answer started within {args.timeout:.0f} s: is a chat worker running? (task {task_id})",
-              file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        request_stop(task_id)  # the worker stops generating too
-        raise
-    timings = dict(done.get("timings", {}))
-    timings["end_to_end_ms"] = round((time.perf_counter() - started) * 1000, 1)
-    if first_token is not None:
-        timings["end_to_end_first_token_ms"] = round((first_token - started) * 1000, 1)
-    citations = [_citation_json(c) for c in done.get("citations", meta.get("citations", []))]
-    mode = done.get("mode") or meta.get("mode")
-    if args.json:
-        extra = {k: True for k in ("stopped", "interrupted", "no_answer") if done.get(k) or meta.get(k)}
-        print(json.dumps({"answer": "".join(answer), "mode": mode, "citations": citations, "timings": timings,
-                          "task_id": task_id, **({"notices": notices} if notices else {}), **extra},
-                         indent=2, ensure_ascii=False))
-    else:
-        print()
-        if mode == "extractive" and not done.get("no_answer"):
-            print("(extractive answer: quoted passages, no language model)", file=sys.stderr)
-        elif mode == "cache":
-            print("(answered from the cache: the same question was asked before)", file=sys.stderr)
-        if citations:
-            print("Passages given to the model; the answer cites none:" if not any(c["cited"] for c in citations)
-                  else "Sources:")
-            for c in citations:
-                print(f"  [{c['n']}] {citation_label(c)} (score {c['score']:.2f})")
-    return 0
-
-
 def _eval_golden(args, kb_id: int) -> int:
     from tqdm import tqdm
 
+    from db.repositories import evaluations as eval_repo
+    from infra.database import session_scope
     from rag import golden
     from rag.evaluation import evaluate_golden
 
@@ -396,9 +188,6 @@ def _eval_golden(args, kb_id: int) -> int:
             bar.refresh()
 
         summary = evaluate_golden(run_id, progress=progress)
-    from db.repositories import evaluations as eval_repo
-    from db.session import session_scope
-
     with session_scope() as session:
         run = eval_repo.get(session=session, run_id=run_id)
         details = list(run.details or []) if run else []
@@ -430,11 +219,11 @@ def _cmd_eval(args) -> int:
     from tqdm import tqdm
 
     from db.repositories import evaluations as eval_repo
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.evaluation import evaluate_kb
 
-    _check_services()
-    kb_id = _kb_id(args.kb)
+    kb_commands.check_services()
+    kb_id = kb_commands.kb_id_named(args.kb)
     if args.questions is not None:
         return _eval_golden(args, kb_id)
     with tqdm(total=0, unit="question", file=sys.stderr, disable=args.json, desc="evaluating") as bar:
@@ -469,43 +258,17 @@ def _cmd_eval(args) -> int:
     return 0
 
 
-def _cmd_check(args) -> int:
-    from rag.consistency import check
-
-    _check_services()
-    kb_id = _kb_id(args.kb) if args.kb else None
-    report = check(kb_id=kb_id, fix=args.fix)
-    if args.json:
-        print(json.dumps(report, indent=2, ensure_ascii=False, default=str))
-    else:
-        scope = f"knowledge base {args.kb!r}" if args.kb else f"{report['knowledge_bases']} knowledge base(s)"
-        if not report["problems"]:
-            print(f"consistent: {scope}, nothing to fix")
-        for p in report["problems"]:
-            where = " / ".join(str(x) for x in (p.get("kb"), p.get("document")) if x)
-            print(f"{p['kind']:<20} {where}: {p['detail']} — {p['action']}")
-    unfixed = [p for p in report["problems"] if not args.fix or p["kind"] == "missing_blob"]
-    return 1 if unfixed else 0
-
-
-def _citation_json(citation: dict) -> dict:
-    """The citation fields the CLI promises (README: ``kbchat ask --json``)."""
-    keys = ("n", "document", "document_id", "page", "locator", "chunk_id", "score", "text")
-    # cited: False when the answer cites no passage and these are the passages the model was given.
-    return {**{key: citation.get(key) for key in keys}, "cited": citation.get("cited", True)}
-
-
 COMMANDS = {
     "run": _cmd_run,
     "web": _cmd_web,
     "migrate": _cmd_migrate,
     "worker": _cmd_worker,
     "scheduler": _cmd_scheduler,
-    "ingest": _cmd_ingest,
-    "search": _cmd_search,
-    "ask": _cmd_ask,
+    "ingest": kb_commands.ingest_command,
+    "search": kb_commands.search_command,
+    "ask": kb_commands.ask_command,
     "eval": _cmd_eval,
-    "check": _cmd_check,
+    "check": kb_commands.check_command,
     "healthcheck": _cmd_healthcheck,
     "metrics": _cmd_metrics,
 }

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from db.repositories import knowledge_bases as kb_repo
-from db.session import session_scope
-from rag.config import Settings
-from rag.library import get_or_create_kb, store_upload
-from tasks.client import enqueue_ingest
+from infra.database import session_scope
+from infra.settings import Settings
+from tasks.backend import get_backend
+from usecases.documents import upload_files
+from usecases.knowledge_bases import create_kb
 
 DEMO_SUFFIXES = (".pdf", ".md", ".txt")
 
@@ -19,9 +20,6 @@ def load_demo(settings: Settings) -> int:
     with session_scope() as session:
         if kb_repo.get_by_name(session=session, name=settings.demo_kb) is not None:
             return 0
-        kb = get_or_create_kb(session=session, name=settings.demo_kb)
-        outcomes = [store_upload(session=session, kb_id=kb.id, filename=p.name, data=p.read_bytes()) for p in files]
-    queued = [o.document_id for o in outcomes if o.status == "queued" and o.document_id]
-    for document_id in queued:
-        enqueue_ingest(document_id)
-    return len(queued)
+    kb_id, _ = create_kb(name=settings.demo_kb)
+    outcomes = upload_files(get_backend(), kb_id=kb_id, files=[(p.name, p.read_bytes()) for p in files])
+    return sum(o.status == "queued" for o in outcomes)

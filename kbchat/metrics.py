@@ -20,9 +20,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from rag.config import get_settings
-from tasks import events, monitoring, system_status
-from tasks.redis_client import get_redis
+from db.repositories import alerts as alert_repo
+from db.repositories import evaluations as eval_repo
+from infra.database import session_scope
+from infra.redis_client import get_redis
+from infra.settings import get_settings
+from tasks import monitoring, system_status
+from telemetry import events, retrievals
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +148,7 @@ class KbchatCollector(Collector):
         yield workers
 
         empty = CounterMetricFamily("kbchat_empty_retrievals", "Questions that found no relevant passage")
-        empty.add_metric([], float(get_redis().hget(events.EMPTY_RETRIEVALS_COUNT_KEY, "total") or 0))
+        empty.add_metric([], float(get_redis().hget(retrievals.EMPTY_RETRIEVALS_COUNT_KEY, "total") or 0))
         yield empty
 
         pages = GaugeMetricFamily("kbchat_ingest_pages_per_second",
@@ -197,21 +201,9 @@ class KbchatCollector(Collector):
 
 
 def _quality_figures() -> dict:
-    from sqlalchemy import text
-
-    from db.session import session_scope
-
     with session_scope() as session:
-        runs = session.execute(text("""
-            SELECT DISTINCT ON (r.kb_id) k.name, r.hit_at_1, r.hit_at_5, r.hit_at_10, r.mrr,
-                   extract(epoch FROM now() - r.started_at) AS age
-            FROM eval_runs r JOIN knowledge_bases k ON k.id = r.kb_id
-            WHERE r.status = 'succeeded' ORDER BY r.kb_id, r.started_at DESC"""))
-        evaluations = {name: {"hit_at_1": h1, "hit_at_5": h5, "hit_at_10": h10, "mrr": mrr, "age_seconds": float(age)}
-                       for name, h1, h5, h10, mrr, age in runs}
-        alerts = {(kind, delivery): n for kind, delivery, n in session.execute(text(
-            "SELECT kind, delivery, count(*) FROM alerts WHERE created_at > now() - interval '1 day' GROUP BY 1, 2"))}
-    return {"evaluations": evaluations, "alerts": alerts}
+        return {"evaluations": eval_repo.latest_scores_by_kb_name(session=session),
+                "alerts": alert_repo.counts_last_day(session=session)}
 
 
 def build_registry(*, from_start: bool = False) -> CollectorRegistry:

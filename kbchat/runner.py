@@ -1,4 +1,7 @@
-"""``kbchat run``: services, migrations, workers, scheduler and web app as child processes; Ctrl-C stops all."""
+"""``kbchat run``: services, migrations, workers, scheduler and web app as child processes; Ctrl-C stops all.
+
+Like the CLI's commands, ``run`` imports the database and demo modules when it starts them: the supervisor
+process stays light (start-up time, not a cycle)."""
 
 from __future__ import annotations
 
@@ -11,8 +14,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infra.settings import Settings, get_settings
 from kbchat.services import die_with_parent
-from rag.config import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

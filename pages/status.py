@@ -9,8 +9,9 @@ from pathlib import Path
 import streamlit as st
 
 from streamlit_app import components
-from tasks import admin, monitoring
-from tasks.client import task_record
+from tasks.backend import get_backend
+from telemetry import events
+from usecases import fixes
 
 st.title("Task status")
 components.require_services()
@@ -21,7 +22,7 @@ if not task_id:
     st.stop()
 st.query_params["task"] = task_id
 
-record = task_record(task_id)
+record = events.get_task(task_id)
 if record is None:
     st.warning(
         "No record of this task. Either the id is mistyped, or the task finished long enough ago that its record "
@@ -48,8 +49,8 @@ st.markdown(
     f"**Queued** {_when('queued_at')} · **started** {_when('started_at')} · **finished** {_when('finished_at')}"
 )
 if record.get("args"):
-    st.caption(f"Arguments: `{admin.short_args(record['args'])}`")
-subject = admin.task_subject(record)
+    st.caption(f"Arguments: `{fixes.short_args(record['args'])}`")
+subject = fixes.task_subject(record)
 if subject is not None:
     what = {"document": "Document", "conversation": "Conversation", "knowledge_base": "Knowledge base"}
     where = "" if subject["kind"] == "knowledge_base" else f" in **{components.safe_markdown(subject['kb'])}**"
@@ -72,9 +73,9 @@ if record.get("error"):
             st.code(record["traceback"], language="text")
 if state == "failed" and not record.get("retried_as"):
     if st.button("Retry", icon=":material/replay:", key="status_retry",
-                 disabled=monitoring.decode_args(record.get("args")) is None):
+                 disabled=events.decode_args(record.get("args")) is None):
         try:
-            admin.retry_task(task_id)
+            fixes.retry_task(get_backend(), task_id)
         except (LookupError, ValueError) as exc:
             st.error(str(exc))
         else:

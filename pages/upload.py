@@ -6,10 +6,10 @@ import streamlit as st
 
 from db.models import ACTIVE_STATES
 from db.repositories import documents as document_repo
-from db.session import session_scope
-from rag.library import store_upload
+from infra.database import session_scope
 from streamlit_app import components
-from tasks.client import enqueue_ingest
+from tasks.backend import get_backend
+from usecases.documents import upload_files
 
 st.title("Upload documents")
 components.require_services()
@@ -26,13 +26,7 @@ files = st.file_uploader(
     key=uploader_key,
 )
 if st.button("Add to knowledge base", type="primary", disabled=not files, key="upload_add"):
-    outcomes = []
-    for file in files:
-        with session_scope() as session:  # one transaction per file: a bad file never undoes another
-            outcomes.append(store_upload(session=session, kb_id=kb_id, filename=file.name, data=file.getvalue()))
-    for outcome in outcomes:
-        if outcome.status == "queued" and outcome.document_id is not None:
-            enqueue_ingest(outcome.document_id)
+    outcomes = upload_files(get_backend(), kb_id=kb_id, files=[(file.name, file.getvalue()) for file in files])
     st.session_state["upload_last"] = [o.to_dict() for o in outcomes]
     st.session_state["upload_round"] = st.session_state.get("upload_round", 0) + 1
     st.rerun()

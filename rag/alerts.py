@@ -11,14 +11,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit
 
 import requests
 from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from db.repositories import alerts as alert_repo
-from db.session import session_scope
-from rag.config import get_settings
+from infra.database import session_scope
+from infra.settings import get_settings
+from infra.urls import scrub, shown_url
+from telemetry import retrievals
 
 log = logging.getLogger(__name__)
 
@@ -35,27 +36,6 @@ class Delivery:
 
 class _Retryable(Exception):
     """A webhook answer worth retrying (429 or 5xx)."""
-
-
-def shown_url(url: str) -> str:
-    """What of a webhook URL may be logged or shown: ``scheme://host[:port]``, nothing that can hold a secret."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
-
-
-def _redact(message: str, url: str) -> str:
-    """``message`` with every piece of ``url`` that could carry a secret replaced (requests quotes URLs in errors):
-    user, password, the path and each of its segments, the query and each of its values."""
-    parts = urlsplit(url)
-    path_query = parts.path + (f"?{parts.query}" if parts.query else "")
-    secrets = {url, path_query, path_query.lstrip("/"), parts.path, parts.path.lstrip("/"), parts.query,
-               parts.password or "", parts.username or ""}
-    secrets |= {segment for segment in parts.path.split("/") if len(segment) >= 4}
-    secrets |= {pair.partition("=")[2] for pair in parts.query.split("&") if len(pair.partition("=")[2]) >= 4}
-    for secret in sorted((s for s in secrets if s and s != "/"), key=len, reverse=True):
-        message = message.replace(secret, "…")
-    return message
 
 
 def post_webhook(url: str, payload: dict) -> Delivery:
@@ -80,7 +60,7 @@ def post_webhook(url: str, payload: dict) -> Delivery:
         retry=retry_if_exception(lambda e: isinstance(e, _Retryable | requests.ConnectionError | requests.Timeout)),
         before_sleep=lambda state: log.warning(
             "alert webhook %s: attempt %d failed (%s); retrying", shown_url(url), state.attempt_number,
-            _redact(str(state.outcome.exception()), url) if state.outcome else "?",
+            scrub(str(state.outcome.exception()), url) if state.outcome else "?",
         ),
         reraise=False,
     )
@@ -88,11 +68,11 @@ def post_webhook(url: str, payload: dict) -> Delivery:
         retrying(attempt)
     except RetryError as exc:
         cause = exc.last_attempt.exception()
-        error = _redact(f"{type(cause).__name__}: {cause}", url)[:500]
+        error = scrub(f"{type(cause).__name__}: {cause}", url)[:500]
         log.error("alert webhook %s: gave up after %d attempts: %s", shown_url(url), attempts, error)
         return Delivery("failed", attempts, error)
     except Exception as exc:  # not retryable: a 4xx, a malformed URL
-        error = _redact(f"{type(exc).__name__}: {exc}", url)[:500]
+        error = scrub(f"{type(exc).__name__}: {exc}", url)[:500]
         log.error("alert webhook %s refused the alert: %s", shown_url(url), error)
         return Delivery("failed", attempts, error)
     log.info("alert webhook %s took the alert (%d attempt(s))", shown_url(url), attempts)
@@ -114,6 +94,7 @@ def raise_alert(*, kind: str, message: str, details: dict, kb_id: int | None = N
         "created_at": now.isoformat(),
         "details": details,
     }
+    url = settings.alert_webhook_url.get_secret_value() if settings.alert_webhook_url else ""
     with session_scope() as session:
         alert_repo.lock_kind(session=session, kind=kind, kb_id=kb_id)  # held until commit: no two senders
         since = now - timedelta(seconds=settings.alert_period_seconds)
@@ -121,24 +102,27 @@ def raise_alert(*, kind: str, message: str, details: dict, kb_id: int | None = N
             log.info("alert %s (kb %s) already raised within %d s: not sent again", kind, kb_id,
                      settings.alert_period_seconds)
             return None
-        url = settings.alert_webhook_url.get_secret_value() if settings.alert_webhook_url else ""
-        delivery = post_webhook(url, payload) if url else Delivery("not_configured")
-        alert = alert_repo.add(
-            session=session, kind=kind, kb_id=kb_id, message=message, payload=payload, delivery=delivery.status,
-            attempts=delivery.attempts, delivery_error=delivery.error,
-        )
-        return {"id": alert.id, "kind": kind, "message": message, "delivery": delivery.status,
-                "attempts": delivery.attempts, "error": delivery.error}
+        # Recorded as "sending" (which holds back other senders) and committed before the POST: no database
+        # lock or transaction is held while the webhook is slow or retried.
+        alert_id = alert_repo.add(
+            session=session, kind=kind, kb_id=kb_id, message=message, payload=payload,
+            delivery="sending" if url else "not_configured", attempts=0, delivery_error=None,
+        ).id
+    delivery = Delivery("not_configured")
+    if url:
+        delivery = post_webhook(url, payload)
+        with session_scope() as session:
+            alert_repo.set_delivery(session=session, alert_id=alert_id, delivery=delivery.status,
+                                    attempts=delivery.attempts, error=delivery.error)
+    return {"id": alert_id, "kind": kind, "message": message, "delivery": delivery.status,
+            "attempts": delivery.attempts, "error": delivery.error}
 
 
 def check_empty_retrievals() -> dict:
     """The empty-retrieval rule: too large a share of recent questions found no relevant passage → alert."""
-    from tasks import events
-    from tasks.system_status import empty_retrievals
-
     settings = get_settings()
     window = settings.empty_retrieval_window_seconds
-    stats = empty_retrievals(window)
+    stats = retrievals.empty_retrievals(window)
     rate = stats["rate"]
     outcome = {"rule": EMPTY_RETRIEVALS, "empty": stats["empty"], "questions": stats["answers"], "rate": rate,
                "threshold": settings.empty_retrieval_alert_rate, "alert": None}
@@ -147,7 +131,7 @@ def check_empty_retrievals() -> dict:
     if rate <= settings.empty_retrieval_alert_rate:
         return outcome
     since = int((datetime.now(UTC) - timedelta(seconds=window)).timestamp() * 1000)
-    recent = [e for e in events.recent_empty_retrievals(500) if int(float(e.get("ts", 0)) * 1000) >= since]
+    recent = [e for e in retrievals.recent_empty_retrievals(500) if int(float(e.get("ts", 0)) * 1000) >= since]
     by_kb: dict[str, int] = {}
     for entry in recent:
         by_kb[entry.get("kb_id", "?")] = by_kb.get(entry.get("kb_id", "?"), 0) + 1

@@ -9,7 +9,8 @@ import logging
 import re
 import unicodedata
 
-from rag.config import get_settings
+from infra.redis_client import get_redis
+from infra.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,6 @@ def get(kb_id: int, version: int, question: str) -> dict | None:
     """The cached answer ({answer, citations, mode}), or None; a Redis failure is a miss, never an error."""
     if get_settings().answer_cache_ttl_seconds <= 0:
         return None
-    from tasks.redis_client import get_redis
-
     try:
         raw = get_redis().get(key(kb_id, version, question))
         return json.loads(raw) if raw else None
@@ -47,8 +46,6 @@ def put(kb_id: int, version: int, question: str, answer: dict) -> None:
     ttl = get_settings().answer_cache_ttl_seconds
     if ttl <= 0:
         return
-    from tasks.redis_client import get_redis
-
     try:
         get_redis().set(key(kb_id, version, question), json.dumps(answer, default=str), ex=ttl)
     except Exception as exc:

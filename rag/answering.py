@@ -1,6 +1,6 @@
 """Retrieve → prompt → generate, streamed through ``emit``, with page citations.
 
-The stream a reader sees (``tasks/streams.py`` carries it): ``status`` events while nothing is shown yet
+The stream a reader sees (``telemetry/answer_streams.py`` carries it): ``status`` events while nothing is shown yet
 (retrying, trimming), one ``meta`` (mode, candidate citations) just before the first token, ``token``s, a
 ``notice`` when the answer ends early (stopped, interrupted), then ``done`` (mode, final citations, timings);
 or ``error`` with ``{"code", "message"}`` when no answer could start in time.
@@ -21,12 +21,12 @@ from typing import Any
 from db.repositories import conversations as conversation_repo
 from db.repositories import knowledge_bases as kb_repo
 from db.repositories.chunks import Hit
-from db.session import session_scope
-from rag import answer_cache, conversation, llm, prompts, retrieval
-from rag.citations import MarkerFilter, cited_numbers
-from rag.citations import citation_label as _citation_label
-from rag.config import get_settings
+from infra.database import session_scope
+from infra.settings import get_settings
+from rag import answer_cache, conversation, llm, llm_client, prompts, retrieval
+from rag.citations import MarkerFilter, citation_label, cited_numbers
 from rag.retrieval import hit_to_dict
+from telemetry import retrievals
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,10 @@ class Answer:
     citations: list[dict] = field(default_factory=list)
 
 
-def citation_label(hit: Hit | dict) -> str:
-    """'file.pdf, p. 3' or 'notes.md, lines 4-9'."""
-    return _citation_label(hit if isinstance(hit, dict) else hit_to_dict(hit))
+def relevant_passages(hits: list[Hit]) -> list[dict]:
+    """The hits relevant enough to answer from (``min_relevance``), numbered from 1 as the answer cites them."""
+    threshold = get_settings().min_relevance
+    return [{"n": i + 1, **hit_to_dict(h)} for i, h in enumerate(h for h in hits if h.score >= threshold)]
 
 
 # --- extractive answers -----------------------------------------------------------------------------------
@@ -55,9 +56,7 @@ def citation_label(hit: Hit | dict) -> str:
 
 def extractive_answer(question: str, hits: list[Hit]) -> tuple[Answer, Iterator[str]]:
     """The most relevant passages, each quoted with its document and page, as a stream of text pieces."""
-    settings = get_settings()
-    relevant = [h for h in hits if h.score >= settings.min_relevance]
-    citations = [{"n": i + 1, **hit_to_dict(h)} for i, h in enumerate(relevant)]
+    citations = relevant_passages(hits)
     return Answer(mode="extractive", citations=citations), extractive_pieces(question, citations)
 
 
@@ -165,7 +164,6 @@ def answer_question(
     document_ids: list[int] | None = None,
 ) -> dict:
     """Answer ``question`` from one knowledge base and stream it; saves the answer to the conversation."""
-    settings = get_settings()
     started = time.perf_counter()
     out = _Output(emit, should_stop or (lambda: False))
     timings: dict[str, float] = {}
@@ -204,8 +202,7 @@ def answer_question(
                 session=session, kb_id=kb_id, question=standalone, document_ids=document_ids
             )
         timings["retrieval_ms"] = round(_ms(started) - timings["rewrite_ms"], 1)
-        relevant = [h for h in hits if h.score >= settings.min_relevance]
-        passages = [{"n": i + 1, **hit_to_dict(h)} for i, h in enumerate(relevant)]
+        passages = relevant_passages(hits)
         if not passages:
             _record_empty_retrieval(kb_id, standalone, max((h.score for h in hits), default=None))
             outcome = _no_answer(out)
@@ -216,7 +213,7 @@ def answer_question(
                 passages,
                 note=f"{rewrite.error} Here are the most relevant passages instead.",
             )
-        elif llm.configured():
+        elif llm_client.configured():
             outcome = _generate(out, question, passages, history)
         else:
             outcome = _extractive(out, standalone, passages, note=None)
@@ -344,7 +341,7 @@ def _fit_to_limits(
     parts: prompts.PromptParts, exc: llm.PromptRejected, max_tokens: int
 ) -> tuple[prompts.PromptParts, int] | None:
     """The prompt trimmed to the limits ``GET /info`` reports (calibrated by the count in the 422 message)."""
-    limits = llm.server_limits()
+    limits = llm_client.server_limits()
     if limits is None:
         return None
     max_tokens = min(max_tokens, max(64, limits.max_total_tokens // 4))
@@ -366,7 +363,7 @@ def _extractive(out: _Output, question: str, passages: list[dict], *, note: str 
 
 
 def _no_answer(out: _Output) -> Outcome:
-    mode = "llm" if llm.configured() else "extractive"
+    mode = "llm" if llm_client.configured() else "extractive"
     out.meta(mode=mode, citations=[], no_answer=True)
     out.token(NO_ANSWER)
     return Outcome(mode=mode, no_answer=True)
@@ -381,9 +378,7 @@ def _from_cache(out: _Output, cached: dict) -> Outcome:
 
 
 def _record_empty_retrieval(kb_id: int, question: str, top_score: float | None) -> None:
-    from tasks import events  # the monitoring records live with the task layer's
-
     try:
-        events.record_empty_retrieval(kb_id, question, top_score)
+        retrievals.record_empty_retrieval(kb_id, question, top_score)
     except Exception as exc:  # monitoring must never cost an answer
         log.warning("could not record an empty retrieval: %s", exc)

@@ -16,7 +16,7 @@ TokenCounter = Callable[[Sequence[str]], list[int]]
 
 # A sentence ends at . ! ? (followed by space) or at a CJK full stop, or at a blank line.
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+(?=\S)|(?<=[。！？])|\n\s*\n")
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 # CJK text and its punctuation (。！？，「」, full-width forms): two such characters are joined without a space.
 _CJK_TEXT = re.compile(r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uff00-\uffef]")
 # Where a long sentence may be cut: before any Chinese or Japanese character (its punctuation stays with it),
@@ -47,7 +47,7 @@ class _Piece:
 
 def whitespace_token_counter(texts: Sequence[str]) -> list[int]:
     """A crude counter (words, CJK characters) for tests and tools that do not load the model."""
-    return [len(t.split()) + len(_CJK.findall(t)) for t in texts]
+    return [len(t.split()) + len(CJK.findall(t)) for t in texts]
 
 
 def split_sections(
@@ -85,7 +85,7 @@ def split_sections(
 def split_sentences(text: str) -> list[str]:
     """Sentences of ``text``, whitespace-normalised inside each; CJK sentences split without spaces."""
     parts = _SENTENCE_END.split(text)
-    return [" ".join(p.split()) if not _CJK.search(p) else p.strip() for p in parts if p and p.strip()]
+    return [" ".join(p.split()) if not CJK.search(p) else p.strip() for p in parts if p and p.strip()]
 
 
 def _pieces(section: Section, count_tokens: TokenCounter, max_tokens: int) -> list[_Piece]:
@@ -117,8 +117,8 @@ def _pieces(section: Section, count_tokens: TokenCounter, max_tokens: int) -> li
 
 def _split_long(sentence: str, line: int | None, count_tokens: TokenCounter, max_tokens: int) -> list[_Piece]:
     """A sentence longer than a chunk: cut between words (or between CJK characters), never inside a word."""
-    units = _CUT_UNIT.findall(sentence) if _CJK.search(sentence) else sentence.split()
-    glue = "" if _CJK.search(sentence) else " "
+    units = _CUT_UNIT.findall(sentence) if CJK.search(sentence) else sentence.split()
+    glue = "" if CJK.search(sentence) else " "
     counts = count_tokens(units)
     pieces: list[_Piece] = []
     current: list[str] = []

@@ -4,16 +4,24 @@ no passage are removed while the answer streams, and the passages actually cited
 from __future__ import annotations
 
 import re
+from typing import Any
 
 _MARKER = re.compile(r"\[\s*(\d+(?:\s*,\s*\d+)*)\s*\]")
+_MARKER_AND_SPACE = re.compile(r"\s?" + _MARKER.pattern)
 _PARTIAL = re.compile(r"\[[\d,\s]*$")  # an opening bracket that may still become a marker
 _LONGEST_MARKER = 24
 
 
-def citation_label(citation: dict) -> str:
-    """'file.pdf, p. 3' or 'notes.md, lines 4-9'."""
-    where = citation.get("locator") or (f"p. {citation['page']}" if citation.get("page") else None)
-    return f"{citation['document']}, {where}" if where else str(citation["document"])
+def citation_label(citation: Any) -> str:
+    """'file.pdf, p. 3' or 'notes.md, lines 4-9', for a citation dict or a search hit."""
+    fields = citation if isinstance(citation, dict) else vars(citation)
+    where = fields.get("locator") or (f"p. {fields['page']}" if fields.get("page") else None)
+    return f"{fields['document']}, {where}" if where else str(fields["document"])
+
+
+def strip_markers(text: str) -> str:
+    """Text without [n] markers (earlier answers' markers point at passages a new prompt does not have)."""
+    return _MARKER_AND_SPACE.sub("", text)
 
 
 def clean_markers(text: str, valid: set[int]) -> str:

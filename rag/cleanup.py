@@ -19,43 +19,26 @@ from db.repositories import alerts as alert_repo
 from db.repositories import consistency as consistency_repo
 from db.repositories import evaluations as eval_repo
 from db.repositories import ingest_parts as ingest_parts_repo
-from db.session import session_scope
-from rag.config import get_settings
+from infra.database import session_scope
+from infra.settings import get_settings
+from telemetry import answer_streams, events, queue_history, retrievals
 
 log = logging.getLogger(__name__)
-
-_STREAM_PATTERNS = ("kbchat:stream:*", "kbchat:stop:*")
 
 
 def cleanup(now: float | None = None) -> dict:
     """Remove what is past its retention; returns what was removed."""
-    from tasks.events import EMPTY_RETRIEVALS_KEY, EVENTS_KEY
-    from tasks.monitoring import HISTORY_KEY
-    from tasks.redis_client import get_redis
-
     settings = get_settings()
     now = time.time() if now is None else now
-    r = get_redis()
     removed: dict[str, int] = {}
 
-    # Streams: each has its expiry; one without (-1) is left over from a crash and older than any reader.
-    streams = 0
-    for pattern in _STREAM_PATTERNS:
-        for key in r.scan_iter(pattern, count=1000):
-            if r.ttl(key) == -1:
-                last = r.xrevrange(key, count=1) if r.type(key) == "stream" else []
-                stamp = int(last[0][0].split("-")[0]) / 1000 if last else 0
-                if now - stamp > settings.stream_ttl_seconds:
-                    streams += r.delete(key)
-                else:
-                    r.expire(key, settings.stream_ttl_seconds)
-    removed["answer_streams"] = streams
+    removed["answer_streams"] = answer_streams.repair_expiry(now)
 
-    # Capped streams also trimmed by age (entry ids are milliseconds since the epoch).
-    cutoff_ms = int((now - settings.events_retention_days * 86400) * 1000)
-    for name, key in (("events", EVENTS_KEY), ("empty_retrievals", EMPTY_RETRIEVALS_KEY),
-                      ("queue_history", HISTORY_KEY)):
-        removed[name] = int(r.xtrim(key, minid=f"{cutoff_ms}-0", approximate=False) or 0) if r.exists(key) else 0
+    # Capped streams also trimmed by age, each by the module that owns it.
+    cutoff = now - settings.events_retention_days * 86400
+    removed["events"] = events.trim(cutoff)
+    removed["empty_retrievals"] = retrievals.trim(cutoff)
+    removed["queue_history"] = queue_history.trim(cutoff)
 
     with session_scope() as session:
         removed["eval_details"] = eval_repo.drop_old_details(session=session, days=settings.eval_details_retention_days)

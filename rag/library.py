@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from db.repositories import documents as document_repo
 from db.repositories import knowledge_bases as kb_repo
+from infra.settings import get_settings
 from rag import embedding
-from rag.config import get_settings
 from rag.context import CHUNK_RECIPE
 from rag.parsing import ParseError, sniff
 

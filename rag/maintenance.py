@@ -8,8 +8,8 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from db.repositories import documents as document_repo
-from db.session import session_scope
-from rag.config import get_settings
+from infra.database import session_scope
+from infra.settings import get_settings
 
 log = logging.getLogger(__name__)
 

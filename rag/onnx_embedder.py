@@ -9,9 +9,11 @@ a model pooled any other way raises ``UnsupportedModel`` and the caller uses tor
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,8 +44,6 @@ def pooling_mode(model_path: str) -> str:
 
 def export_dir(model_path: str, cache_dir: Path) -> Path:
     """Where the exported model of ``model_path`` lives in the model cache (one folder per source model)."""
-    import hashlib
-
     key = hashlib.sha256(str(Path(model_path).resolve()).encode()).hexdigest()[:12]
     return cache_dir / f"{Path(model_path).name}-{key}-onnx-int8"
 
@@ -68,8 +68,6 @@ def ensure_exported(model_path: str, cache_dir: Path) -> Path:
 
 
 def _export(model_path: str, target: Path) -> None:
-    import warnings
-
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # onnxruntime's quantiser advises pre-processing on the root logger; it is optional
@@ -82,6 +80,7 @@ def _export(model_path: str, target: Path) -> None:
 
 
 def _export_quiet(model_path: str, target: Path) -> None:
+    # torch, transformers and onnxruntime's quantizer are imported by the one process that exports (seconds).
     import torch
     import transformers
 
@@ -90,8 +89,8 @@ def _export_quiet(model_path: str, target: Path) -> None:
     from transformers import AutoModel, AutoTokenizer
 
     log.info("exporting %s to ONNX int8 in %s (once)", model_path, target)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModel.from_pretrained(model_path, attn_implementation="eager").eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+    model = AutoModel.from_pretrained(model_path, attn_implementation="eager", local_files_only=True).eval()
     sample = tokenizer(["an example sentence", "another"], padding=True, return_tensors="pt")
     names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in sample]
     fp32 = target / "model_fp32.onnx"
@@ -131,12 +130,12 @@ class OnnxEncoder:
     """The subset of SentenceTransformer that kbchat uses: ``tokenizer``, ``encode``, the dimension."""
 
     def __init__(self, model_path: str, cache_dir: Path, max_seq_length: int | None = None, threads: int = 0) -> None:
-        import onnxruntime as ort
+        import onnxruntime as ort  # heavy: imported by the processes that embed, not by every one that imports rag
         from transformers import AutoTokenizer
 
         self.pooling = pooling_mode(model_path)
         model_file = ensure_exported(model_path, cache_dir)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
         config = Path(model_path) / "sentence_bert_config.json"
         configured = json.loads(config.read_text()).get("max_seq_length") if config.exists() else None
         self.max_seq_length = max_seq_length or configured or 256

@@ -20,8 +20,8 @@ from db.repositories import chunks as chunk_repo
 from db.repositories import documents as document_repo
 from db.repositories import ingest_parts as part_repo
 from db.repositories import knowledge_bases as kb_repo
-from db.session import session_scope
-from rag.config import get_settings
+from infra.database import session_scope
+from infra.settings import get_settings
 from rag.ingestion import SUPERSEDED, IngestResult, chunk, embed_rows, fail_document
 from rag.parsing import ParseError, parse_pdf_pages
 

@@ -10,6 +10,8 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from rag.citations import citation_label, strip_markers
+
 Messages = list[dict[str, str]]
 
 ANSWER_SYSTEM = """You answer questions about an organisation's documents.
@@ -30,7 +32,6 @@ SUMMARY_SYSTEM = """Summarise this conversation between a user and an assistant 
 assistant to remember later: the questions asked, the facts found (with document names and pages) and what \
 remained open. At most 200 words, plain sentences, no citations in brackets."""
 
-_MARKERS = re.compile(r"\s?\[\d+(?:\s*,\s*\d+)*\]")
 _PASSAGE_TAG = re.compile(r"<\s*/?\s*passages?\b", re.IGNORECASE)
 
 
@@ -53,11 +54,6 @@ def messages_tokens(messages: Messages) -> int:
     return sum(estimate_tokens(m["content"]) + 4 for m in messages)
 
 
-def passage_label(passage: dict) -> str:
-    where = passage.get("locator") or (f"page {passage['page']}" if passage.get("page") else "")
-    return f"{passage['document']}, {where}" if where else str(passage["document"])
-
-
 def quote(text: str) -> str:
     """Passage text that cannot close its element or open a fake one."""
     return _PASSAGE_TAG.sub("[passage", " ".join(text.split()))
@@ -69,7 +65,7 @@ def answer_messages(parts: PromptParts) -> Messages:
     if parts.summary:
         system += f"\n\nSummary of the earlier conversation:\n{parts.summary}"
     passages = "\n\n".join(
-        f'<passage n="{p["n"]}" source="{quote(passage_label(p))}">\n{quote(p["text"])}\n</passage>'
+        f'<passage n="{p["n"]}" source="{quote(citation_label(p))}">\n{quote(p["text"])}\n</passage>'
         for p in parts.passages
     )
     user = (
@@ -96,11 +92,6 @@ def summary_messages(previous: str | None, turns: list[dict[str, str]]) -> Messa
         {"role": "system", "content": SUMMARY_SYSTEM},
         {"role": "user", "content": f"{earlier}Conversation:\n{transcript}"},
     ]
-
-
-def strip_markers(text: str) -> str:
-    """Text without [n] markers (earlier answers' markers point at passages this prompt does not have)."""
-    return _MARKERS.sub("", text)
 
 
 def fit(parts: PromptParts, budget: int, ratio: float = 1.0) -> PromptParts | None:

@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 
 from db.repositories import chunks as chunk_repo
 from db.repositories.chunks import Candidate, Hit
+from infra.settings import get_settings
 from rag import embedding, query
-from rag.config import get_settings
 
 # Two passages whose word 3-gram sets overlap this much say the same thing (a re-uploaded file, boilerplate).
 DUPLICATE_JACCARD = 0.8

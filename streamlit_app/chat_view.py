@@ -12,10 +12,11 @@ from typing import Any
 import streamlit as st
 
 from db.repositories import conversations as conversation_repo
-from db.session import session_scope
-from rag.config import get_settings
+from infra.database import session_scope
+from infra.settings import get_settings
 from streamlit_app import components
-from tasks.streams import follow, request_stop
+from telemetry.answer_streams import read_answer, request_stop
+from usecases.asking import delete_conversation, rename_conversation
 
 MODE_CAPTIONS = {
     "extractive": "Extractive answer: quoted passages, no language model.",
@@ -46,12 +47,10 @@ def conversation_sidebar(kb_id: int, conversation_key: str) -> set[int]:
         with menu_col.popover("", icon=":material/more_vert:"):
             new_title = st.text_input("Title", value=title, key=f"chat_title_{conversation_id}", max_chars=200)
             if st.button("Rename", key=f"chat_rename_{conversation_id}", disabled=not new_title.strip()):
-                with session_scope() as session:
-                    conversation_repo.rename(session=session, conversation_id=conversation_id, title=new_title)
+                rename_conversation(conversation_id=conversation_id, title=new_title)
                 st.rerun()
             if st.button("Delete", key=f"chat_delete_{conversation_id}", icon=":material/delete:"):
-                with session_scope() as session:
-                    conversation_repo.delete_conversation(session=session, conversation_id=conversation_id)
+                delete_conversation(conversation_id=conversation_id)
                 if current == conversation_id:
                     st.session_state.pop(conversation_key, None)
                 st.rerun()
@@ -90,47 +89,31 @@ def stream_answer(task_id: str) -> dict[str, Any]:
     stop = st.empty()
     stop.button("Stop", key=f"chat_stop_{task_id}", icon=":material/stop_circle:", on_click=request_stop,
                 args=(task_id,), help="Stop generating this answer")
-    meta: dict[str, Any] = {}
-    done: dict[str, Any] = {}
-    text = ""
-    notices: list[str] = []
     rendered_at = 0.0
+
+    def render(piece: str, text: str) -> None:
+        nonlocal rendered_at
+        if time.monotonic() - rendered_at >= RENDER_EVERY_SECONDS:
+            body.markdown(components.safe_markdown(text) + " ▌")
+            rendered_at = time.monotonic()
+
     try:
         # The worker itself gives up at the first-token limit; silence beyond that means no worker.
-        for kind, data in follow(task_id, timeout=settings.llm_first_token_timeout_seconds + 30):
-            if kind == "status":
-                status.info(data.get("message", "") if isinstance(data, dict) else str(data),
-                            icon=":material/hourglass_top:")
-            elif kind == "meta":
-                meta = data
-                status.empty()
-            elif kind == "token":
-                text += data
-                if time.monotonic() - rendered_at >= RENDER_EVERY_SECONDS:
-                    body.markdown(components.safe_markdown(text) + " ▌")
-                    rendered_at = time.monotonic()
-            elif kind == "notice":
-                notices.append(str(data))
-            elif kind == "done":
-                done = data
-            elif kind == "error":
-                status.empty()
-                stop.empty()
-                body.markdown(components.safe_markdown(text))
-                if isinstance(data, dict):
-                    return {"state": "error", "code": data.get("code"), "message": data.get("message", "")}
-                return {"state": "error", "code": None, "message": str(data)}
+        read = read_answer(task_id, timeout=settings.llm_first_token_timeout_seconds + 30,
+                           on_status=lambda message: status.info(message, icon=":material/hourglass_top:"),
+                           on_meta=lambda meta: status.empty(), on_token=render)
     except TimeoutError:
         status.empty()
         stop.empty()
         return {"state": "timeout", "code": "no_worker", "message": ""}
     status.empty()
     stop.empty()
-    body.markdown(components.safe_markdown(text))
-    for notice in notices:
+    body.markdown(components.safe_markdown(read.text))
+    if read.error is not None:
+        return {"state": "error", **read.error}
+    for notice in read.notices:
         st.warning(notice, icon=":material/info:")
-    mode = done.get("mode") or meta.get("mode")
-    if mode in MODE_CAPTIONS and not done.get("no_answer"):
-        st.caption(MODE_CAPTIONS[mode])
-    components.citation_cards(done.get("citations", meta.get("citations", [])))
+    if read.mode in MODE_CAPTIONS and not read.done.get("no_answer"):
+        st.caption(MODE_CAPTIONS[read.mode])
+    components.citation_cards(read.citations)
     return {"state": "done"}

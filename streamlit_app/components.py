@@ -7,7 +7,12 @@ from datetime import UTC, datetime
 
 import streamlit as st
 
-from rag.runtime import ServiceUnavailable
+from db.repositories import knowledge_bases as kb_repo
+from infra.database import session_scope
+from infra.discovery import ServiceUnavailable, service_urls
+from infra.settings import get_settings
+from rag.citations import citation_label
+from usecases.knowledge_bases import create_kb
 
 STATUS_BADGES = {
     "queued": ("gray", ":material/schedule:"),
@@ -28,8 +33,6 @@ STATUS_BADGES = {
 
 def require_services() -> None:
     """Stop the page with a plain message when the services are not there."""
-    from rag.runtime import service_urls
-
     try:
         service_urls()
     except ServiceUnavailable as exc:
@@ -42,9 +45,6 @@ NEW_KB_LABEL = "➕ New knowledge base…"
 
 def kb_picker(*, key: str, allow_create: bool) -> tuple[int, str] | None:
     """Choose a knowledge base (shared across pages); optionally create one in place."""
-    from db.repositories import knowledge_bases as kb_repo
-    from db.session import session_scope
-
     with session_scope() as session:
         bases = [(kb.id, kb.name) for kb in kb_repo.list_knowledge_bases(session=session)]
     names = [name for _, name in bases]
@@ -70,12 +70,8 @@ def kb_picker(*, key: str, allow_create: bool) -> tuple[int, str] | None:
 
 def _create_kb(key: str) -> None:
     """Create the base named in the picker's form and select it (a callback: it may set the picker's value)."""
-    from db.session import session_scope
-    from rag.library import get_or_create_kb
-
     try:
-        with session_scope() as session:
-            name = get_or_create_kb(session=session, name=st.session_state.get(f"{key}_new", "")).name
+        _, name = create_kb(name=st.session_state.get(f"{key}_new", ""))
     except ValueError as exc:
         st.session_state[f"{key}_error"] = str(exc)
         return
@@ -107,8 +103,6 @@ def safe_markdown(text: str) -> str:
 
 def citation_cards(citations: list[dict]) -> None:
     """One expandable card per cited passage: document, page, score and the passage itself."""
-    from rag.answering import citation_label
-
     if not citations:
         return
     uncited = all(c.get("cited") is False for c in citations)
@@ -119,8 +113,6 @@ def citation_cards(citations: list[dict]) -> None:
 
 
 def sidebar() -> None:
-    from rag.config import get_settings
-
     settings = get_settings()
     with st.sidebar:
         st.caption(f"Task backend: **{settings.task_backend}** · embeddings: **{settings.embedding_model or 'all-MiniLM-L6-v2'}**")

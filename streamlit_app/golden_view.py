@@ -9,30 +9,30 @@ import pandas as pd
 import streamlit as st
 
 from db.repositories import evaluations as eval_repo
-from db.session import session_scope
+from infra.database import session_scope
 from rag import golden
-from streamlit_app.monitoring_view import _note, plain, status_link
+from streamlit_app.fixes_view import note
+from streamlit_app.monitoring_view import plain, status_link
+from tasks.backend import get_backend
+from usecases import upkeep
 
 FIGURES = {"hit_at_1": "document hit@1", "hit_at_5": "document hit@5", "hit_at_10": "document hit@10",
            "mrr": "document MRR", "page_hit_at_1": "page hit@1", "page_hit_at_5": "page hit@5", "page_hit_at_10": "page hit@10"}
 
 
 def _start(kb_id: int, kb_name: str) -> None:
-    from tasks.client import enqueue
-
     upload = st.session_state.get("mon_golden_file")
     if upload is None:
         st.session_state["mon_golden_error"] = "Choose a CSV or JSONL file of questions first."
         return
     try:
-        questions = golden.load(kb_id, upload.getvalue(), upload.name)
+        count, task_id = upkeep.request_golden_evaluation(get_backend(), kb_id=kb_id, data=upload.getvalue(),
+                                                          filename=upload.name)
     except golden.QuestionFileError as exc:
         st.session_state["mon_golden_error"] = f"{upload.name}: {exc}"
         return
     st.session_state.pop("mon_golden_error", None)
-    run_id = golden.start_run(kb_id, questions, trigger="page")
-    task_id = enqueue("maintenance.evaluate_golden", run_id)
-    _note(f"{len(questions)} golden questions on {kb_name} queued as task [{task_id}]({status_link(task_id)}).",
+    note(f"{count} golden questions on {kb_name} queued as task [{task_id}]({status_link(task_id)}).",
           ":material/schedule:")
 
 

@@ -1,8 +1,8 @@
-"""The monitoring page's parts: headline figures, queues, workers, tasks, failures, stalled documents, services.
+"""The monitoring page's parts: headline figures, queues, workers, tasks, services (failures and stalled
+documents, which have buttons, are in ``fixes_view``).
 
 Everything here reads through ``tasks.monitoring`` and ``tasks.system_status`` (the same reads the Prometheus
-exporter makes) and acts through ``tasks.admin``; the figures that cost a key scan or a database query are cached
-for a few seconds.
+exporter makes); the figures that cost a key scan or a database query are cached for a few seconds.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from rag import llm
-from tasks import admin, monitoring, system_status
-from tasks.registry import QUEUES
+from rag import llm_breaker
+from tasks import monitoring, system_status
+from tasks.queues import QUEUES, QueueDepth
+from telemetry import events, queue_history, retrievals
 
 WINDOWS = {"1 h": 3600, "6 h": 6 * 3600, "24 h": 24 * 3600}
 STATUS_COLOURS = {"online": "#2e9d5b", "offline": "#d64545", "stopped": "#8a8f98"}
@@ -101,7 +102,7 @@ def _runtime_percentiles(seconds: int) -> list[dict]:
 # --- headline --------------------------------------------------------------------------------------------------
 
 
-def headline(depths: list[monitoring.QueueDepth], workers: list[dict], hour: dict, window: int) -> None:
+def headline(depths: list[QueueDepth], workers: list[dict], hour: dict, window: int) -> None:
     """Five numbers an admin reads first, and warnings for what needs a person."""
     online = [w for w in workers if w["status"] == "online"]
     offline = [w for w in workers if w["status"] == "offline"]
@@ -130,7 +131,7 @@ def headline(depths: list[monitoring.QueueDepth], workers: list[dict], hour: dic
 # --- queues ----------------------------------------------------------------------------------------------------
 
 
-def queues(depths: list[monitoring.QueueDepth], backend: str, window: int) -> None:
+def queues(depths: list[QueueDepth], backend: str, window: int) -> None:
     """Depth per queue now, its history as a chart, and any messages left on the other backend."""
     dramatiq = backend == "dramatiq"
     rows = []
@@ -148,7 +149,7 @@ def queues(depths: list[monitoring.QueueDepth], backend: str, window: int) -> No
         "Celery: *waiting* counts the queue's list and its priority sub-queues; *running* = delivered to a worker "
         "and not acknowledged (running, prefetched, or waiting out a retry countdown)."
     )
-    history = monitoring.queue_history(window)
+    history = queue_history.queue_history(window)
     if len(history) >= 2:
         frame = pd.DataFrame(history)
         frame["time"] = _utc(frame["ts"])
@@ -161,7 +162,7 @@ def queues(depths: list[monitoring.QueueDepth], backend: str, window: int) -> No
         st.altair_chart(chart, width="stretch")
     else:
         st.caption("The depth history fills in as workers run (a sample every "
-                   f"{monitoring.SAMPLE_SECONDS} s, kept a day).")
+                   f"{queue_history.SAMPLE_SECONDS} s, kept a day).")
     other = "celery" if dramatiq else "dramatiq"
     leftovers = [d for d in monitoring.queue_depths(other) if d.pending or d.dead]
     if leftovers:
@@ -217,8 +218,8 @@ def task_tables(hour: dict, day: dict, window: int, window_label: str) -> None:
     """Counts by state for the last hour and day, throughput per minute, run-time percentiles."""
     names = sorted((set(hour) | set(day)) - {"all"})
     counts = pd.DataFrame(
-        [{"task": name, **{f"{s} (1 h)": hour.get(name, {}).get(s, 0) for s in monitoring.STATES},
-          **{f"{s} (24 h)": day.get(name, {}).get(s, 0) for s in monitoring.STATES}}
+        [{"task": name, **{f"{s} (1 h)": hour.get(name, {}).get(s, 0) for s in events.STATES},
+          **{f"{s} (24 h)": day.get(name, {}).get(s, 0) for s in events.STATES}}
          for name in ["all", *names]]
     )
     left, right = st.columns(2)
@@ -255,94 +256,6 @@ def task_tables(hour: dict, day: dict, window: int, window_label: str) -> None:
                  column_config={k: seconds for k in ("mean", "p50", "p90", "p95", "p99", "max")})
 
 
-# --- failures --------------------------------------------------------------------------------------------------
-
-
-def _note(message: str, icon: str = ":material/check_circle:") -> None:
-    st.session_state["mon_note"] = (message, icon)
-
-
-def show_note() -> None:
-    """The outcome of the last action, once."""
-    note = st.session_state.pop("mon_note", None)
-    if note:
-        st.success(note[0], icon=note[1])
-
-
-def _retry(task_id: str, name: str) -> None:
-    try:
-        new_id = admin.retry_task(task_id)
-    except (LookupError, ValueError) as exc:
-        _note(str(exc), ":material/error:")
-    else:
-        _note(f"{name} queued again as task {new_id}.")
-
-
-def _retry_ingests() -> None:
-    ids = admin.retry_failed_ingests()
-    _note(f"{len(ids)} failed document(s) queued again.")
-
-
-def _requeue(ids: list[int]) -> None:
-    ids = st.session_state.get("mon_stalled_pick") or ids
-    try:
-        admin.requeue_documents(ids)
-        _note(f"{len(ids)} document(s) queued again.")
-    except LookupError as exc:
-        _note(str(exc), ":material/error:")
-
-
-def failures(failed_documents: int) -> None:
-    """Recent failed tasks with error and traceback, one retry button each, and retry-all for failed ingests."""
-    st.button(f"Retry all failed ingests ({failed_documents})", icon=":material/replay:",
-              disabled=not failed_documents, key="mon_retry_ingests", on_click=_retry_ingests)
-    rows = monitoring.recent_failures(limit=20)
-    if not rows:
-        st.success("No task failed recently.", icon=":material/task_alt:")
-        return
-    for row in rows:
-        label = f"{row['name']} · {plain(row['error'], 90)} · {ago(row['failed_at'])}"
-        with st.expander(label, icon=":material/error:"):
-            st.markdown(f"Task [`{row['task_id']}`]({status_link(row['task_id'])}) on queue **{row['queue'] or '—'}**"
-                        f" · worker `{row['worker'] or '—'}` · retries {row['retries']}")
-            if row["args"]:
-                st.caption(f"Arguments: `{plain(row['args'], 300)}`")
-            st.code(row["error"] or "(no error recorded)", language="text", wrap_lines=True)
-            if row["traceback"]:
-                st.code(row["traceback"], language="python")
-            if row["retried_as"]:
-                st.markdown(f"Retried as [`{row['retried_as']}`]({status_link(row['retried_as'])}).")
-            st.button("Retry", key=f"mon_retry_{row['task_id']}", icon=":material/replay:",
-                      disabled=not row["retryable"], on_click=_retry, args=(row["task_id"], row["name"]),
-                      help=None if row["retryable"] else "The task's record expired or has no arguments.")
-
-
-# --- stalled documents -----------------------------------------------------------------------------------------
-
-
-def stalled_documents(minutes: int) -> None:
-    rows = monitoring.stalled_documents(minutes * 60)
-    if not rows:
-        st.success(f"No document has been stuck in a non-final state for more than {minutes} min.",
-                   icon=":material/task_alt:")
-        return
-    frame = pd.DataFrame([
-        {"id": r["id"], "knowledge base": r["kb"], "file": r["filename"], "status": r["status"],
-         "progress": r["progress"], "attempts": r["attempts"], "unchanged for": ago(r["updated_at"].timestamp()),
-         "uploaded": ago(r["created_at"].timestamp()), "task": r["task_state"],
-         "task link": status_link(r["task_id"]) if r["task_id"] else None}
-        for r in rows
-    ])
-    st.dataframe(frame, hide_index=True, width="stretch", column_config={
-        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0),
-        "task link": st.column_config.LinkColumn("task link", display_text="status"),
-    })
-    names = {r["id"]: f"{r['filename']} ({r['kb']})" for r in rows}
-    st.multiselect("Documents to re-enqueue", list(names), format_func=names.get, key="mon_stalled_pick",
-                   placeholder="All shown")
-    st.button("Re-enqueue", icon=":material/replay:", key="mon_requeue", on_click=_requeue, args=(list(names),))
-
-
 # --- services --------------------------------------------------------------------------------------------------
 
 
@@ -359,7 +272,7 @@ def services(window: int, window_label: str) -> None:
                 f"{'Healthy' if tgi['ok'] else 'Not healthy'}: {tgi['detail']} in {tgi['response_ms']:.0f} ms",
                 icon=":material/dns:")
             st.caption(f"{tgi['url']} · model **{tgi['model_id'] or '?'}** · version {tgi['version'] or '?'}")
-            circuit = llm.circuit_state()
+            circuit = llm_breaker.circuit_state()
             if circuit["open"]:
                 st.warning(f"Breaker open: questions are answered from the passages without asking the model for "
                            f"{circuit['seconds_left']:.0f} s more ({plain(circuit['reason'], 160)}).",
@@ -369,7 +282,7 @@ def services(window: int, window_label: str) -> None:
             if tgi["limits"]:
                 st.dataframe(pd.DataFrame([{"limit": k, "value": v} for k, v in tgi["limits"].items()]),
                              hide_index=True, width="stretch")
-        empty = system_status.empty_retrievals(window)
+        empty = retrievals.empty_retrievals(window)
         st.metric(f"Empty retrievals, last {window_label}",
                   "n.a." if empty["rate"] is None else f"{empty['rate']:.0%}",
                   help=f"{empty['empty']} of {empty['answers']} questions found no relevant passage "

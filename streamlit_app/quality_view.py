@@ -3,6 +3,8 @@ latest run, recent alerts, and buttons that run the scheduled quality jobs now."
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import altair as alt
 import pandas as pd
 import streamlit as st
@@ -10,20 +12,22 @@ import streamlit as st
 from db.repositories import alerts as alert_repo
 from db.repositories import evaluations as eval_repo
 from db.repositories import knowledge_bases as kb_repo
-from db.session import session_scope
-from rag.alerts import shown_url
-from rag.config import get_settings
+from infra.database import session_scope
+from infra.settings import get_settings
+from infra.urls import shown_url
+from rag.citations import citation_label
+from streamlit_app.fixes_view import note
 from streamlit_app.golden_view import golden_questions
-from streamlit_app.monitoring_view import _note, plain, status_link
+from streamlit_app.monitoring_view import plain, status_link
+from tasks.backend import get_backend
+from usecases import upkeep
 
 METRICS = {"hit_at_1": "hit@1", "hit_at_5": "hit@5", "hit_at_10": "hit@10", "mrr": "MRR"}
 
 
-def _enqueue(name: str, *args, what: str) -> None:
-    from tasks.client import enqueue
-
-    task_id = enqueue(name, *args)
-    _note(f"{what} queued as task [{task_id}]({status_link(task_id)}).", ":material/schedule:")
+def _enqueue(request: Callable[..., str], what: str, **kwargs) -> None:
+    task_id = request(get_backend(), **kwargs)
+    note(f"{what} queued as task [{task_id}]({status_link(task_id)}).", ":material/schedule:")
 
 
 def _run_rows(runs) -> list[dict]:
@@ -44,8 +48,8 @@ def evaluation(kb_names: dict[int, str]) -> None:
     left, right = st.columns([3, 2], vertical_alignment="bottom")
     kb_id = left.selectbox("Knowledge base", list(kb_names), format_func=kb_names.get, key="mon_eval_kb")
     right.button("Evaluate now", icon=":material/fact_check:", key="mon_eval_now",
-                 on_click=_enqueue, args=("maintenance.evaluate", kb_id, None, None, "page"),
-                 kwargs={"what": f"Evaluation of {kb_names[kb_id]}"},
+                 on_click=_enqueue, args=(upkeep.request_evaluation, f"Evaluation of {kb_names[kb_id]}"),
+                 kwargs={"kb_id": kb_id},
                  help=f"Samples {settings.eval_sample_size} chunks (seed {settings.eval_seed}), writes a question "
                       "for each and checks where retrieval ranks the chunk it came from.")
     with session_scope() as session:
@@ -97,10 +101,8 @@ def evaluation(kb_names: dict[int, str]) -> None:
     else:
         st.dataframe(pd.DataFrame([{
             "rank": "missed" if d["rank"] is None else str(d["rank"]), "question": d["question"],
-            "from": f"{d['document']}" + (f", p. {d['page']}" if d.get("page") else
-                                         f", {d['locator']}" if d.get("locator") else ""),
-            "top hit": (f"{d['top'][0]['document']}" + (f", p. {d['top'][0]['page']}" if d['top'][0].get('page')
-                                                        else "")) if d.get("top") else "nothing",
+            "from": citation_label(d),
+            "top hit": citation_label(d["top"][0]) if d.get("top") else "nothing",
             "by": d.get("how", ""),
         } for d in worst]), hide_index=True, width="stretch")
     with st.expander("Recent runs"):
@@ -119,9 +121,9 @@ def alerts_panel(kb_names: dict[int, str]) -> None:
                 f"{settings.empty_retrieval_alert_min_questions} questions in "
                 f"{settings.empty_retrieval_window_seconds // 60} min")
     b.button("Check alert rules now", icon=":material/notifications:", key="mon_alerts_now",
-             on_click=_enqueue, args=("maintenance.alerts",), kwargs={"what": "Alert check"})
+             on_click=_enqueue, args=(upkeep.request_alert_check, "Alert check"))
     c.button("Check consistency now", icon=":material/rule:", key="mon_consistency_now",
-             on_click=_enqueue, args=("maintenance.consistency",), kwargs={"what": "Consistency check (with fixes)"},
+             on_click=_enqueue, args=(upkeep.request_consistency_fix, "Consistency check (with fixes)"),
              help="Documents vs chunks vs stored files; mismatches are re-indexed, orphans removed, stuck "
                   "documents re-enqueued. `kbchat check` shows the same without fixing.")
     with session_scope() as session:

@@ -1,39 +1,35 @@
-"""The task bodies on Celery: late acks, reject on worker lost, JSON only, expiring results, events in Redis."""
+"""The task bodies on Celery: late acks, reject on worker lost, JSON only, expiring results, events in Redis.
+
+``CeleryBackend`` is the one object a process sends tasks with; ``tasks.backend.make_backend`` makes it."""
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from celery import Celery, signals
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
-from rag.config import get_settings
-from rag.runtime import service_urls
-from tasks import events
-from tasks.context import reset_current_task_id, set_current_task_id
-from tasks.registry import (
-    QUEUES,
-    TRANSIENT_ERRORS,
-    Periodic,
-    TaskSpec,
-    give_up_message,
-    schedule,
-    spec,
-    task_specs,
-)
+from infra.database import set_application_name
+from infra.settings import get_settings
+from tasks import monitoring
+from tasks.context import reset_current_task, set_current_task
+from tasks.queues import QUEUES, TRANSIENT_ERRORS
+from tasks.registry import Periodic, TaskSpec, give_up_message, schedule, spec, task_specs
+from telemetry import events
 
 log = logging.getLogger(__name__)
 
 
 def _register(app: Celery, item: TaskSpec) -> None:
     def run(self, *args, **kwargs):
-        token = set_current_task_id(self.request.id)
+        token = set_current_task(self.request.id, CeleryBackend(self.app))
         try:
             return item.fn(*args, **kwargs)
         finally:
-            reset_current_task_id(token)
+            reset_current_task(token)
 
     settings = get_settings()
     app.task(
@@ -63,12 +59,38 @@ def _beat_entry(job: Periodic) -> dict:
     return {"task": job.name, "schedule": when, "options": {"queue": spec(job.name).queue}}
 
 
-def create_app() -> Celery:
+class CeleryBackend:
+    """Sends tasks through a Celery app (its signals below record them as queued)."""
+
+    name = "celery"
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def enqueue(self, name: str, *args: Any, task_id: str | None = None) -> str:
+        """Send task ``name`` with JSON arguments to its queue; returns the task id. Call after the commit."""
+        item = spec(name)
+        # Chat tasks keep no Celery result (see _register): then the client need not subscribe to one either.
+        result = self.app.send_task(
+            name, args=list(args), queue=item.queue, task_id=task_id, ignore_result=item.queue == "chat"
+        )
+        return result.id
+
+    def waiting_ingest_runs(self) -> set[str]:
+        """Task ids whose ingestion still waits in this backend's ingest queue."""
+        return monitoring.waiting_ingest_runs(self.name)
+
+    def close(self) -> None:
+        """Close the connections to Redis."""
+        self.app.close()
+
+
+def create_app(redis_url: str) -> Celery:
+    """A Celery app on ``redis_url`` with every task of the registry registered."""
     settings = get_settings()
-    urls = service_urls()
     # An unacknowledged task (its worker died) comes back after this; by default it outlasts the longest task.
     redelivery = settings.redelivery_timeout_seconds or max(item.time_limit for item in task_specs()) + 300
-    app = Celery("kbchat", broker=urls.redis_url, backend=urls.redis_url)
+    app = Celery("kbchat", broker=redis_url, backend=redis_url)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -94,9 +116,6 @@ def create_app() -> Celery:
     for item in task_specs():
         _register(app, item)
     return app
-
-
-app = create_app()
 
 # --- events for the monitoring page, written the same way as on Dramatiq ------------------------------
 _started: dict[str, float] = {}
@@ -161,8 +180,6 @@ def _on_failure(task_id=None, exception=None, sender=None, args=None, **_):
 
 @signals.worker_process_init.connect
 def _on_process_init(**_):
-    from db.session import set_application_name
-
     set_application_name("kbchat.worker")
 
 
@@ -173,18 +190,18 @@ def _on_setup(sender=None, instance=None, **_):
 
 
 @signals.worker_ready.connect
-def _on_ready(**_):
+def _on_ready(sender=None, **_):
+    app = sender.app  # the consumer of the worker's app
     instance = _worker.get("instance")
     queues = sorted(q.name for q in app.amqp.queues.consume_from.values()) if app.amqp.queues.consume_from else []
     heartbeat = events.Heartbeat(
         str(_worker.get("name") or events.worker_id()),
         {"backend": "celery", "queues": ",".join(queues), "concurrency": getattr(instance, "concurrency", 0)},
+        on_beat=monitoring.maybe_sample_queues,  # whichever worker beats first in an interval samples the queues
     )
     heartbeat.start()
     _worker["heartbeat"] = heartbeat
-    from tasks.client import enqueue
-
-    enqueue("maintenance.reconcile")  # catch up on whatever was stuck while no worker ran
+    CeleryBackend(app).enqueue("maintenance.reconcile")  # catch up on whatever was stuck while no worker ran
 
 
 @signals.worker_shutdown.connect

@@ -1,22 +1,35 @@
-"""The id of the task the current thread is running, set by whichever backend runs it."""
+"""The task the current thread is running: its id and the backend that runs it, set by the adapter around each
+body (a body enqueues follow-up work through that backend, so no module holds one)."""
 
 from __future__ import annotations
 
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
+from typing import Any
 
-_current: ContextVar[str | None] = ContextVar("kbchat_task_id", default=None)
+from usecases.ports import TaskQueue
+
+_current: ContextVar[tuple[str, TaskQueue] | None] = ContextVar("kbchat_task", default=None)
+
+
+def _get() -> tuple[str, TaskQueue]:
+    current = _current.get()
+    if current is None:
+        raise RuntimeError("not inside a kbchat task")
+    return current
 
 
 def current_task_id() -> str:
-    task_id = _current.get()
-    if task_id is None:
-        raise RuntimeError("not inside a kbchat task")
-    return task_id
+    return _get()[0]
 
 
-def set_current_task_id(task_id: str | None):
-    return _current.set(task_id)
+def current_backend() -> TaskQueue:
+    """The backend running this task: what the body enqueues follow-up tasks with."""
+    return _get()[1]
 
 
-def reset_current_task_id(token) -> None:
+def set_current_task(task_id: str | None, backend: TaskQueue) -> Token[Any]:
+    return _current.set((task_id, backend) if task_id is not None else None)
+
+
+def reset_current_task(token: Token[Any]) -> None:
     _current.reset(token)

@@ -1,9 +1,12 @@
-"""The same task bodies on Dramatiq: Redis broker, retries with backoff, time limits, results in Redis."""
+"""The same task bodies on Dramatiq: Redis broker, retries with backoff, time limits, results in Redis.
+
+``DramatiqBackend`` is the one object a process sends tasks with; ``tasks.backend.make_backend`` makes it."""
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
@@ -20,11 +23,13 @@ from dramatiq.middleware import (
 from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend
 
-from rag.config import get_settings
-from rag.runtime import service_urls
-from tasks import events
-from tasks.context import reset_current_task_id, set_current_task_id
-from tasks.registry import TaskSpec, give_up_message, is_transient, spec, task_specs
+from infra.database import dispose_engine, set_application_name
+from infra.settings import get_settings
+from tasks import monitoring
+from tasks.context import reset_current_task, set_current_task
+from tasks.queues import DRAMATIQ_NAMESPACE, is_transient
+from tasks.registry import TaskSpec, give_up_message, spec, task_specs
+from telemetry import events
 
 log = logging.getLogger(__name__)
 
@@ -73,27 +78,22 @@ class KbchatEvents(Middleware):
         events.record(message.message_id, events.FAILED, name=message.actor_name, error="skipped (too old)")
 
     def after_worker_boot(self, broker, worker):
-        from db.session import set_application_name
-
         set_application_name("kbchat.worker")
         queues = sorted(worker.consumer_whitelist or broker.get_declared_queues())
         self._heartbeat = events.Heartbeat(
             events.worker_id(),
             {"backend": "dramatiq", "queues": ",".join(q for q in queues if not q.endswith(".DQ")),
              "concurrency": worker.worker_threads},
+            on_beat=monitoring.maybe_sample_queues,  # whichever worker beats first in an interval samples the queues
         )
         self._heartbeat.start()
-        from tasks.client import enqueue
-
-        enqueue("maintenance.reconcile")
+        DramatiqBackend(broker).enqueue("maintenance.reconcile")  # catch up on what was stuck while no worker ran
 
     def before_worker_shutdown(self, broker, worker):
         if self._heartbeat is not None:
             self._heartbeat.stop()
 
     def after_worker_shutdown(self, broker, worker):
-        from db.session import dispose_engine
-
         dispose_engine()
 
 
@@ -107,11 +107,11 @@ def _retry_when(max_retries: int):
 def _register(broker: RedisBroker, item: TaskSpec) -> dramatiq.Actor:
     def run(*args, **kwargs):
         message = CurrentMessage.get_current_message()
-        token = set_current_task_id(message.message_id if message else None)
+        token = set_current_task(message.message_id if message else None, DramatiqBackend(broker))
         try:
             return item.fn(*args, **kwargs)
         finally:
-            reset_current_task_id(token)
+            reset_current_task(token)
 
     run.__name__ = item.name.replace(".", "_")
     return dramatiq.actor(
@@ -128,12 +128,12 @@ def _register(broker: RedisBroker, item: TaskSpec) -> dramatiq.Actor:
     )
 
 
-def create_broker() -> tuple[RedisBroker, dict[str, dramatiq.Actor]]:
+def create_broker(redis_url: str) -> RedisBroker:
+    """A Redis broker on ``redis_url`` with every task of the registry declared as an actor on it."""
     settings = get_settings()
-    url = service_urls().redis_url
     broker = RedisBroker(
-        url=url,
-        namespace="kbchat-dramatiq",
+        url=redis_url,
+        namespace=DRAMATIQ_NAMESPACE,
         # A dead worker's unacknowledged messages are requeued by another worker once its heartbeat is this old.
         heartbeat_timeout=settings.dramatiq_heartbeat_timeout_seconds * 1000,
         maintenance_chance=settings.dramatiq_maintenance_chance,
@@ -148,14 +148,38 @@ def create_broker() -> tuple[RedisBroker, dict[str, dramatiq.Actor]]:
             Retries(),
             CurrentMessage(),
             # Readable result keys (not bare MD5s), so the monitoring page can count them.
-            Results(backend=RedisBackend(url=url, namespace="kbchat-dramatiq-results", use_namespace_prefix_keys=True),
+            Results(backend=RedisBackend(url=redis_url, namespace=f"{DRAMATIQ_NAMESPACE}-results",
+                                         use_namespace_prefix_keys=True),
                     result_ttl=settings.result_ttl_seconds * 1000),
         ],
     )
-    broker.kbchat_url = url  # tasks.client rebuilds the broker when the configured URL changes
-    dramatiq.set_broker(broker)
-    actors = {item.name: _register(broker, item) for item in task_specs()}
-    return broker, actors
+    for item in task_specs():
+        _register(broker, item)
+    return broker
 
 
-broker, actors = create_broker()
+class DramatiqBackend:
+    """Sends tasks through a Dramatiq broker; records them as queued (Dramatiq has no publish signal)."""
+
+    name = "dramatiq"
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self.broker = broker
+
+    def enqueue(self, name: str, *args: Any, task_id: str | None = None) -> str:
+        """Send task ``name`` with JSON arguments to its queue; returns the task id. Call after the commit."""
+        message = self.broker.get_actor(name).message(*args)
+        if task_id:
+            message = message.copy(message_id=task_id)
+        events.record(message.message_id, events.QUEUED, name=name, queue=message.queue_name,
+                      args=events.encode_args(args), backend="dramatiq")
+        self.broker.enqueue(message)
+        return message.message_id
+
+    def waiting_ingest_runs(self) -> set[str]:
+        """Task ids whose ingestion still waits in this backend's ingest queue."""
+        return monitoring.waiting_ingest_runs(self.name)
+
+    def close(self) -> None:
+        """Close the connections to Redis."""
+        self.broker.close()

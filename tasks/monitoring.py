@@ -1,15 +1,9 @@
 """What the monitoring page and the Prometheus exporter read: queue depth on either backend, workers (online and
 lately gone), task counts, throughput and run times, recent failures, stalled documents. (What an admin can do
-about them is in ``tasks.admin``.)
+about them is in ``usecases.fixes``.)
 
-Queue depth is read from the brokers' own Redis keys, so it is exact and needs no worker to answer:
-
-- Celery (kombu's Redis transport): a list per queue plus one per priority step (``ingest``, ``ingest\\x06\\x163``,
-  ``…6``, ``…9``), and the ``unacked`` hash of messages a worker holds but has not acknowledged (running,
-  prefetched, or waiting out a retry countdown).
-- Dramatiq (Redis broker, namespace ``kbchat-dramatiq``): ``<ns>:<queue>`` lists the waiting message ids and
-  ``<ns>:<queue>.msgs`` holds every unacknowledged message (waiting or taken by a worker); ``<queue>.DQ.msgs``
-  holds retries waiting out their backoff and the ``<queue>.XQ`` sorted set the dead-lettered ones.
+Queue depth is read from the brokers' own Redis keys (``tasks.celery_queues``, ``tasks.dramatiq_queues``), so it
+is exact and needs no worker to answer.
 """
 
 from __future__ import annotations
@@ -18,98 +12,28 @@ import json
 import math
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from typing import Any
 
-from rag.config import get_settings
-from tasks import events
-from tasks.redis_client import get_redis
-from tasks.registry import QUEUES
-
-DRAMATIQ_NAMESPACE = "kbchat-dramatiq"  # tasks/dramatiq_app.py (a test holds the two together)
-
-# Queue depth history: one sample per interval from whichever process gets there first, a day of them kept.
-HISTORY_KEY = "kbchat:queues:history"
-HISTORY_LOCK_KEY = "kbchat:queues:history:lock"
-SAMPLE_SECONDS = 30
-HISTORY_MAX = 24 * 3600 // SAMPLE_SECONDS
-
-FINISHED = (events.SUCCEEDED, events.FAILED)
-STATES = (events.QUEUED, events.STARTED, events.SUCCEEDED, events.FAILED, events.RETRY)
-
+from db.repositories import monitoring as monitoring_repo
+from infra.database import session_scope
+from infra.redis_client import get_redis
+from infra.settings import get_settings
+from tasks import celery_queues, dramatiq_queues
+from tasks.queues import QUEUES, QueueDepth
+from telemetry import events, queue_history
 
 # --- queues ----------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class QueueDepth:
-    backend: str
-    queue: str
-    waiting: int = 0  # ready for the next free worker
-    reserved: int = 0  # taken by a worker, not acknowledged yet
-    delayed: int = 0  # Dramatiq: retries waiting out their backoff
-    dead: int = 0  # Dramatiq: dead-lettered (kept a week, then dropped)
-    by_priority: dict[int, int] = field(default_factory=dict)  # Celery: waiting per priority step
-
-    @property
-    def pending(self) -> int:
-        """Every message not finished yet (dead letters are finished: they will not run again)."""
-        return self.waiting + self.reserved + self.delayed
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "pending": self.pending}
 
 
 def queue_depths(backend: str | None = None, queues: tuple[str, ...] | list[str] = QUEUES) -> list[QueueDepth]:
     """Depth of each queue on ``backend`` (default: the configured one), read from the broker's keys."""
     backend = backend or get_settings().task_backend
-    return _dramatiq_depths(list(queues)) if backend == "dramatiq" else _celery_depths(list(queues))
-
-
-def _celery_depths(queues: list[str]) -> list[QueueDepth]:
-    from kombu.transport.redis import PRIORITY_STEPS, Channel
-
-    pipe = get_redis().pipeline()
-    for queue in queues:
-        for step in PRIORITY_STEPS:
-            pipe.llen(f"{queue}{Channel.sep}{step}" if step else queue)
-    pipe.hvals(Channel.unacked_key)  # bounded by workers × prefetch
-    *lengths, unacked = pipe.execute()
-    reserved: dict[str, int] = defaultdict(int)
-    for raw in unacked:
-        try:
-            reserved[json.loads(raw)[2]] += 1  # [message, exchange, routing key]; routing key = queue here
-        except (ValueError, IndexError, TypeError):
-            continue
-    depths = []
-    for i, queue in enumerate(queues):
-        counts = lengths[i * len(PRIORITY_STEPS) : (i + 1) * len(PRIORITY_STEPS)]
-        depths.append(
-            QueueDepth("celery", queue, waiting=sum(counts), reserved=reserved.get(queue, 0),
-                       by_priority=dict(zip(PRIORITY_STEPS, counts, strict=True)))
-        )
-    return depths
-
-
-def _dramatiq_depths(queues: list[str]) -> list[QueueDepth]:
-    pipe = get_redis().pipeline()
-    for queue in queues:
-        base = f"{DRAMATIQ_NAMESPACE}:{queue}"
-        pipe.llen(base)
-        pipe.hlen(f"{base}.msgs")
-        pipe.hlen(f"{base}.DQ.msgs")
-        pipe.zcard(f"{base}.XQ")
-    values = pipe.execute()
-    depths = []
-    for i, queue in enumerate(queues):
-        waiting, unacked, delayed, dead = values[i * 4 : i * 4 + 4]
-        depths.append(QueueDepth("dramatiq", queue, waiting=waiting, reserved=max(0, unacked - waiting),
-                                 delayed=delayed, dead=dead))
-    return depths
+    return dramatiq_queues.depths(list(queues)) if backend == "dramatiq" else celery_queues.depths(list(queues))
 
 
 def sample_queues() -> None:
-    """Append the configured backend's queue depths to the capped history stream."""
+    """Append the configured backend's queue depths to the queue-depth history."""
     backend = get_settings().task_backend
     sample: dict[str, Any] = {"ts": round(time.time(), 3), "backend": backend}
     for depth in queue_depths(backend):
@@ -117,24 +41,15 @@ def sample_queues() -> None:
         sample[f"{depth.queue}.reserved"] = depth.reserved
         sample[f"{depth.queue}.delayed"] = depth.delayed
         sample[f"{depth.queue}.dead"] = depth.dead
-    get_redis().xadd(HISTORY_KEY, sample, maxlen=HISTORY_MAX, approximate=True)
+    queue_history.append(sample)
 
 
 def maybe_sample_queues() -> bool:
-    """Take a sample unless another process took one in the last ``SAMPLE_SECONDS`` (workers call this each beat)."""
-    if get_redis().set(HISTORY_LOCK_KEY, 1, nx=True, ex=SAMPLE_SECONDS):
+    """Take a sample unless another process took one in the last interval (workers call this each beat)."""
+    if queue_history.claim_sample():
         sample_queues()
         return True
     return False
-
-
-def queue_history(seconds: float) -> list[dict[str, Any]]:
-    """Samples of the last ``seconds``, oldest first: ts, backend and ``<queue>.<state>`` counts."""
-    start = int((time.time() - seconds) * 1000)
-    rows = []
-    for _, sample in get_redis().xrange(HISTORY_KEY, min=str(start), max="+"):
-        rows.append({k: (v if k == "backend" else float(v) if k == "ts" else int(v)) for k, v in sample.items()})
-    return rows
 
 
 # --- workers ---------------------------------------------------------------------------------------------------
@@ -205,33 +120,11 @@ def _drop_finished_current_tasks(rows: list[dict]) -> None:
 # --- tasks -----------------------------------------------------------------------------------------------------
 
 
-def _minute_counts(seconds: float) -> list[tuple[int, dict[str, int]]]:
-    """(minute, {"<name>|<event>": n}) for each minute of the last ``seconds``, oldest first."""
-    now = int(time.time() // 60)
-    minutes = list(range(now - max(1, math.ceil(seconds / 60)) + 1, now + 1))
-    pipe = get_redis().pipeline()
-    for minute in minutes:
-        pipe.hgetall(events.STATS_KEY.format(minute))
-    return [(m, {k: int(v) for k, v in counts.items()}) for m, counts in zip(minutes, pipe.execute(), strict=True)]
-
-
-def task_counts(seconds: float) -> dict[str, dict[str, int]]:
-    """Events in the last ``seconds`` per task name and state, plus ``"all"``: {name: {state: n}}."""
-    totals: dict[str, dict[str, int]] = {"all": dict.fromkeys(STATES, 0)}
-    for _, counts in _minute_counts(seconds):
-        for key, n in counts.items():
-            name, _, state = key.rpartition("|")
-            if state in STATES:
-                totals.setdefault(name, dict.fromkeys(STATES, 0))[state] += n
-                totals["all"][state] += n
-    return totals
-
-
 def throughput(seconds: float, bucket_seconds: int = 60) -> list[dict[str, Any]]:
     """Finished tasks per minute in buckets of ``bucket_seconds``: [{minute (epoch s), succeeded, failed, retry}]."""
     per_bucket = max(1, bucket_seconds // 60)
     buckets: dict[int, dict[str, float]] = {}
-    for minute, counts in _minute_counts(seconds):
+    for minute, counts in events.minute_counts(seconds):
         start = (minute // per_bucket) * per_bucket * 60
         row = buckets.setdefault(start, {events.SUCCEEDED: 0.0, events.FAILED: 0.0, events.RETRY: 0.0})
         for key, n in counts.items():
@@ -286,7 +179,7 @@ def recent_failures(limit: int = 20, scan: int = 5000) -> list[dict[str, Any]]:
             "retries": int(record.get("retries") or 0),
             "retried_as": record.get("retried_as"),
             "state": record.get("state", "expired"),
-            "retryable": decode_args(record.get("args")) is not None,
+            "retryable": events.decode_args(record.get("args")) is not None,
         })
     return rows
 
@@ -295,52 +188,14 @@ def waiting_messages(queue: str, backend: str | None = None) -> list[tuple[str, 
     """(task id, task name, args) of every message waiting in ``queue`` for a worker (and, on Dramatiq, retries
     waiting out their backoff): those will run without anyone re-enqueueing them. One read of the whole queue."""
     backend = backend or get_settings().task_backend
-    return _dramatiq_waiting(queue) if backend == "dramatiq" else _celery_waiting(queue)
+    return dramatiq_queues.waiting(queue) if backend == "dramatiq" else celery_queues.waiting(queue)
 
 
-def _celery_waiting(queue: str) -> list[tuple[str, str, list]]:
-    import base64
-
-    from kombu.transport.redis import PRIORITY_STEPS, Channel
-
-    pipe = get_redis().pipeline()
-    for step in PRIORITY_STEPS:
-        pipe.lrange(f"{queue}{Channel.sep}{step}" if step else queue, 0, -1)
-    out = []
-    for raw in (item for items in pipe.execute() for item in items):
-        try:
-            message = json.loads(raw)
-            headers = message["headers"]
-            body = message["body"]
-            if message.get("properties", {}).get("body_encoding") == "base64":
-                body = base64.b64decode(body)
-            args = json.loads(body)[0]  # protocol 2: [args, kwargs, embed]
-            out.append((headers["id"], headers["task"], list(args)))
-        except (ValueError, KeyError, IndexError, TypeError):
-            continue
-    return out
-
-
-def _dramatiq_waiting(queue: str) -> list[tuple[str, str, list]]:
-    redis = get_redis()
-    base = f"{DRAMATIQ_NAMESPACE}:{queue}"
-    ids = redis.lrange(base, 0, -1)
-    raws = (redis.hmget(f"{base}.msgs", ids) if ids else []) + redis.hvals(f"{base}.DQ.msgs")
-    out = []
-    for raw in raws:
-        try:
-            message = json.loads(raw)
-            out.append((message["message_id"], message["actor_name"], list(message["args"])))
-        except (ValueError, KeyError, TypeError):
-            continue
-    return out
-
-
-def waiting_ingest_runs() -> set[str]:
+def waiting_ingest_runs(backend: str | None = None) -> set[str]:
     """Task ids whose ingestion waits in the ingest queue: ``ingest.document`` messages, and the run id (the
     document's task id) of every waiting ``ingest.pages`` part. Reconciliation leaves their documents alone."""
     runs = set()
-    for task_id, name, args in waiting_messages("ingest"):
+    for task_id, name, args in waiting_messages("ingest", backend):
         if name == "ingest.pages" and len(args) >= 2:
             runs.add(str(args[1]))
         else:
@@ -348,27 +203,11 @@ def waiting_ingest_runs() -> set[str]:
     return runs
 
 
-# --- stored arguments and stalled documents ----------------------------------------------------------------
-
-
-def decode_args(raw: str | None) -> list | None:
-    """The positional arguments stored with a task (``events.encode_args``), or None when they cannot be replayed."""
-    try:
-        data = json.loads(raw or "")
-    except ValueError:
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("args"), list) or data.get("kwargs"):
-        return None
-    return data["args"]
+# --- stalled documents ----------------------------------------------------------------
 
 
 def stalled_documents(older_than_seconds: float) -> list[dict[str, Any]]:
     """Documents in a non-final state that have not moved for ``older_than_seconds``, with their task's state."""
-    from datetime import timedelta
-
-    from db.repositories import monitoring as monitoring_repo
-    from db.session import session_scope
-
     with session_scope() as session:
         rows = monitoring_repo.stalled_documents(session=session, older_than=timedelta(seconds=older_than_seconds))
     pipe = get_redis().pipeline()

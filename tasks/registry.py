@@ -5,23 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import redis.exceptions
-import sqlalchemy.exc
-
-from rag.config import get_settings
+from infra.settings import get_settings
 from tasks import bodies
-
-QUEUES = ("ingest", "chat", "maintenance")
-
-# Worth retrying with backoff: the database or Redis is restarting or unreachable for a moment.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    sqlalchemy.exc.DisconnectionError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    ConnectionError,
-)
+from tasks.queues import is_transient
 
 
 @dataclass(frozen=True)
@@ -96,10 +82,6 @@ def schedule() -> list[Periodic]:
         Periodic("maintenance.alerts", every=float(settings.alert_check_interval_seconds)),
         Periodic("maintenance.cleanup", every=float(settings.cleanup_interval_seconds)),
     ]
-
-
-def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, TRANSIENT_ERRORS)
 
 
 def give_up_message(spec: TaskSpec, exc: BaseException) -> str:

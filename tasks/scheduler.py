@@ -10,7 +10,8 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-from rag.config import get_settings
+from infra.settings import get_settings
+from tasks.backend import get_backend
 from tasks.registry import Periodic, schedule
 
 log = logging.getLogger(__name__)
@@ -18,8 +19,7 @@ log = logging.getLogger(__name__)
 
 def run_dramatiq_scheduler(stop: threading.Event | None = None) -> None:
     """Enqueue each scheduled task every interval until ``stop`` is set (or SIGTERM/SIGINT)."""
-    from tasks.client import enqueue
-
+    enqueue = get_backend().enqueue
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -65,7 +65,7 @@ def exec_scheduler() -> None:
         return
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
-        sys.executable, "-m", "celery", "-A", "tasks.celery_app:app", "beat", "--loglevel", "INFO",
+        sys.executable, "-m", "celery", "-A", "tasks.celery_worker:app", "beat", "--loglevel", "INFO",
         "--schedule", str(settings.data_dir / "celerybeat-schedule"),
     ]
     os.execv(sys.executable, argv)

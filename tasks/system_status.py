@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
-from rag.config import get_settings
-from tasks import events
-from tasks.redis_client import get_redis
+from db.repositories import monitoring as monitoring_repo
+from infra.database import session_scope
+from infra.redis_client import get_redis
+from infra.settings import get_settings
+from infra.urls import shown_url
+from rag import llm_client
+from tasks.queues import DRAMATIQ_NAMESPACE
 
 # Keys that hold one task result each: the classic way a result backend fills Redis when results never expire.
 RESULT_KEY_PREFIXES = {
     "celery": "celery-task-meta-",
-    "dramatiq": "kbchat-dramatiq-results:",
+    "dramatiq": f"{DRAMATIQ_NAMESPACE}-results:",
     "kbchat": "kbchat:task:",
 }
 TGI_LIMITS = ("max_input_tokens", "max_total_tokens", "max_concurrent_requests", "max_best_of",
@@ -55,9 +58,6 @@ def redis_figures(scan_limit: int = 1_000_000) -> dict[str, Any]:
 
 def postgres_figures() -> dict[str, Any]:
     """Knowledge bases, documents by status, chunks; database, table and index sizes."""
-    from db.repositories import monitoring as monitoring_repo
-    from db.session import session_scope
-
     with session_scope() as session:
         figures = monitoring_repo.figures(session=session)
         figures["tables"] = monitoring_repo.table_sizes(session=session)
@@ -67,17 +67,14 @@ def postgres_figures() -> dict[str, Any]:
 
 def tgi_status() -> dict[str, Any]:
     """Whether a generation server is configured and answers, with its model, limits and response time."""
-    from rag import llm
-
     url = (getattr(get_settings(), "tgi_url", "") or "").strip()
     if not url:
         return {"configured": False}
-    parts = urlsplit(url)
-    shown = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")  # no credentials
+    shown = shown_url(url)  # no credentials
     started = time.perf_counter()
-    health = llm.health()
+    health = llm_client.health()
     response_ms = round((time.perf_counter() - started) * 1000, 1)
-    info = llm.server_info() if health.get("ok") else {}
+    info = llm_client.server_info() if health.get("ok") else {}
     return {
         "configured": True,
         "url": shown,
@@ -87,20 +84,4 @@ def tgi_status() -> dict[str, Any]:
         "model_id": info.get("model_id"),
         "version": info.get("version"),
         "limits": {key: info[key] for key in TGI_LIMITS if info.get(key) is not None},
-    }
-
-
-def empty_retrievals(seconds: float) -> dict[str, Any]:
-    """Questions that found no relevant passage in the last ``seconds``, against the answers attempted."""
-    from tasks.monitoring import task_counts
-
-    r = get_redis()
-    start = int((time.time() - seconds) * 1000)
-    empty = len(r.xrange(events.EMPTY_RETRIEVALS_KEY, min=str(start), max="+", count=100_000))
-    answers = task_counts(seconds).get("chat.answer", {}).get(events.STARTED, 0)
-    return {
-        "empty": empty,
-        "answers": answers,
-        "rate": empty / answers if answers else None,
-        "total": int(r.hget(events.EMPTY_RETRIEVALS_COUNT_KEY, "total") or 0),
     }

@@ -6,8 +6,8 @@ import os
 import socket
 import sys
 
-from rag.config import get_settings
-from tasks.registry import QUEUES
+from infra.settings import get_settings
+from tasks.queues import QUEUES
 
 
 def worker_argv(queues: list[str], concurrency: int) -> list[str]:
@@ -17,12 +17,12 @@ def worker_argv(queues: list[str], concurrency: int) -> list[str]:
         raise ValueError(f"unknown queue(s) {', '.join(unknown)}; the queues are {', '.join(QUEUES)}")
     if get_settings().task_backend == "dramatiq":
         # One process with threads: the model is loaded once and shared; chat tasks mostly wait on I/O.
-        return [sys.executable, "-m", "dramatiq", "tasks.dramatiq_app", "--processes", "1",
+        return [sys.executable, "-m", "dramatiq", "tasks.dramatiq_worker", "--processes", "1",
                 "--threads", str(concurrency), "--queues", *queues]
     # Chat answers wait on the network, so threads; ingestion is CPU-bound, so processes.
     pool = "threads" if set(queues) == {"chat"} else "prefork"
     name = f"kbchat-{'-'.join(queues)}-{os.getpid()}@{socket.gethostname()}"
-    return [sys.executable, "-m", "celery", "-A", "tasks.celery_app:app", "worker", "--queues", ",".join(queues),
+    return [sys.executable, "-m", "celery", "-A", "tasks.celery_worker:app", "worker", "--queues", ",".join(queues),
             "--concurrency", str(concurrency), "--pool", pool, "--hostname", name, "--loglevel", "INFO",
             "--without-gossip", "--without-mingle"]
 
@@ -49,6 +49,9 @@ def exec_worker(queues: list[str], concurrency: int) -> None:
     if niceness:
         os.nice(niceness)  # inherited by the exec'd worker and every process it forks
     threads = embedding_threads(queues, concurrency)
+    # Handed to the exec'd worker, not written into this process: the embedding threads each task process's
+    # embedder reads, and no tokenizer thread pools in a parent that forks (Celery prefork).
+    env = {"TOKENIZERS_PARALLELISM": "false", **os.environ}
     if threads:
-        os.environ["KBCHAT_EMBEDDING_THREADS"] = str(threads)  # read by each task process's embedder
-    os.execv(argv[0], argv)
+        env["KBCHAT_EMBEDDING_THREADS"] = str(threads)
+    os.execve(argv[0], argv, env)

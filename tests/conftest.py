@@ -39,12 +39,15 @@ def pytest_unconfigure(config) -> None:
 
 def _reset_caches() -> None:
     """Forget everything derived from settings, so a changed environment takes effect in this process."""
-    from db.session import dispose_engine
-    from rag.config import get_settings
-    from tasks import client, redis_client
+    from infra import redis_client
+    from infra.database import dispose_engine
+    from infra.settings import get_settings
+    from tasks.backend import get_backend
 
+    if get_backend.cache_info().currsize:
+        get_backend().close()
     get_settings.cache_clear()
-    client._backend.cache_clear()
+    get_backend.cache_clear()
     redis_client.reset()
     dispose_engine()
 
@@ -53,8 +56,8 @@ def _reset_caches() -> None:
 def services(tmp_path_factory) -> Iterator[dict[str, str]]:
     """Migrated PostgreSQL and a Redis for the whole run; their URLs are exported to KBCHAT_* for children."""
     from db import migrate
+    from infra.settings import Settings
     from kbchat.services import Services
-    from rag.config import Settings
 
     data_dir = tmp_path_factory.mktemp("kbchat-data")
     saved = {k: os.environ.get(k) for k in ("KBCHAT_DATABASE_URL", "KBCHAT_REDIS_URL", "KBCHAT_DATA_DIR")}
@@ -90,7 +93,7 @@ class WorkerHandle:
 def start_worker(backend: str, log_path: Path, queues: str = "ingest,chat,maintenance",
                  extra_env: dict[str, str] | None = None, wait: bool = True) -> WorkerHandle:
     """A real worker process (``kbchat worker``) on ``backend``; waits for its heartbeat."""
-    from tasks import events
+    from telemetry import events
 
     env = dict(os.environ, KBCHAT_TASK_BACKEND=backend, PYTHONUNBUFFERED="1", **(extra_env or {}))
     log = open(log_path, "ab")
@@ -164,7 +167,7 @@ def worker(backend, tmp_path_factory) -> Iterator[WorkerHandle]:
 @pytest.fixture
 def kb(services) -> tuple[int, str]:
     """A fresh, empty knowledge base for one test."""
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.library import get_or_create_kb
 
     name = f"test-{uuid.uuid4().hex[:10]}"
@@ -177,7 +180,7 @@ def wait_for_documents(document_ids: list[int], timeout: float = 120) -> dict[in
     """Poll until every document is ready or failed; fail the test on timeout."""
     from db.models import FINAL_STATES
     from db.repositories import documents as document_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     deadline = time.monotonic() + timeout
     while True:
@@ -191,16 +194,34 @@ def wait_for_documents(document_ids: list[int], timeout: float = 120) -> dict[in
 
 
 def upload(kb_id: int, filename: str, data: bytes):
-    """Store a file the way the upload page does and enqueue it; returns the outcome."""
-    from db.session import session_scope
-    from rag.library import store_upload
-    from tasks.client import enqueue_ingest
+    """Upload a file the way the upload page does (stored, then its ingest queued); returns the outcome."""
+    from tasks.backend import get_backend
+    from usecases.documents import upload_files
 
-    with session_scope() as session:
-        outcome = store_upload(session=session, kb_id=kb_id, filename=filename, data=data)
-    if outcome.status == "queued":
-        enqueue_ingest(outcome.document_id)
-    return outcome
+    return upload_files(get_backend(), kb_id=kb_id, files=[(filename, data)])[0]
+
+
+class RecordingQueue:
+    """A task queue that only records what a use case sends (the stub twin of tasks.backend's backends)."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.sent: list[tuple] = []
+
+    def enqueue(self, name: str, *args, task_id: str | None = None) -> str:
+        self.sent.append((name, *args))
+        return f"id-{len(self.sent)}"
+
+    def waiting_ingest_runs(self) -> set[str]:
+        return set()
+
+
+def enqueue(name: str, *args, task_id: str | None = None) -> str:
+    """Send a task through this process's backend now (a test running a job without waiting for its schedule)."""
+    from tasks.backend import get_backend
+
+    return get_backend().enqueue(name, *args, task_id=task_id)
 
 
 def make_pdf(pages: list[str]) -> bytes:
@@ -274,7 +295,7 @@ def wait_until(predicate, timeout: float, message: str, interval: float = 0.2):
 def finished_task_record(task_id: str, state: str = "succeeded", timeout: float = 30) -> dict:
     """The task record once it says ``state``. A document row turns final inside the task body and the record only
     after the body returns, so a test that saw the document finish must wait a moment for the record."""
-    from tasks import events
+    from telemetry import events
 
     return wait_until(lambda: (r := events.get_task(task_id)) and r.get("state") == state and r, timeout,
                       f"task {task_id} to be recorded as {state}")
@@ -297,7 +318,7 @@ def run_cli(*args: str, env: dict[str, str | None] | None = None, timeout: float
 
 def task_events(task_id: str, count: int = 5000) -> list[dict[str, str]]:
     """The capped ``kbchat:events`` stream's entries for one task, oldest first."""
-    from tasks import events
+    from telemetry import events
 
     return [e for e in reversed(events.recent_events(count)) if e.get("task_id") == task_id]
 
@@ -306,7 +327,7 @@ def backdate_document(document_id: int, seconds: int) -> None:
     """Make a document look untouched for ``seconds`` (as if its queue message was lost long ago)."""
     from sqlalchemy import text
 
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         session.execute(

@@ -31,7 +31,7 @@ class RefusedMessages:
     def install(self) -> RefusedMessages:
         from sqlalchemy import text
 
-        from db.session import session_scope
+        from infra.database import session_scope
 
         with session_scope() as session:
             session.execute(text(
@@ -47,7 +47,7 @@ class RefusedMessages:
     def remove(self) -> None:
         from sqlalchemy import text
 
-        from db.session import session_scope
+        from infra.database import session_scope
 
         with session_scope() as session:
             session.execute(text(f"DROP TRIGGER IF EXISTS {self.name} ON messages"))
@@ -58,8 +58,8 @@ def failed_chat_answer(kb_id: int, question: str) -> tuple[str, int, RefusedMess
     """A chat answer that fails in the worker because its conversation refuses the answer (see RefusedMessages).
     Returns (task id, conversation id, the refusal to remove)."""
     from db.repositories import conversations as conversation_repo
-    from db.session import session_scope
-    from tasks.client import enqueue
+    from infra.database import session_scope
+    from tests.conftest import enqueue
 
     with session_scope() as session:
         conversation_id = conversation_repo.create(session=session, kb_id=kb_id, title=question[:80]).id
@@ -74,7 +74,7 @@ def failed_chat_answer(kb_id: int, question: str) -> tuple[str, int, RefusedMess
 
 
 def wait_for_state(task_id: str, state: str, timeout: float = 60) -> dict:
-    from tasks import events
+    from telemetry import events
 
     return wait_until(lambda: (r := events.get_task(task_id)) and r.get("state") == state and r, timeout,
                       f"task {task_id} to be {state}")

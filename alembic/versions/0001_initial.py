@@ -12,7 +12,7 @@ from pgvector.sqlalchemy import Vector
 from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
 
 from alembic import op
-from rag.config import get_settings
+from infra.settings import get_settings
 
 revision = "0001"
 down_revision = None

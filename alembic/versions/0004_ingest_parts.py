@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from pgvector.sqlalchemy import Vector
 
 from alembic import op
-from rag.config import get_settings
+from infra.settings import get_settings
 
 revision = "0004"
 down_revision = "0003"

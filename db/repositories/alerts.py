@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.orm import Session
 
 from db.models import Alert
@@ -42,14 +42,25 @@ def add(
     return alert
 
 
+def set_delivery(*, session: Session, alert_id: int, delivery: str, attempts: int, error: str | None) -> None:
+    """What the webhook said, recorded after the POST (which runs outside the transaction that added the alert)."""
+    session.execute(
+        update(Alert).where(Alert.id == alert_id).values(delivery=delivery, attempts=attempts, delivery_error=error)
+    )
+
+
 def recent(*, session: Session, limit: int = 50) -> list[Alert]:
     return list(session.scalars(select(Alert).order_by(Alert.created_at.desc(), Alert.id.desc()).limit(limit)))
-
-
-def count_since(*, session: Session, since: datetime) -> int:
-    return int(session.scalar(select(func.count()).select_from(Alert).where(Alert.created_at >= since)) or 0)
 
 
 def delete_older_than(*, session: Session, days: int) -> int:
     cutoff = datetime.now(UTC) - timedelta(days=days)
     return session.execute(delete(Alert).where(Alert.created_at < cutoff)).rowcount or 0
+
+
+def counts_last_day(*, session: Session) -> dict[tuple[str, str], int]:
+    """Alerts of the last 24 h per (kind, delivery), for the metrics exporter."""
+    rows = session.execute(
+        text("SELECT kind, delivery, count(*) FROM alerts WHERE created_at > now() - interval '1 day' GROUP BY 1, 2")
+    )
+    return {(kind, delivery): n for kind, delivery, n in rows}

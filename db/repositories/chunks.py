@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select, text
+from pgvector.sqlalchemy import Vector
+from sqlalchemy import bindparam, delete, func, select, text
 from sqlalchemy.orm import Session
 
 from db.models import Chunk, Document
@@ -65,7 +66,7 @@ def replace_for_document(
 
 
 def row_values(row: ChunkRow) -> dict:
-    """A chunk row's bind values (the vector as a literal the SQL casts), for inserts into chunks or staging."""
+    """A chunk row's bind values, for inserts into chunks or staging (``EMBEDDING`` binds the vector)."""
     return {
         "ordinal": row.ordinal,
         "page": row.page,
@@ -73,20 +74,23 @@ def row_values(row: ChunkRow) -> dict:
         "heading": row.heading,
         "text": row.text,
         "token_count": row.token_count,
-        "embedding": vector_literal(row.embedding),
+        "embedding": row.embedding,
     }
 
 
 # What a chunk is indexed by: the document's context header, the chunk's heading path and its text (NULLs skipped).
 _SEARCH_TEXT = "to_tsvector(CAST(:cfg AS regconfig), concat_ws(E'\\n', {context}, {heading}, {text}))"
 
-# Plain SQL so the tsvector is computed from the same bound text and the vector cast happens server-side.
+# pgvector's type binds a list or numpy array as the ``:embedding`` of the plain-SQL statements below.
+EMBEDDING = bindparam("embedding", type_=Vector())
+
+# Plain SQL so the tsvector is computed from the same bound text.
 _INSERT = text(
     "INSERT INTO chunks (kb_id, document_id, ordinal, page, locator, heading, text, token_count, tsv, embedding) "
     "VALUES (:kb_id, :document_id, :ordinal, :page, :locator, :heading, :text, :token_count, "
     + _SEARCH_TEXT.format(context="CAST(:context AS text)", heading="CAST(:heading AS text)", text="CAST(:text AS text)")
-    + ", CAST(:embedding AS vector))"
-)
+    + ", :embedding)"
+).bindparams(EMBEDDING)
 
 # Per document, how many chunks hold each lexeme (their sum over a base is the full-text ranking's document
 # frequency); replaced with the chunks, in the same transaction.
@@ -130,10 +134,6 @@ _INSERT_FROM_STAGING = text(
 
 def count_for_document(*, session: Session, document_id: int) -> int:
     return session.scalar(select(func.count()).select_from(Chunk).where(Chunk.document_id == document_id)) or 0
-
-
-def vector_literal(embedding: Sequence[float]) -> str:
-    return "[" + ",".join(f"{float(x):.7g}" for x in embedding) + "]"
 
 
 def _set_search_options(session: Session, ef_search: int) -> None:
@@ -187,7 +187,7 @@ _CANDIDATES = """
 WITH vector_hits AS (
     SELECT id, row_number() OVER (ORDER BY distance, id) AS rank
     FROM (
-        SELECT c.id, c.embedding <=> CAST(:embedding AS vector) AS distance
+        SELECT c.id, c.embedding <=> :embedding AS distance
         FROM chunks c
         WHERE c.kb_id = :kb_id {document_filter}
         ORDER BY distance
@@ -217,17 +217,17 @@ text_hits AS (
     LIMIT :candidates
 )
 SELECT coalesce(v.id, t.id) AS id, c.document_id, d.filename, c.page, c.locator, c.ordinal, c.text,
-       1 - (c.embedding <=> CAST(:embedding AS vector)) AS score, v.rank AS vector_rank, t.id IS NOT NULL AS text_listed,
+       1 - (c.embedding <=> :embedding) AS score, v.rank AS vector_rank, t.id IS NOT NULL AS text_listed,
        coalesce(t.text_score, (SELECT sum(w.weight) FROM weighted w WHERE c.tsv @@ w.query), 0) AS text_score
 FROM vector_hits v
 FULL OUTER JOIN text_hits t ON t.id = v.id
 JOIN chunks c ON c.id = coalesce(v.id, t.id)
 JOIN documents d ON d.id = c.document_id
 """
-_CANDIDATES_ALL = text(_CANDIDATES.format(document_filter=""))
+_CANDIDATES_ALL = text(_CANDIDATES.format(document_filter="")).bindparams(EMBEDDING)
 _CANDIDATES_DOCUMENTS = text(
     _CANDIDATES.format(document_filter="AND c.document_id = ANY(CAST(:document_ids AS bigint[]))")
-)
+).bindparams(EMBEDDING)
 
 
 def hybrid_candidates(
@@ -248,7 +248,7 @@ def hybrid_candidates(
     _set_search_options(session, ef_search)
     params = {
         "kb_id": kb_id,
-        "embedding": vector_literal(embedding),
+        "embedding": embedding,
         "match": match or "",
         "queries": [query for query, _ in weighted] if match else [],
         "weights": [float(weight) for _, weight in weighted] if match else [],

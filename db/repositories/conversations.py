@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Conversation, ConversationSummary, Message
@@ -73,17 +73,6 @@ def rename(*, session: Session, conversation_id: int, title: str) -> None:
 def delete_conversation(*, session: Session, conversation_id: int) -> None:
     """Delete the conversation; its messages and summaries go with it (ON DELETE CASCADE)."""
     session.execute(delete(Conversation).where(Conversation.id == conversation_id))
-
-
-def message_counts(*, session: Session, conversation_ids: list[int]) -> dict[int, int]:
-    if not conversation_ids:
-        return {}
-    rows = session.execute(
-        select(Message.conversation_id, func.count())
-        .where(Message.conversation_id.in_(conversation_ids))
-        .group_by(Message.conversation_id)
-    ).all()
-    return {conversation_id: count for conversation_id, count in rows}
 
 
 def messages_after(*, session: Session, conversation_id: int, after_id: int = 0) -> list[Message]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, null, select, update
+from sqlalchemy import func, null, select, text, update
 from sqlalchemy.orm import Session
 
 from db.models import READY, Chunk, Document, EvalRun
@@ -131,3 +131,14 @@ def fail_abandoned(*, session: Session, older_than: timedelta) -> int:
                 finished_at=func.now())
     )
     return result.rowcount or 0
+
+
+def latest_scores_by_kb_name(*, session: Session) -> dict[str, dict[str, float]]:
+    """Each base's newest succeeded evaluation (by base name): its scores and how many seconds ago it ran."""
+    rows = session.execute(text("""
+        SELECT DISTINCT ON (r.kb_id) k.name, r.hit_at_1, r.hit_at_5, r.hit_at_10, r.mrr,
+               extract(epoch FROM now() - r.started_at) AS age
+        FROM eval_runs r JOIN knowledge_bases k ON k.id = r.kb_id
+        WHERE r.status = 'succeeded' ORDER BY r.kb_id, r.started_at DESC"""))
+    return {name: {"hit_at_1": h1, "hit_at_5": h5, "hit_at_10": h10, "mrr": mrr, "age_seconds": float(age)}
+            for name, h1, h5, h10, mrr, age in rows}

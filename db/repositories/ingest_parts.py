@@ -9,7 +9,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from db.models import IngestPart, StagedChunk
-from db.repositories.chunks import ChunkRow, row_values
+from db.repositories.chunks import EMBEDDING, ChunkRow, row_values
 
 
 def create_parts(*, session: Session, document_id: int, run: str, ranges: Sequence[tuple[int, int]]) -> None:
@@ -100,8 +100,8 @@ def replace_staged(
 _INSERT_STAGED = text(
     "INSERT INTO staged_chunks (document_id, run, first_page, ordinal, page, locator, heading, text, token_count, "
     "embedding) VALUES (:document_id, :run, :first_page, :ordinal, :page, :locator, :heading, :text, :token_count, "
-    "CAST(:embedding AS vector))"
-)
+    ":embedding)"
+).bindparams(EMBEDDING)
 
 
 def delete_for_document(*, session: Session, document_id: int, keep_run: str | None = None) -> None:

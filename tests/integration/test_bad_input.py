@@ -61,7 +61,7 @@ def _chunk_snapshot(document_id: int) -> list[tuple]:
     from sqlalchemy import select
 
     from db.models import Chunk
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         rows = session.execute(
@@ -90,7 +90,7 @@ def batch(worker) -> Batch:
     """An earlier good document, then every case in one upload; waits until all of them are final."""
     import uuid
 
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.library import get_or_create_kb
 
     with session_scope() as session:
@@ -237,7 +237,7 @@ def test_nothing_stored_before_is_lost(batch):
 
 @pytest.fixture
 def small_upload_limit(monkeypatch):
-    from rag.config import get_settings
+    from infra.settings import get_settings
 
     monkeypatch.setenv("KBCHAT_MAX_UPLOAD_MB", "1")
     get_settings.cache_clear()
@@ -250,7 +250,7 @@ def test_file_over_the_size_limit_is_refused_before_it_is_stored(kb, small_uploa
     from sqlalchemy import func, select
 
     from db.models import Document, DocumentBlob
-    from db.session import session_scope
+    from infra.database import session_scope
 
     kb_id, _ = kb
     data = b"Too big to keep. " * (80 * 1024)  # 1.3 MB

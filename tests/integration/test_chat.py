@@ -95,7 +95,7 @@ def stack(request, services, tmp_path_factory) -> Iterator[Stack]:
         extra_env={"KBCHAT_TGI_URL": tgi.url, **WORKER_ENV},
     )
     try:
-        from db.session import session_scope
+        from infra.database import session_scope
         from rag.library import get_or_create_kb
 
         name = f"chat-{backend}-{uuid.uuid4().hex[:6]}"
@@ -119,10 +119,10 @@ def stack(request, services, tmp_path_factory) -> Iterator[Stack]:
 
 @pytest.fixture(autouse=True)
 def fresh_behaviour(stack):
-    from rag import llm
-    from tasks.redis_client import get_redis
+    from infra.redis_client import get_redis
+    from rag import llm_breaker
 
-    get_redis().delete(llm.CIRCUIT_KEY, llm.FAILURES_KEY)  # each test starts with the breaker closed
+    get_redis().delete(llm_breaker.CIRCUIT_KEY, llm_breaker.FAILURES_KEY)  # each test starts with the breaker closed
     stack.tgi.behaviour.reset()
     stack.tgi.behaviour.answer = ANSWER
     yield stack.tgi.behaviour
@@ -149,7 +149,7 @@ class Run:
         return (self.of("done") or [{}])[0]
 
     def result(self) -> dict:
-        from tasks.client import wait_for_result
+        from telemetry.events import wait_for_result
 
         return wait_for_result(self.task_id, timeout=30)
 
@@ -162,8 +162,8 @@ def ask(
     document_ids: list[int] | None = None,
 ) -> Run:
     """Enqueue chat.answer as the page does and read its stream to the end."""
-    from tasks.client import enqueue
-    from tasks.streams import follow
+    from telemetry.answer_streams import follow
+    from tests.conftest import enqueue
 
     task_id = enqueue("chat.answer", kb_id, question, conversation_id, document_ids)
     events: list[tuple[str, Any]] = []
@@ -179,7 +179,7 @@ def ask(
 
 def new_conversation(kb_id: int) -> int:
     from db.repositories import conversations as conversation_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         return conversation_repo.create(session=session, kb_id=kb_id, title="test").id
@@ -188,7 +188,7 @@ def new_conversation(kb_id: int) -> int:
 def say(kb_id: int, conversation_id: int, question: str) -> Run:
     """A turn the way the chat page takes it: the question is stored, then answered."""
     from db.repositories import conversations as conversation_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         conversation_repo.add_message(
@@ -199,7 +199,7 @@ def say(kb_id: int, conversation_id: int, question: str) -> Run:
 
 def saved_messages(conversation_id: int) -> list[tuple[str, str, str | None, list]]:
     from db.repositories import conversations as conversation_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         return [
@@ -219,7 +219,8 @@ def answer_requests(tgi: TGIServer) -> list[dict]:
 def test_an_answer_that_cites_nothing_still_shows_the_passages_it_was_given(stack, fresh_behaviour):
     fresh_behaviour.answer = "Divers repaired the cable in four days."  # no [n] marker: small models do this
     conversation_id = new_conversation(stack.kb_id)
-    run = say(stack.kb_id, conversation_id, "Who repaired the submarine telegraph cable?")
+    # A question no other test asks: the answer cache would otherwise hand this answer to the next test.
+    run = say(stack.kb_id, conversation_id, "Which crew mended the submarine telegraph cable?")
 
     assert run.done["mode"] == "llm" and run.text == "Divers repaired the cable in four days."
     given = run.done["citations"]
@@ -311,13 +312,13 @@ def test_after_questions_in_a_row_fail_the_breaker_answers_at_once_then_tries_th
     """Two questions in a row find the server down (the worker's breaker threshold): the next one is answered from
     the passages at once, without asking the server or waiting through retries; once the breaker's time is up and
     the server is back, answers come from the model again."""
-    from rag import llm
+    from rag import llm_breaker
 
     fresh_behaviour.fail_statuses = [503] * 40
     for question in ("Where did the divers splice the new cable section?", "Who repaired the telegraph cable?"):
         run = ask(stack.kb_id, question)
         assert run.meta["mode"] == "extractive" and len(run.of("status")) == 3  # retried, then gave up
-    assert llm.circuit_state()["open"]
+    assert llm_breaker.circuit_state()["open"]
     asked_before = len(stack.tgi.chat_requests())
     run = ask(stack.kb_id, "How long did the cable repair take?")
     assert run.meta["mode"] == "extractive" and "tried again in" in run.meta["note"], run.meta
@@ -326,10 +327,10 @@ def test_after_questions_in_a_row_fail_the_breaker_answers_at_once_then_tries_th
     assert run.done["citations"] and "[1]" in run.text
 
     fresh_behaviour.fail_statuses = []
-    wait_until(lambda: not llm.circuit_state()["open"], 15, "the breaker to let the next question through")
+    wait_until(lambda: not llm_breaker.circuit_state()["open"], 15, "the breaker to let the next question through")
     healed = ask(stack.kb_id, "How long did the cable repair take?")
     assert healed.meta["mode"] == "llm" and healed.text.startswith("Divers repaired")
-    assert llm.circuit_state()["failures"] == 0
+    assert llm_breaker.circuit_state()["failures"] == 0
 
 
 def test_prompt_over_the_limit_is_trimmed_to_info_and_retried_once(stack, fresh_behaviour):
@@ -366,7 +367,7 @@ def test_prompt_that_cannot_fit_tells_the_user_why(stack, fresh_behaviour):
 
 
 def test_stop_ends_the_answer_and_the_stream(stack, fresh_behaviour):
-    from tasks.streams import request_stop
+    from telemetry.answer_streams import request_stop
 
     fresh_behaviour.answer = " ".join(f"word{i}" for i in range(300))
     fresh_behaviour.token_latency = 0.02
@@ -379,7 +380,7 @@ def test_stop_ends_the_answer_and_the_stream(stack, fresh_behaviour):
             stopped_at.append(count)
 
     from db.repositories import conversations as conversation_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         conversation_repo.add_message(
@@ -435,7 +436,7 @@ def test_cache_hit_on_a_repeat_and_miss_after_an_ingest(stack, kb):
 
 
 def test_question_the_base_cannot_answer_is_recorded(stack):
-    from tasks import events
+    from telemetry import retrievals
 
     requests = len(stack.tgi.chat_requests())
     question = f"How do I reset my password for the payroll portal ({uuid.uuid4().hex[:6]})?"
@@ -443,12 +444,12 @@ def test_question_the_base_cannot_answer_is_recorded(stack):
     assert run.meta["no_answer"] is True and run.done["no_answer"] is True
     assert "does not seem to contain an answer" in run.text and run.done["citations"] == []
     assert len(stack.tgi.chat_requests()) == requests  # no passage, no prompt
-    recorded = [e for e in events.recent_empty_retrievals(50) if e["question"] == question]
+    recorded = [e for e in retrievals.recent_empty_retrievals(50) if e["question"] == question]
     assert recorded and recorded[0]["kb_id"] == str(stack.kb_id) and float(recorded[0]["top_score"]) < 0.2
 
 
 def test_hybrid_search_finds_exact_terms_and_keeps_to_chosen_documents(stack, kb):
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.retrieval import search
 
     kb_id, _ = kb
@@ -519,7 +520,7 @@ def test_follow_up_is_rewritten_before_retrieval(stack, fresh_behaviour):
 
 def test_long_conversation_is_summarised_and_the_summary_used(stack, fresh_behaviour):
     from db.repositories import conversations as conversation_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     fresh_behaviour.responder = _responder(None)
     conversation_id = new_conversation(stack.kb_id)

@@ -66,7 +66,7 @@ def ingested(worker):
 def test_ingest_wait_json_reports_the_ready_document(ingested):
     from db.repositories import chunks as chunk_repo
     from db.repositories import documents as document_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     name, pdf, proc = ingested
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -126,7 +126,7 @@ def test_ingest_bad_files_exit_1_with_the_reason(worker, tmp_path):
 
 def test_search_json_returns_ranked_hits_with_pages(ingested):
     from db.models import Chunk
-    from db.session import session_scope
+    from infra.database import session_scope
 
     name, pdf, first = ingested
     row = _json(first)[0]

@@ -7,7 +7,7 @@ from tests.conftest import DEMO, upload, wait_for_documents
 
 def test_pdf_is_ingested_with_pages_and_found(worker, kb):
     from db.repositories import chunks as chunk_repo
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.retrieval import search
 
     kb_id, _ = kb
@@ -26,7 +26,7 @@ def test_pdf_is_ingested_with_pages_and_found(worker, kb):
 def test_a_task_that_gives_up_fails_its_document_only_while_it_owns_it(kb):
     """Retries used up (or the time limit) on an old task must not fail a document a newer task is ingesting."""
     from db.repositories import documents as document_repo
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.library import store_upload
     from tasks.bodies import give_up_ingest
 

@@ -39,26 +39,26 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def private_queue(backend, monkeypatch):
     """A queue no worker consumes: tasks enqueued through the real client land there and stay put; purged after."""
-    from tasks import client, registry
+    from tasks import celery_app, registry
+    from tasks.backend import get_backend
 
     name = f"mon-test-{uuid.uuid4().hex[:8]}"
-    monkeypatch.setattr(client, "spec", lambda task: dataclasses.replace(registry.spec(task), queue=name))
+    monkeypatch.setattr(celery_app, "spec", lambda task: dataclasses.replace(registry.spec(task), queue=name))
     if backend == "dramatiq":
-        from tasks import dramatiq_app
-
-        for actor in dramatiq_app.actors.values():
-            monkeypatch.setattr(actor, "queue_name", name)
+        broker = get_backend().broker
+        for actor_name in broker.get_declared_actors():
+            monkeypatch.setattr(broker.get_actor(actor_name), "queue_name", name)
     yield name
     _purge(backend, name)
 
 
 def _purge(backend: str, queue: str) -> None:
-    from tasks.redis_client import get_redis
+    from infra.redis_client import get_redis
 
     if backend == "dramatiq":
-        from tasks import dramatiq_app
+        from tasks.backend import get_backend
 
-        dramatiq_app.broker.flush(queue)
+        get_backend().broker.flush(queue)
         return
     from kombu.transport.redis import PRIORITY_STEPS, Channel
 
@@ -83,19 +83,20 @@ def test_queue_depth_is_exact(backend, private_queue):
 
 def _celery_depth_is_exact(private_queue: str) -> None:
     """The queue's list plus its priority sub-queues; the unacked hash for messages a consumer holds."""
-    from tasks import celery_app
-    from tasks.client import enqueue
+    from tasks.backend import get_backend
+    from tests.conftest import enqueue
 
+    app = get_backend().app
     for _ in range(5):
         enqueue("maintenance.reconcile")
     for priority in (4, 9):  # kombu files these under the priority sub-queues "<queue>\x06\x163" and "…9"
-        celery_app.app.send_task("maintenance.reconcile", queue=private_queue, priority=priority)
+        app.send_task("maintenance.reconcile", queue=private_queue, priority=priority)
     depth = _depth("celery", private_queue)
     assert (depth.waiting, depth.reserved, depth.pending) == (7, 0, 7)
     assert depth.by_priority == {0: 5, 3: 1, 6: 0, 9: 1}
 
     # A consumer that takes a message without acknowledging it: the message moves to the unacked hash.
-    with celery_app.app.connection_for_read() as connection:
+    with app.connection_for_read() as connection:
         channel = connection.default_channel
         message = channel.basic_get(private_queue, no_ack=False)
         assert message is not None
@@ -108,17 +109,17 @@ def _celery_depth_is_exact(private_queue: str) -> None:
 
 def _dramatiq_depth_is_exact(private_queue: str) -> None:
     """Waiting, taken by a consumer, delayed (a retry's backoff) and dead-lettered, each apart."""
-    from tasks import dramatiq_app
-    from tasks.client import enqueue
+    from tasks.backend import get_backend
+    from tests.conftest import enqueue
 
+    broker = get_backend().broker
     for _ in range(6):
         enqueue("maintenance.reconcile")
-    actor = dramatiq_app.actors["maintenance.reconcile"]
-    dramatiq_app.broker.enqueue(actor.message(), delay=60_000)  # as a retry waiting out its backoff
+    broker.enqueue(broker.get_actor("maintenance.reconcile").message(), delay=60_000)  # as a retry waiting out its backoff
     depth = _depth("dramatiq", private_queue)
     assert (depth.waiting, depth.reserved, depth.delayed, depth.dead) == (6, 0, 1, 0)
 
-    consumer = dramatiq_app.broker.consume(private_queue, prefetch=2, timeout=100)
+    consumer = broker.consume(private_queue, prefetch=2, timeout=100)
     try:
         taken = [next(consumer) for _ in range(2)]
         assert all(m is not None for m in taken)
@@ -134,20 +135,24 @@ def _dramatiq_depth_is_exact(private_queue: str) -> None:
 
 
 def test_dramatiq_namespace_matches_the_broker(services):
-    from tasks import dramatiq_app, monitoring
+    from tasks.backend import make_backend
+    from tasks.queues import DRAMATIQ_NAMESPACE
 
-    assert dramatiq_app.broker.namespace == monitoring.DRAMATIQ_NAMESPACE
+    backend = make_backend("dramatiq", services["redis_url"])
+    assert backend.broker.namespace == DRAMATIQ_NAMESPACE
+    backend.close()
 
 
 def test_queue_history_is_sampled_once_per_interval(backend, private_queue):
+    from infra.redis_client import get_redis
     from tasks import monitoring
-    from tasks.redis_client import get_redis
+    from telemetry import queue_history
 
-    get_redis().delete(monitoring.HISTORY_LOCK_KEY)
-    before = len(monitoring.queue_history(3600))
+    get_redis().delete(queue_history.HISTORY_LOCK_KEY)
+    before = len(queue_history.queue_history(3600))
     assert monitoring.maybe_sample_queues() is True
     assert monitoring.maybe_sample_queues() is False  # another process sampled within the interval
-    history = monitoring.queue_history(3600)
+    history = queue_history.queue_history(3600)
     assert len(history) == before + 1
     latest = history[-1]
     assert latest["backend"] == backend
@@ -166,7 +171,7 @@ def _row(worker_id: str) -> dict | None:
 
 
 def _worker_id_of(handle) -> str:
-    from tasks import events
+    from telemetry import events
     from tests.conftest import _pid_in_tree
 
     return wait_until(
@@ -210,9 +215,9 @@ def test_worker_shows_the_task_it_is_running_then_counts_it(worker, kb):
     from sqlalchemy import text
 
     from db.repositories import documents as document_repo
-    from db.session import get_engine, session_scope
+    from infra.database import get_engine, session_scope
     from rag.library import store_upload
-    from tasks.client import enqueue
+    from tests.conftest import enqueue
 
     worker_id = _worker_id_of(worker)
     processed_before = _row(worker_id)["processed"]
@@ -244,15 +249,16 @@ def test_worker_shows_the_task_it_is_running_then_counts_it(worker, kb):
 
 def test_counts_throughput_and_run_times_come_from_real_events(worker, kb):
     from tasks import monitoring
+    from telemetry import events
 
-    before = monitoring.task_counts(3600).get("ingest.document", {}).get("succeeded", 0)
+    before = events.task_counts(3600).get("ingest.document", {}).get("succeeded", 0)
     ingest_ready(kb[0], "counts.txt", "Lighthouses along the coast were automated in the 1980s.\n")
-    counts = wait_until(lambda: (c := monitoring.task_counts(3600)).get("ingest.document", {}).get("succeeded", 0)
+    counts = wait_until(lambda: (c := events.task_counts(3600)).get("ingest.document", {}).get("succeeded", 0)
                         > before and c, 10, "the success to be counted")
     ingest = counts["ingest.document"]
     assert ingest["queued"] >= 1 and ingest["started"] >= ingest["succeeded"] >= before + 1
     assert counts["all"]["succeeded"] >= ingest["succeeded"]
-    assert monitoring.task_counts(24 * 3600)["ingest.document"]["succeeded"] >= ingest["succeeded"]
+    assert events.task_counts(24 * 3600)["ingest.document"]["succeeded"] >= ingest["succeeded"]
     points = monitoring.throughput(3600)
     assert len(points) == 60 and sum(p["succeeded"] for p in points) >= 1
     runtimes = {row["task"]: row for row in monitoring.runtime_percentiles(3600)}
@@ -262,8 +268,11 @@ def test_counts_throughput_and_run_times_come_from_real_events(worker, kb):
 
 def test_a_failed_task_is_listed_with_its_traceback_and_a_retry_reruns_it(worker, kb):
     from db.repositories import conversations as conversation_repo
-    from db.session import session_scope
-    from tasks import admin, events, monitoring
+    from infra.database import session_scope
+    from tasks import monitoring
+    from tasks.backend import get_backend
+    from telemetry import events
+    from usecases import fixes
 
     kb_id = kb[0]
     ingest_ready(kb_id, "ferries.txt", "The harbour ferry leaves every hour from pier four.\n")
@@ -275,11 +284,11 @@ def test_a_failed_task_is_listed_with_its_traceback_and_a_retry_reruns_it(worker
         assert "refused (test fault)" in failure["error"]
         assert "Traceback (most recent call last)" in failure["traceback"]
         assert failure["retryable"] and failure["retried_as"] is None
-        assert monitoring.decode_args(failure["args"]) == [kb_id, question, conversation_id]
+        assert events.decode_args(failure["args"]) == [kb_id, question, conversation_id]
     finally:
         refusal.remove()  # the cause is fixed
 
-    new_id = admin.retry_task(task_id)
+    new_id = fixes.retry_task(get_backend(), task_id)
     assert new_id != task_id
     assert events.get_task(task_id)["retried_as"] == new_id
     record = wait_for_state(new_id, "succeeded")
@@ -290,22 +299,24 @@ def test_a_failed_task_is_listed_with_its_traceback_and_a_retry_reruns_it(worker
 
 
 def test_retry_of_an_expired_task_says_so(services):
-    from tasks import admin
+    from tasks.backend import get_backend
+    from usecases import fixes
 
     with pytest.raises(LookupError, match="expired"):
-        admin.retry_task(f"gone-{uuid.uuid4()}")
+        fixes.retry_task(get_backend(), f"gone-{uuid.uuid4()}")
 
 
 def test_retry_all_failed_ingests_requeues_them_through_their_documents(worker, kb):
     from db.repositories import documents as document_repo
-    from db.session import session_scope
-    from tasks import admin
+    from infra.database import session_scope
+    from tasks.backend import get_backend
     from tests.conftest import upload, wait_for_documents
+    from usecases import fixes
 
     outcome = upload(kb[0], "corrupt.pdf", b"%PDF-1.4 garbage")  # a damaged PDF: fails for good
     first = wait_for_documents([outcome.document_id])[outcome.document_id]
     assert first.status == "failed"
-    retried = admin.retry_failed_ingests()
+    retried = fixes.retry_failed_ingests(get_backend())
     assert outcome.document_id in retried
     with session_scope() as session:
         documents = {d.id: d for d in document_repo.list_by_ids(session=session, document_ids=retried)}
@@ -316,10 +327,12 @@ def test_retry_all_failed_ingests_requeues_them_through_their_documents(worker, 
 
 
 def test_stalled_documents_are_listed_with_age_and_can_be_requeued(worker, kb):
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.library import store_upload
-    from tasks import admin, monitoring
+    from tasks import monitoring
+    from tasks.backend import get_backend
     from tests.conftest import wait_for_documents
+    from usecases import fixes
 
     with session_scope() as session:  # stored but never enqueued: as if its queue message was lost
         outcome = store_upload(session=session, kb_id=kb[0], filename="lost.txt",
@@ -331,11 +344,11 @@ def test_stalled_documents_are_listed_with_age_and_can_be_requeued(worker, kb):
     assert row["task_state"] == "none" and time.time() - row["updated_at"].timestamp() >= 3500
     assert outcome.document_id not in {r["id"] for r in monitoring.stalled_documents(7200)}
 
-    (task_id,) = admin.requeue_documents([outcome.document_id])
+    (task_id,) = fixes.requeue_documents(get_backend(), [outcome.document_id])
     assert wait_for_documents([outcome.document_id])[outcome.document_id].status == "ready"
     wait_for_state(task_id, "succeeded")
     with pytest.raises(LookupError):
-        admin.requeue_documents([10**12])
+        fixes.requeue_documents(get_backend(), [10**12])
 
 
 # --- the Prometheus exporter ---------------------------------------------------------------------------------------
@@ -344,7 +357,7 @@ def test_stalled_documents_are_listed_with_age_and_can_be_requeued(worker, kb):
 def test_exporter_output_parses_as_prometheus_text(worker, kb, tmp_path):
     from prometheus_client.parser import text_string_to_metric_families
 
-    from tasks.client import enqueue
+    from tests.conftest import enqueue
 
     port = free_port()
     exporter = start_exporter(port, tmp_path / "metrics.log")
@@ -394,15 +407,16 @@ CAPPED = {
 
 def test_what_the_task_layer_writes_to_redis_is_bounded(worker, kb, monkeypatch):
     """A week of traffic must not grow Redis without bound: every key expires or is capped."""
-    from tasks import events, monitoring
-    from tasks.redis_client import get_redis
+    from infra.redis_client import get_redis
+    from tasks.queues import DRAMATIQ_NAMESPACE
+    from telemetry import events
 
     ingest_ready(kb[0], "retention.txt", "The observatory dome was repainted white.\n")
     r = get_redis()
     for key in r.scan_iter("kbchat:*", count=1000):
         if r.ttl(key) == -1:
             assert key in CAPPED, f"{key} ({r.type(key)}) never expires"
-    for pattern in ("celery-task-meta-*", f"{monitoring.DRAMATIQ_NAMESPACE}-results:*", "kbchat:stats:*",
+    for pattern in ("celery-task-meta-*", f"{DRAMATIQ_NAMESPACE}-results:*", "kbchat:stats:*",
                     "kbchat:task:*", "kbchat:worker:*"):
         for key in r.scan_iter(pattern, count=1000):
             assert r.ttl(key) > 0, f"{key} has no expiry"

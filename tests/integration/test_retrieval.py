@@ -35,7 +35,7 @@ def reports(kb, worker) -> dict[str, int]:
 
 
 def test_a_question_naming_a_documents_title_finds_it_among_identical_ones(kb, reports):
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.retrieval import search
 
     kb_id, _ = kb
@@ -48,9 +48,10 @@ def test_a_question_naming_a_documents_title_finds_it_among_identical_ones(kb, r
 
 
 def test_an_outdated_chunk_recipe_is_reindexed_once(kb, reports):
-    from db.session import session_scope
-    from rag import consistency
+    from infra.database import session_scope
     from rag.context import CHUNK_RECIPE
+    from tasks.backend import get_backend
+    from usecases.upkeep import check_consistency
 
     kb_id, _ = kb
     ids = sorted(reports.values())
@@ -59,7 +60,7 @@ def test_an_outdated_chunk_recipe_is_reindexed_once(kb, reports):
         session.execute(text("UPDATE documents SET context = NULL WHERE kb_id = :kb"), {"kb": kb_id})
         before = dict(session.execute(text("SELECT id, task_id FROM documents WHERE kb_id = :kb"), {"kb": kb_id}).all())
 
-    report = consistency.check(kb_id=kb_id, fix=True)
+    report = check_consistency(get_backend(), kb_id=kb_id, fix=True)
     assert report["counts"].get("recipe_outdated") == 1, report
     documents = wait_for_documents(ids)
     assert all(d.status == "ready" for d in documents.values())
@@ -73,7 +74,7 @@ def test_an_outdated_chunk_recipe_is_reindexed_once(kb, reports):
     assert all("Harbour Authority Annual Report" in (row.context or "") for row in rows)
     assert lexemes == len(ids)
 
-    again = consistency.check(kb_id=kb_id, fix=True)
+    again = check_consistency(get_backend(), kb_id=kb_id, fix=True)
     assert "recipe_outdated" not in again["counts"], again
     with session_scope() as session:
         after = dict(session.execute(text("SELECT id, task_id FROM documents WHERE kb_id = :kb"), {"kb": kb_id}).all())
@@ -139,7 +140,7 @@ def test_golden_questions_report_document_and_page_hits_and_what_came_instead(tw
     ],
 )
 def test_a_bad_question_file_is_refused_with_the_line_to_fix(kb, tmp_path, content, message):
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.library import store_upload
 
     kb_id, name = kb

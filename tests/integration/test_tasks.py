@@ -52,7 +52,7 @@ _RECORD_SHAPES: dict[str, set[str]] = {}
 
 
 def _new_kb() -> tuple[int, str]:
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.library import get_or_create_kb
 
     name = f"test-{uuid.uuid4().hex[:10]}"
@@ -64,7 +64,7 @@ def _chunks(document_id: int) -> list:
     from sqlalchemy import select
 
     from db.models import Chunk
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         return list(session.scalars(select(Chunk).where(Chunk.document_id == document_id).order_by(Chunk.ordinal)))
@@ -74,7 +74,7 @@ def _document_count(kb_id: int) -> int:
     from sqlalchemy import func, select
 
     from db.models import Document
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         return session.scalar(select(func.count()).select_from(Document).where(Document.kb_id == kb_id))
@@ -82,7 +82,7 @@ def _document_count(kb_id: int) -> int:
 
 def _document(document_id: int):
     from db.repositories import documents as document_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         return document_repo.get(session=session, document_id=document_id)
@@ -118,7 +118,7 @@ def _encrypted_pdf(user_password: str, text: str) -> bytes:
 
 
 def _my_worker_record(handle) -> dict:
-    from tasks import events
+    from telemetry import events
     from tests.conftest import _pid_in_tree
 
     mine = [w for w in events.live_workers()
@@ -131,7 +131,7 @@ def _my_worker_record(handle) -> dict:
 
 
 def test_pdf_text_and_markdown_reach_ready_with_locators(worker, kb):
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.retrieval import search
 
     kb_id, _ = kb
@@ -263,7 +263,7 @@ def test_bad_files_fail_or_are_rejected_with_clear_messages_and_the_good_one_is_
 
 
 def test_ingest_task_record_and_event_stream(worker, kb):
-    from tasks import events
+    from telemetry import events
 
     kb_id, _ = kb
     before = time.time()
@@ -301,10 +301,10 @@ def test_a_crashing_task_is_recorded_failed_and_its_answer_stream_says_so(worker
     failed with error and traceback, no retry, and the reader of the answer stream is told at once instead of
     waiting for its timeout."""
     from db.repositories import conversations as conversation_repo
-    from db.session import session_scope
-    from tasks import events
-    from tasks.client import enqueue
-    from tasks.streams import follow
+    from infra.database import session_scope
+    from telemetry import events
+    from telemetry.answer_streams import follow
+    from tests.conftest import enqueue
     from tests.monitoring_support import RefusedMessages
 
     kb_id, _ = kb
@@ -340,7 +340,7 @@ def test_a_crashing_task_is_recorded_failed_and_its_answer_stream_says_so(worker
 
 
 def test_worker_heartbeats_and_going_offline(worker, tmp_path):
-    from tasks import events
+    from telemetry import events
 
     mine = wait_until(lambda: _my_worker_record(worker), 15, "the session worker's heartbeat")
     assert mine["backend"] == worker.backend
@@ -401,10 +401,10 @@ def test_transient_database_failure_is_retried_then_succeeds(worker, kb):
     worker's backend connection with pg_terminate_backend: a real OperationalError, for that worker only."""
     from sqlalchemy import text
 
-    from db.session import get_engine, session_scope
+    from infra.database import get_engine, session_scope
     from rag.library import store_upload
-    from tasks import events
-    from tasks.client import enqueue
+    from telemetry import events
+    from tests.conftest import enqueue
 
     kb_id, _ = kb
     with session_scope() as session:
@@ -453,11 +453,11 @@ def test_transient_database_failure_is_retried_then_succeeds(worker, kb):
 
 def test_chat_answer_streams_through_the_worker_and_is_saved(worker, kb):
     from db.repositories import conversations as conversation_repo
-    from db.session import session_scope
-    from rag.config import get_settings
-    from tasks import events
-    from tasks.client import enqueue
-    from tasks.streams import follow
+    from infra.database import session_scope
+    from infra.settings import get_settings
+    from telemetry import events
+    from telemetry.answer_streams import follow
+    from tests.conftest import enqueue
 
     kb_id, _ = kb
     document = _ingest_ready(kb_id, "orchard.pdf", make_pdf(PDF_PAGES))
@@ -500,8 +500,8 @@ def test_chat_answer_streams_through_the_worker_and_is_saved(worker, kb):
 
 
 def test_chat_answer_on_an_empty_kb_says_there_is_no_answer(worker, kb):
-    from tasks.client import enqueue
-    from tasks.streams import follow
+    from telemetry.answer_streams import follow
+    from tests.conftest import enqueue
 
     kb_id, _ = kb
     task_id = enqueue("chat.answer", kb_id, "What is the boiling point of tungsten?", None)
@@ -518,7 +518,7 @@ def test_chat_answer_on_an_empty_kb_says_there_is_no_answer(worker, kb):
 
 
 def test_scheduler_enqueues_reconcile_periodically_and_the_worker_runs_it(worker, tmp_path):
-    from tasks import events
+    from telemetry import events
 
     def scheduled_since(ts: float) -> list[str]:
         return [e["task_id"] for e in reversed(events.recent_events(2000))
@@ -552,10 +552,11 @@ def test_scheduler_enqueues_reconcile_periodically_and_the_worker_runs_it(worker
 
 
 def test_reconcile_requeues_a_document_whose_queue_message_was_lost(worker, kb):
-    from db.session import session_scope
-    from rag.config import get_settings
+    from infra.database import session_scope
+    from infra.settings import get_settings
     from rag.library import store_upload
-    from tasks.client import enqueue, wait_for_result
+    from telemetry.events import wait_for_result
+    from tests.conftest import enqueue
 
     kb_id, _ = kb
     wait_for_result(enqueue("maintenance.reconcile"), timeout=60)  # drain any start-up reconcile first

@@ -38,7 +38,7 @@ class Activity:
 
 @pytest.fixture(scope="module")
 def activity(worker) -> Iterator[Activity]:
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.library import get_or_create_kb
 
     with session_scope() as session:
@@ -133,8 +133,8 @@ def test_pause_switch_stops_the_refresh(services):
 
 def test_retry_on_the_monitoring_page_reruns_a_failed_task(activity):
     from db.repositories import conversations as conversation_repo
-    from db.session import session_scope
-    from tasks import events
+    from infra.database import session_scope
+    from telemetry import events
 
     activity.refusal.remove()  # the cause is fixed
     at = _click(open_page(MONITORING), f"mon_retry_{activity.failed_answer}")
@@ -151,7 +151,7 @@ def test_retry_on_the_monitoring_page_reruns_a_failed_task(activity):
 
 def test_retry_all_failed_ingests_from_the_monitoring_page(activity):
     from db.repositories import documents as document_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     with session_scope() as session:
         before = document_repo.get(session=session, document_id=activity.failed_document).task_id
@@ -165,7 +165,7 @@ def test_retry_all_failed_ingests_from_the_monitoring_page(activity):
 
 
 def test_a_stalled_document_is_listed_and_requeued_from_the_page(activity):
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.library import store_upload
 
     with session_scope() as session:  # stored, never enqueued: as if its queue message was lost
@@ -183,19 +183,16 @@ def test_a_stalled_document_is_listed_and_requeued_from_the_page(activity):
 
 
 def test_monitoring_page_reports_a_configured_generation_server(services, monkeypatch):
-    from rag import llm
     from tests.tgi_server import MODEL_ID, TGIServer
 
     with TGIServer() as server:
         monkeypatch.setenv("KBCHAT_TGI_URL", server.url)
         _reset_caches()
-        llm.reset()
         try:
             at = open_page(MONITORING)
         finally:
             monkeypatch.delenv("KBCHAT_TGI_URL")
             _reset_caches()
-            llm.reset()
     healthy = [s for s in texts(at.success) if s.startswith("Healthy")]
     assert healthy and "HTTP 200" in healthy[0]
     assert any(MODEL_ID in c for c in texts(at.caption))
@@ -217,7 +214,7 @@ def test_status_page_names_the_document_and_opens_its_knowledge_base(activity):
 
 
 def test_status_page_shows_a_failure_and_retries_it(worker, kb):
-    from tasks import events
+    from telemetry import events
 
     kb_id, kb_name = kb
     ingest_ready(kb_id, "canal.txt", "The canal locks close at dusk every day in winter.\n")

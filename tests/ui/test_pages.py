@@ -1,8 +1,8 @@
 """The Streamlit pages in AppTest, through the entrypoint, over data made by real tasks on real services.
 
-AppTest runs the page scripts in this process: what a page enqueues goes through ``tasks.client`` on the
-session's backend to the ``worker`` fixture's real worker, so the data the pages show (documents, answers,
-task records) is made by real tasks on both backends.
+AppTest runs the page scripts in this process: what a page enqueues goes through the use cases and this process's
+``tasks.backend`` to the ``worker`` fixture's real worker, so the data the pages show (documents, answers, task
+records) is made by real tasks on both backends.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Library:
 @pytest.fixture(scope="module")
 def library(worker) -> Library:
     from db.repositories import knowledge_bases as kb_repo
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.library import get_or_create_kb
 
     with session_scope() as session:
@@ -139,7 +139,7 @@ def test_upload_page_lists_documents_with_status_and_failure_reason(library):
 
 def test_upload_page_creates_a_knowledge_base_in_place(services):
     from db.repositories import knowledge_bases as kb_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     name = f"Created in place {uuid.uuid4().hex[:6]}"
     at = open_page(UPLOAD)
@@ -160,7 +160,7 @@ def test_upload_page_creates_a_knowledge_base_in_place(services):
 
 def test_knowledge_bases_page_creates_a_base_and_selects_it(services):
     from db.repositories import knowledge_bases as kb_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     name = f"From the KB page {uuid.uuid4().hex[:6]}"
     at = open_page("../pages/knowledge_bases.py")
@@ -175,7 +175,7 @@ def test_knowledge_bases_page_creates_a_base_and_selects_it(services):
 def test_upload_page_adds_files_and_reports_duplicates(worker, kb):
     """AppTest of streamlit 1.67 can set st.file_uploader's files: the page's own upload path, end to end."""
     from db.repositories import documents as document_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     kb_id, kb_name = kb
     pdf = sorted(DEMO.glob("*.pdf"))[0]
@@ -206,7 +206,7 @@ def test_upload_page_adds_files_and_reports_duplicates(worker, kb):
 
 def test_chat_answers_with_the_passage_and_a_page_citation_and_keeps_the_conversation(library):
     from db.repositories import conversations as conversation_repo
-    from db.session import session_scope
+    from infra.database import session_scope
 
     at = choose_kb(open_page(CHAT), "chat_kb", library.kb_name)
     question = "How long did the repair of the submarine telegraph cable take?"

@@ -29,7 +29,7 @@ def _details(missed_question: str) -> list[dict]:
 
 @pytest.fixture
 def evaluated_kb(services):
-    from db.session import session_scope
+    from infra.database import session_scope
     from rag.library import get_or_create_kb
 
     name = f"quality-{uuid.uuid4().hex[:8]}"
@@ -51,7 +51,7 @@ def evaluated_kb(services):
 
 
 def test_quality_tab_shows_the_latest_figures_trend_worst_questions_and_alerts(evaluated_kb):
-    from tasks import events
+    from telemetry import events
 
     kb_id, name, missed, message = evaluated_kb
     st.cache_data.clear()
@@ -82,7 +82,7 @@ def test_quality_tab_shows_the_latest_figures_trend_worst_questions_and_alerts(e
 
 
 def test_golden_runs_show_document_and_page_figures_apart_from_the_sampled_trend(evaluated_kb):
-    from db.session import session_scope
+    from infra.database import session_scope
 
     kb_id, name, missed, _ = evaluated_kb
     wrong = f"Which lamp did the keepers trim {uuid.uuid4().hex[:6]}?"

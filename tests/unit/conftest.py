@@ -14,7 +14,7 @@ def settings_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Ca
 
     Usage: ``settings_env(task_backend="dramatiq", min_relevance=0.3)``.
     """
-    from rag.config import get_settings
+    from infra.settings import get_settings
 
     monkeypatch.chdir(tmp_path)  # Settings reads ./.env: make sure there is none
 

@@ -8,7 +8,8 @@ import re
 import pytest
 
 from db.repositories.chunks import Hit
-from rag.answering import NO_ANSWER, _best_excerpt, citation_label, extractive_answer
+from rag.answering import NO_ANSWER, _best_excerpt, extractive_answer
+from rag.citations import citation_label
 
 
 def hit(

@@ -1,4 +1,4 @@
-"""Settings from the environment, and finding the services (rag.config, rag.runtime)."""
+"""Settings from the environment, and finding the services (infra.settings, infra.discovery)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from rag.config import Settings
-from rag.runtime import ServiceUnavailable, redact, service_urls
+from infra.discovery import ServiceUnavailable, service_urls
+from infra.settings import Settings
+from infra.urls import redact
 
 
 @pytest.fixture
@@ -85,7 +86,7 @@ def test_both_backends_are_accepted(env):
         assert Settings().task_backend == backend
 
 
-# --- rag.runtime ------------------------------------------------------------------------------------------
+# --- infra.discovery ------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

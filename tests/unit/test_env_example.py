@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rag.config import Settings
+from infra.settings import Settings
 
 ENV_EXAMPLE = Path(__file__).resolve().parents[2] / ".env.example"
 LINE = re.compile(r"^#?\s*KBCHAT_([A-Z0-9_]+)=(.*)$")

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from rag import llm
+from rag import llm, llm_client, llm_stream
 from tests.tgi_server import TGIServer
 
 FAST = {
@@ -22,8 +22,8 @@ FAST = {
 
 
 def configure(**env: str | None) -> None:
-    """Set KBCHAT_* variables (None removes one) and make settings and the HTTP client see them."""
-    from rag.config import get_settings
+    """Set KBCHAT_* variables (None removes one) and make the settings see them."""
+    from infra.settings import get_settings
 
     for key, value in env.items():
         if value is None:
@@ -31,7 +31,6 @@ def configure(**env: str | None) -> None:
         else:
             os.environ[key] = value
     get_settings.cache_clear()
-    llm.reset()
 
 
 @pytest.fixture
@@ -63,7 +62,7 @@ def test_tokens_that_already_arrived_come_as_one_piece():
     import queue
     import threading
 
-    request = object.__new__(llm._Request)  # no thread, no server: only the hand-out
+    request = object.__new__(llm_stream.StreamRequest)  # no thread, no server: only the hand-out
     request.items, request.cancelled, request._pending = queue.Queue(), threading.Event(), None
     for item in [("token", "Fuel "), ("token", "exhaustion"), ("token", " [1]."), ("end", None)]:
         request.items.put(item)
@@ -174,10 +173,10 @@ def test_stop_ends_the_stream_and_the_request(tgi):
 
 def test_limits_come_from_info(tgi):
     tgi.behaviour.max_input_tokens, tgi.behaviour.max_total_tokens = 1000, 1500
-    assert llm.server_limits() == llm.Limits(1000, 1500)
-    assert llm.health() == {"configured": True, "ok": True, "detail": "HTTP 200"}
+    assert llm_client.server_limits() == llm_client.Limits(1000, 1500)
+    assert llm_client.health() == {"configured": True, "ok": True, "detail": "HTTP 200"}
     tgi.behaviour.healthy = False
-    assert llm.health()["ok"] is False
+    assert llm_client.health()["ok"] is False
 
 
 def test_works_in_hub_offline_mode_without_leaking_a_token(tgi, monkeypatch):
@@ -196,12 +195,12 @@ def test_api_key_is_sent_when_configured(tgi):
 
 
 def test_not_configured_is_unavailable():
-    from rag.config import get_settings
+    from infra.settings import get_settings
 
     saved = os.environ.pop("KBCHAT_TGI_URL", None)
     get_settings.cache_clear()
     try:
-        assert not llm.configured()
+        assert not llm_client.configured()
         with pytest.raises(llm.ModelUnavailable):
             list(llm.stream_chat(QUESTION))
     finally:

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from db.repositories.chunks import Hit
-from rag.alerts import _redact, shown_url
+from infra.urls import scrub, shown_url
 from rag.evaluation import Sampled, allocate, extractive_question, metrics, rank_of
 
 
@@ -76,5 +76,5 @@ def test_only_scheme_host_and_port_of_a_webhook_url_are_ever_shown(url):
     assert "SECRET" not in shown and "pa55word" not in shown and "user" not in shown
     assert shown in ("https://hooks.example.org", "http://alerts.internal:8080")
     error = f"HTTPSConnectionPool(host='x', port=443): Max retries exceeded with url: {url.split('/', 3)[3]}"
-    redacted = _redact(error + f" ({url})", url)
+    redacted = scrub(error + f" ({url})", url)
     assert "SECRET" not in redacted and "pa55word" not in redacted and "Max retries exceeded" in redacted

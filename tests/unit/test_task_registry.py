@@ -9,7 +9,8 @@ import sqlalchemy.exc
 from redis import exceptions as redis_exceptions
 
 from tasks import registry
-from tasks.registry import QUEUES, give_up_message, is_transient, schedule, spec, task_specs
+from tasks.queues import QUEUES, is_transient
+from tasks.registry import give_up_message, schedule, spec, task_specs
 from tasks.worker import embedding_threads, worker_argv, worker_niceness
 
 
@@ -54,7 +55,7 @@ def test_periodic_jobs_run_on_the_configured_intervals_and_the_evaluation_nightl
 def test_a_nightly_time_that_is_not_hh_mm_is_refused_with_the_expected_form(settings_env, value):
     from pydantic import ValidationError
 
-    from rag.config import get_settings
+    from infra.settings import get_settings
 
     settings_env(eval_at=value)
     with pytest.raises(ValidationError, match="HH:MM") if value else _no_error():
@@ -70,11 +71,9 @@ def _no_error():
 def test_celery_beat_gets_intervals_and_a_daily_crontab_in_utc(settings_env):
     settings_env(redis_url="redis://127.0.0.1:1/0", database_url="postgresql://x@127.0.0.1:1/x", eval_at="04:45",
                  cleanup_interval_seconds=77)
-    import importlib
+    from tasks.celery_app import create_app
 
-    import tasks.celery_app as celery_app
-
-    app = importlib.reload(celery_app).app  # built from these settings
+    app = create_app("redis://127.0.0.1:1/0")  # built from these settings
     beat = app.conf.beat_schedule
     assert set(beat) == {job.name for job in schedule()}
     assert beat["maintenance.cleanup"]["schedule"] == 77.0
@@ -163,7 +162,7 @@ def test_celery_worker_with_other_queues_uses_processes(settings_env, queues: li
 def test_dramatiq_worker_listens_on_the_queues(settings_env):
     settings_env(task_backend="dramatiq")
     argv = worker_argv(["ingest", "maintenance"], 3)
-    assert argv[1:4] == ["-m", "dramatiq", "tasks.dramatiq_app"]
+    assert argv[1:4] == ["-m", "dramatiq", "tasks.dramatiq_worker"]
     queues_at = argv.index("--queues")
     assert argv[queues_at + 1 :] == ["ingest", "maintenance"]
     assert _option(argv, "--threads") == "3" and _option(argv, "--processes") == "1"

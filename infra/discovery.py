@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from rag.config import Settings, get_settings
+from infra.settings import Settings, get_settings
 
 
 class ServiceUnavailable(RuntimeError):
@@ -42,18 +42,3 @@ def service_urls(settings: Settings | None = None) -> ServiceUrls:
             "Start 'make run' in another shell, or set the URL(s)."
         )
     return ServiceUrls(database_url=database_url, redis_url=redis_url)
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not an SQLAlchemy URL (e.g. redis://)
-        if "@" in url and "://" in url:
-            scheme, rest = url.split("://", 1)
-            creds, host = rest.rsplit("@", 1)
-            user = creds.split(":", 1)[0]
-            return f"{scheme}://{user}:***@{host}" if ":" in creds else url
-        return url

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from rag.config import get_settings
-from tasks.redis_client import get_redis
+from infra.redis_client import get_redis
+from infra.settings import get_settings
 
 STREAM_KEY = "kbchat:stream:{}"
 STARTED_KEY = "kbchat:stream:{}:started"  # set with the first token: a redelivered task must not repeat them
@@ -110,3 +111,74 @@ def follow(task_id: str, *, timeout: float = 120.0, block_ms: int = 1000) -> Ite
             yield kind, data
             if kind in TERMINAL:
                 return
+
+
+def repair_expiry(now: float) -> int:
+    """Streams and stop flags each have an expiry; one without (a crash between writing and setting it) is
+    deleted once older than any reader, otherwise given its expiry again. Returns how many were deleted."""
+    r = get_redis()
+    ttl = get_settings().stream_ttl_seconds
+    deleted = 0
+    for pattern in (STREAM_KEY.format("*"), STOP_KEY.format("*")):
+        for key in r.scan_iter(pattern, count=1000):
+            if r.ttl(key) == -1:
+                last = r.xrevrange(key, count=1) if r.type(key) == "stream" else []
+                stamp = int(last[0][0].split("-")[0]) / 1000 if last else 0
+                if now - stamp > ttl:
+                    deleted += r.delete(key)
+                else:
+                    r.expire(key, ttl)
+    return deleted
+
+
+@dataclass
+class AnswerRead:
+    """What a reader saw of one answer's stream."""
+
+    text: str = ""
+    meta: dict = field(default_factory=dict)
+    done: dict = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+    error: dict | None = None  # {"code", "message"} when the answer failed
+    first_token_at: float | None = None  # time.perf_counter() of the first token
+
+    @property
+    def mode(self) -> str | None:
+        return self.done.get("mode") or self.meta.get("mode")
+
+    @property
+    def citations(self) -> list[dict]:
+        return self.done.get("citations", self.meta.get("citations", []))
+
+
+def read_answer(
+    task_id: str,
+    *,
+    timeout: float,
+    on_status: Callable[[str], None] = lambda message: None,
+    on_meta: Callable[[dict], None] = lambda meta: None,
+    on_token: Callable[[str, str], None] = lambda piece, text: None,
+    on_notice: Callable[[str], None] = lambda notice: None,
+) -> AnswerRead:
+    """Follow an answer's stream to its end, calling back as events arrive (``on_token`` gets the new piece and
+    the text so far); TimeoutError when nothing arrives for ``timeout`` seconds."""
+    read = AnswerRead()
+    for kind, data in follow(task_id, timeout=timeout):
+        if kind == "status":
+            on_status(data.get("message", "") if isinstance(data, dict) else str(data))
+        elif kind == "meta":
+            read.meta = data
+            on_meta(data)
+        elif kind == "token":
+            read.first_token_at = read.first_token_at or time.perf_counter()
+            read.text += data
+            on_token(data, read.text)
+        elif kind == "notice":
+            read.notices.append(str(data))
+            on_notice(str(data))
+        elif kind == "done":
+            read.done = data
+        elif kind == "error":
+            read.error = ({"code": data.get("code"), "message": data.get("message", "")} if isinstance(data, dict)
+                          else {"code": None, "message": str(data)})
+    return read

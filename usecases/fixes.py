@@ -1,24 +1,28 @@
-"""What an admin can do from the monitoring and status pages: run a failed task again, retry every failed
-ingest, re-enqueue stalled documents; and what a task concerns (its document, conversation or knowledge base)."""
+"""Fixes an admin makes from the monitoring and status pages: run a failed task again, retry every failed ingest,
+re-enqueue stalled documents; and what a task concerns (its document, conversation or knowledge base)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from tasks import events
-from tasks.monitoring import decode_args
-from tasks.redis_client import get_redis
+from db.repositories import conversations as conversation_repo
+from db.repositories import documents as document_repo
+from db.repositories import knowledge_bases as kb_repo
+from db.repositories import monitoring as monitoring_repo
+from infra.database import session_scope
+from telemetry import events
+from telemetry.events import decode_args
+from usecases.documents import enqueue_ingest
+from usecases.ports import TaskQueue
 
 
-def retry_task(task_id: str) -> str:
+def retry_task(queue: TaskQueue, task_id: str) -> str:
     """Enqueue the task again with the same name and arguments; returns the new task id.
 
     An ingest is retried through its document (put back to queued, its attempts reset), so the document's page
     follows the new task. Raises LookupError when the record expired, ValueError when it cannot be replayed.
     """
-    from tasks.client import enqueue
-
     record = events.get_task(task_id)
     if record is None:
         raise LookupError(f"task {task_id} is unknown or its record expired")
@@ -26,40 +30,30 @@ def retry_task(task_id: str) -> str:
     if args is None or not record.get("name"):
         raise ValueError(f"task {task_id} has no stored arguments to run it again with")
     if record["name"] in ("ingest.document", "ingest.pages"):  # a part alone would stand down: redo the document
-        new_id = requeue_documents([int(args[0])])[0]
+        new_id = requeue_documents(queue, [int(args[0])])[0]
     else:
-        new_id = enqueue(record["name"], *args)
-    pipe = get_redis().pipeline()
-    pipe.hset(events.TASK_KEY.format(task_id), "retried_as", new_id)  # keeps its expiry
-    pipe.hset(events.TASK_KEY.format(new_id), "retry_of", task_id)
-    pipe.execute()
+        new_id = queue.enqueue(record["name"], *args)
+    events.link_retry(task_id, new_id)
     return new_id
 
 
-def requeue_documents(document_ids: list[int]) -> list[str]:
+def requeue_documents(queue: TaskQueue, document_ids: list[int]) -> list[str]:
     """Put documents back to queued (attempts reset) and enqueue their ingest; returns the task ids."""
-    from db.repositories import documents as document_repo
-    from db.session import session_scope
-    from tasks.client import enqueue_ingest
-
     with session_scope() as session:
         existing = [d.id for d in document_repo.list_by_ids(session=session, document_ids=document_ids)]
         if len(existing) != len(set(document_ids)):
             missing = sorted(set(document_ids) - set(existing))
             raise LookupError(f"document(s) {', '.join(map(str, missing))} no longer exist")
         document_repo.requeue(session=session, document_ids=existing)
-    return [enqueue_ingest(document_id) for document_id in existing]
+    return [enqueue_ingest(queue, document_id) for document_id in existing]
 
 
-def retry_failed_ingests() -> list[int]:
+def retry_failed_ingests(queue: TaskQueue) -> list[int]:
     """Re-enqueue every failed document in every knowledge base; returns their ids."""
-    from db.repositories import monitoring as monitoring_repo
-    from db.session import session_scope
-
     with session_scope() as session:
         ids = monitoring_repo.failed_document_ids(session=session)
     if ids:
-        requeue_documents(ids)
+        requeue_documents(queue, ids)
     return ids
 
 
@@ -75,11 +69,6 @@ def task_subject(record: dict) -> dict[str, Any] | None:
 
     {"kind": "document" | "conversation" | "knowledge_base", "id", "kb_id", "kb", "label", ...}
     """
-    from db.repositories import conversations as conversation_repo
-    from db.repositories import knowledge_bases as kb_repo
-    from db.repositories import monitoring as monitoring_repo
-    from db.session import session_scope
-
     name, args = record.get("name", ""), decode_args(record.get("args")) or []
     if not args or not name.startswith(("ingest.", "chat.")):
         return None

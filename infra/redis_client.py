@@ -6,7 +6,7 @@ import os
 
 import redis
 
-from rag.runtime import service_urls
+from infra.discovery import service_urls
 
 _client: redis.Redis | None = None
 

@@ -7,15 +7,17 @@ event stream is capped, heartbeats carry a time-to-live.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import threading
 import time
 import traceback as tb
+from collections.abc import Callable
 from typing import Any
 
-from rag.config import get_settings
-from tasks.redis_client import get_redis
+from infra.redis_client import get_redis
+from infra.settings import get_settings
 
 TASK_KEY = "kbchat:task:{}"
 EVENTS_KEY = "kbchat:events"
@@ -31,6 +33,7 @@ STATS_KEY = "kbchat:stats:{}"
 STATS_TTL_SECONDS = 25 * 3600
 
 QUEUED, STARTED, RETRY, SUCCEEDED, FAILED = "queued", "started", "retry", "succeeded", "failed"
+STATES = (QUEUED, STARTED, SUCCEEDED, FAILED, RETRY)
 
 
 def _now() -> float:
@@ -47,6 +50,17 @@ def encode_args(args: tuple | list, kwargs: dict | None = None) -> str:
     """The task's arguments as JSON, whole up to 16 kB, so the monitoring page can enqueue the task again."""
     text = json.dumps({"args": list(args), "kwargs": kwargs or {}}, default=str)
     return text if len(text) <= 16_000 else summarise_args(args, kwargs)
+
+
+def decode_args(raw: str | None) -> list | None:
+    """The positional arguments stored with a task (``encode_args``), or None when they cannot be replayed."""
+    try:
+        data = json.loads(raw or "")
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("args"), list) or data.get("kwargs"):
+        return None
+    return data["args"]
 
 
 def record(task_id: str, event: str, *, name: str = "", queue: str = "", **fields: Any) -> None:
@@ -124,6 +138,38 @@ def recent_events(count: int = 100) -> list[dict[str, str]]:
     return [fields for _, fields in get_redis().xrevrange(EVENTS_KEY, count=count)]
 
 
+def trim_stream(key: str, before: float) -> int:
+    """Drop a capped stream's entries older than ``before`` (epoch seconds; entry ids are milliseconds)."""
+    r = get_redis()
+    return int(r.xtrim(key, minid=f"{int(before * 1000)}-0", approximate=False) or 0) if r.exists(key) else 0
+
+
+def trim(before: float) -> int:
+    """Drop the event stream's entries older than ``before``; returns how many."""
+    return trim_stream(EVENTS_KEY, before)
+
+
+def link_retry(task_id: str, new_id: str) -> None:
+    """Note on both records that ``new_id`` runs ``task_id`` again (the old record keeps its expiry)."""
+    pipe = get_redis().pipeline()
+    pipe.hset(TASK_KEY.format(task_id), "retried_as", new_id)
+    pipe.hset(TASK_KEY.format(new_id), "retry_of", task_id)
+    pipe.execute()
+
+
+def wait_for_result(task_id: str, timeout: float = 30.0) -> Any:
+    """Block until the task succeeded and return its result; raise RuntimeError on failure, TimeoutError on silence."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = get_task(task_id) or {}
+        if record.get("state") == SUCCEEDED:
+            return record.get("result")
+        if record.get("state") == FAILED:
+            raise RuntimeError(record.get("error") or "the task failed")
+        time.sleep(0.1)
+    raise TimeoutError(f"task {task_id} did not finish within {timeout:.0f} s; are the workers running?")
+
+
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -131,8 +177,9 @@ def worker_id() -> str:
 class Heartbeat:
     """A thread that keeps the worker's key alive; when the worker dies the key expires and it shows offline."""
 
-    def __init__(self, worker: str, info: dict[str, Any]) -> None:
+    def __init__(self, worker: str, info: dict[str, Any], on_beat: Callable[[], object] | None = None) -> None:
         self.worker = worker
+        self.on_beat = on_beat  # the task layer samples the queue depths here
         self.info = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": _now(), **info}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kbchat-heartbeat", daemon=True)
@@ -177,13 +224,12 @@ class Heartbeat:
             pipe.execute()
 
     def _run(self) -> None:
-        from tasks.monitoring import maybe_sample_queues
-
         interval = get_settings().heartbeat_interval_seconds
         while not self._stop.is_set():
             try:
                 self.beat()
-                maybe_sample_queues()  # whichever worker beats first in each interval records the queue depths
+                if self.on_beat is not None:
+                    self.on_beat()
             except Exception:  # Redis restarting: try again next beat
                 pass
             self._stop.wait(interval)
@@ -224,25 +270,26 @@ def live_workers() -> list[dict[str, str]]:
     return sorted(workers, key=lambda w: w["id"])
 
 
-EMPTY_RETRIEVALS_KEY = "kbchat:retrieval:empty"  # capped stream: kb_id, question, top_score, ts
-EMPTY_RETRIEVALS_COUNT_KEY = "kbchat:retrieval:empty_count"  # hash: kb_id → count, plus "total"
+# --- counts per minute -------------------------------------------------------------------------------------
 
 
-def record_empty_retrieval(kb_id: int, question: str, top_score: float | None) -> None:
-    """A question no passage was relevant enough for (the monitoring and alerting pages read these)."""
-    settings = get_settings()
+def minute_counts(seconds: float) -> list[tuple[int, dict[str, int]]]:
+    """(minute, {"<name>|<event>": n}) for each minute of the last ``seconds``, oldest first."""
+    now = int(time.time() // 60)
+    minutes = list(range(now - max(1, math.ceil(seconds / 60)) + 1, now + 1))
     pipe = get_redis().pipeline()
-    pipe.xadd(
-        EMPTY_RETRIEVALS_KEY,
-        {"kb_id": kb_id, "question": question[:300], "top_score": "" if top_score is None else round(top_score, 4),
-         "ts": _now()},
-        maxlen=settings.events_max_len,
-        approximate=True,
-    )
-    pipe.hincrby(EMPTY_RETRIEVALS_COUNT_KEY, str(kb_id), 1)
-    pipe.hincrby(EMPTY_RETRIEVALS_COUNT_KEY, "total", 1)
-    pipe.execute()
+    for minute in minutes:
+        pipe.hgetall(STATS_KEY.format(minute))
+    return [(m, {k: int(v) for k, v in counts.items()}) for m, counts in zip(minutes, pipe.execute(), strict=True)]
 
 
-def recent_empty_retrievals(count: int = 100) -> list[dict[str, str]]:
-    return [fields for _, fields in get_redis().xrevrange(EMPTY_RETRIEVALS_KEY, count=count)]
+def task_counts(seconds: float) -> dict[str, dict[str, int]]:
+    """Events in the last ``seconds`` per task name and state, plus ``"all"``: {name: {state: n}}."""
+    totals: dict[str, dict[str, int]] = {"all": dict.fromkeys(STATES, 0)}
+    for _, counts in minute_counts(seconds):
+        for key, n in counts.items():
+            name, _, state = key.rpartition("|")
+            if state in STATES:
+                totals.setdefault(name, dict.fromkeys(STATES, 0))[state] += n
+                totals["all"][state] += n
+    return totals

@@ -10,7 +10,8 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from rag.runtime import ServiceUnavailable, redact, service_urls
+from infra.discovery import ServiceUnavailable, service_urls
+from infra.urls import redact
 
 _engine: Engine | None = None
 _sessionmaker: sessionmaker[Session] | None = None

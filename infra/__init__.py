@@ -1,0 +1,1 @@
+"""Infrastructure: settings, service discovery, the Redis connection and the database engine; imports nothing of kbchat."""

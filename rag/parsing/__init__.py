@@ -1,0 +1,36 @@
+"""File bytes → sections of text with page numbers (PDF) or line locators (text); the type comes from the content.
+
+One module per format; ``sniffing`` tells them apart."""
+
+from __future__ import annotations
+
+from rag.parsing.delimited import parse_csv
+from rag.parsing.document import ParsedDocument, ParseError, ProgressFn, Section
+from rag.parsing.docx import parse_docx
+from rag.parsing.html import parse_html
+from rag.parsing.pdf import PDF_LIMITS, parse_pdf, parse_pdf_pages, pdf_page_count
+from rag.parsing.sniffing import sniff
+from rag.parsing.text import decode, parse_text
+
+__all__ = ["PDF_LIMITS", "ParseError", "ParsedDocument", "Section", "parse", "parse_pdf_pages", "pdf_page_count",
+           "sniff"]
+
+
+def parse(data: bytes, filename: str = "", progress: ProgressFn | None = None) -> ParsedDocument:
+    """Parse ``data`` into sections; raises ParseError with a message a person can act on."""
+    kind = sniff(data, filename)
+    if kind == "pdf":
+        document = parse_pdf(data, progress)
+    elif kind == "docx":
+        document = parse_docx(data)
+    elif kind == "html":
+        document = parse_html(decode(data))
+    elif kind == "csv":
+        document = parse_csv(decode(data))
+    else:
+        document = parse_text(decode(data), markdown=kind == "markdown")
+    if not any(section.text.strip() for section in document.sections):
+        if kind == "pdf":
+            raise ParseError("The PDF has no text layer (scanned images?); OCR is not enabled.")
+        raise ParseError("The file contains no readable text.")
+    return document

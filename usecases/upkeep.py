@@ -1,0 +1,64 @@
+"""Upkeep: what the scheduled jobs do and what an admin asks for by hand (reconcile, consistency, alerts,
+evaluation, cleanup)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from db.repositories import knowledge_bases as kb_repo
+from infra.database import session_scope
+from rag import consistency, evaluation, golden, maintenance
+from telemetry import events
+from usecases.documents import enqueue_ingest
+from usecases.ports import TaskQueue
+
+
+def reconcile(queue: TaskQueue) -> dict:
+    """Re-enqueue documents stuck in a non-final state (e.g. after Redis lost its queues)."""
+    return maintenance.reconcile_stuck_documents(
+        enqueue=partial(enqueue_ingest, queue), task_record=events.get_task, waiting_runs=queue.waiting_ingest_runs
+    )
+
+
+def check_consistency(queue: TaskQueue, *, kb_id: int | None = None, fix: bool = False) -> dict:
+    """Documents, chunks and stored files agree (scoped to ``kb_id`` when given); with ``fix``, what does not is
+    fixed and re-indexed through ``queue``."""
+    return consistency.check(kb_id=kb_id, fix=fix, enqueue_ingest=partial(enqueue_ingest, queue),
+                             task_record=events.get_task, waiting_runs=queue.waiting_ingest_runs)
+
+
+def evaluate(
+    queue: TaskQueue, *, kb_id: int | None = None, seed: int | None = None, sample_size: int | None = None,
+    trigger: str = "scheduled",
+) -> dict:
+    """Retrieval evaluation of one knowledge base; without one, an evaluation task per base is queued."""
+    if kb_id is not None:
+        return evaluation.evaluate_kb(kb_id, trigger=trigger, seed=seed, sample_size=sample_size)
+    with session_scope() as session:
+        ids = [kb.id for kb in kb_repo.list_knowledge_bases(session=session)]
+    return {"enqueued": {str(i): request_evaluation(queue, kb_id=i, seed=seed, sample_size=sample_size,
+                                                    trigger=trigger) for i in ids}}
+
+
+def request_evaluation(
+    queue: TaskQueue, *, kb_id: int | None = None, seed: int | None = None, sample_size: int | None = None,
+    trigger: str = "page",
+) -> str:
+    """Queue an evaluation (of every base when ``kb_id`` is None); returns the task id."""
+    return queue.enqueue("maintenance.evaluate", kb_id, seed, sample_size, trigger)
+
+
+def request_golden_evaluation(queue: TaskQueue, *, kb_id: int, data: bytes, filename: str) -> tuple[int, str]:
+    """Read an uploaded golden-question file (``golden.QuestionFileError`` says what is wrong with it), record the
+    run, then queue it; returns (how many questions, the task id)."""
+    questions = golden.load(kb_id, data, filename)
+    run_id = golden.start_run(kb_id, questions, trigger="page")
+    return len(questions), queue.enqueue("maintenance.evaluate_golden", run_id)
+
+
+def request_alert_check(queue: TaskQueue) -> str:
+    return queue.enqueue("maintenance.alerts")
+
+
+def request_consistency_fix(queue: TaskQueue) -> str:
+    return queue.enqueue("maintenance.consistency")
