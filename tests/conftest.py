@@ -19,6 +19,15 @@ DEMO = ROOT / "demo"
 BACKENDS = ("celery", "dramatiq")
 
 
+def _operator():
+    from rag.access import Actor
+
+    return Actor.operator("tests")
+
+
+OPERATOR = _operator()  # what the tests act as when access is not what they test: the operator (admin)
+
+
 def pytest_configure(config) -> None:
     # One ONNX export of the embedding model per test run, shared by every process and data dir the tests make.
     if "KBCHAT_MODEL_CACHE_DIR" not in os.environ:
@@ -198,7 +207,7 @@ def upload(kb_id: int, filename: str, data: bytes):
     from tasks.backend import get_backend
     from usecases.documents import upload_files
 
-    return upload_files(get_backend(), kb_id=kb_id, files=[(filename, data)])[0]
+    return upload_files(get_backend(), OPERATOR, kb_id=kb_id, files=[(filename, data)])[0]
 
 
 class RecordingQueue:

@@ -169,6 +169,14 @@ def set_password(actor: Actor, *, username: str, password: str, current_password
         (get_settings().data_dir / INITIAL_PASSWORD_FILE).unlink(missing_ok=True)
 
 
+def reset_password(actor: Actor, *, username: str) -> str:
+    """A new random password for someone (admins); returns it, to be shown once."""
+    require_admin(actor, "Resetting passwords")
+    password = secrets.random_password()
+    set_password(actor, username=username, password=password)
+    return password
+
+
 # --- groups ------------------------------------------------------------------------------------------------
 
 
