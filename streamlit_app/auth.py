@@ -22,14 +22,17 @@ def _token() -> str | None:
         token = st.context.cookies.get(COOKIE)
     except Exception:
         token = None
-    return token or st.session_state.get(TEST_TOKEN_KEY)
+    if not isinstance(token, str) or not token:
+        token = st.session_state.get(TEST_TOKEN_KEY)
+    return token if isinstance(token, str) and token else None
 
 
 def _address() -> str:
     try:
-        return st.context.ip_address or ""
+        address = st.context.ip_address
     except Exception:
         return ""
+    return address if isinstance(address, str) else ""
 
 
 def current_actor() -> Actor | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -130,12 +131,14 @@ def show_untrusted(text: str, container=st) -> None:
 
 
 def plain(text: str) -> str:
-    """Untrusted text to put inside a Markdown string of the page's own: every punctuation mark escaped, so it
-    shows literally (no links, images, emphasis or HTML)."""
-    return "".join("\\" + ch if ch in _PUNCTUATION else ch for ch in (text or "").replace("\n", " "))
+    """Untrusted text to put inside a Markdown string of the page's own: every character Markdown (and GFM's
+    autolinks) would act on is escaped, so it shows literally (no links, images, emphasis, HTML or maths)."""
+    text = (text or "").replace("\n", " ")
+    escaped = "".join("\\" + ch if ch in _ACTIVE else ch for ch in text)
+    return re.sub(r"(?i)(:)(?=//)|(?<=www)(\.)", lambda m: "\\" + m.group(0), escaped)
 
 
-_PUNCTUATION = set("""!"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~""")
+_ACTIVE = set("\\`*_[]()<>!|~$&#{}")
 
 
 def citation_cards(citations: list[dict]) -> None:
