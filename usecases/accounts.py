@@ -311,22 +311,26 @@ def login(username: str, password: str, *, client_addr: str = "", user_agent: st
     now = datetime.now(UTC)
     username = username.strip()[:64]
     anonymous = Actor(user_id=None, username=username, role="analyst", client_addr=client_addr)
-    with session_scope() as session:
+    refusal = None
+    with session_scope() as session:  # a refusal is audited (committed) before it is raised
         wait = _throttled(session, username, client_addr, now)
+        user = identity_repo.user_by_name(session=session, username=username) if username and wait is None else None
         if wait is not None:
             record(session, anonymous, "login.throttled", target=username)
-            raise LoginRefused(f"Too many failed sign-ins. Try again in {wait} minute{'s' if wait != 1 else ''}.")
-        user = identity_repo.user_by_name(session=session, username=username) if username else None
-        ok = secrets.verify_password(user.password_hash if user else None, password)
-        if not ok or user is None or user.disabled:
+            refusal = f"Too many failed sign-ins. Try again in {wait} minute{'s' if wait != 1 else ''}."
+        elif not (ok := secrets.verify_password(user.password_hash if user else None, password)) or user is None \
+                or user.disabled:
             record(session, anonymous, "login.failure", target=username,
                    reason="disabled" if (ok and user is not None) else "credentials")
-            raise LoginRefused("Wrong username or password.")
-        if user.password_hash and secrets.needs_rehash(user.password_hash):
-            user.password_hash = secrets.hash_password(password)
-        signed_in = _open_session(session, user, now, client_addr, user_agent)
-        record(session, signed_in.actor, "login.success", target=user.username)
-        return signed_in
+            refusal = "Wrong username or password."
+        else:
+            if user.password_hash and secrets.needs_rehash(user.password_hash):
+                user.password_hash = secrets.hash_password(password)
+            signed_in = _open_session(session, user, now, client_addr, user_agent)
+            record(session, signed_in.actor, "login.success", target=user.username)
+    if refusal is not None:
+        raise LoginRefused(refusal)
+    return signed_in
 
 
 def _open_session(session, user: User, now: datetime, client_addr: str, user_agent: str) -> SignedIn:
