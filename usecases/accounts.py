@@ -150,8 +150,6 @@ def set_role(actor: Actor, *, username: str, role: str) -> None:
 def set_password(actor: Actor, *, username: str, password: str, current_password: str | None = None) -> None:
     """A new password (admins for anyone; a user for themselves, with their current one); every session of the
     user ends. Once an admin picked their own, the initial-admin-password file is removed."""
-    if problem := secrets.password_problem(password):
-        raise ValueError(problem)
     with session_scope() as session:
         user = _find_user(session, username) if actor.is_admin else None
         if user is None:
@@ -160,6 +158,8 @@ def set_password(actor: Actor, *, username: str, password: str, current_password
                 raise Forbidden("You can change only your own password.")
             if not secrets.verify_password(user.password_hash, current_password or ""):
                 raise ValueError("The current password is not right.")
+        if problem := secrets.password_problem(password):
+            raise ValueError(problem)
         user.password_hash = secrets.hash_password(password)
         user.password_changed_at = datetime.now(UTC)
         identity_repo.delete_sessions_of(session=session, user_id=user.id)
