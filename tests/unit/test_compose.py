@@ -15,6 +15,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
+NGINX_TEMPLATE = ROOT / "deploy" / "nginx" / "kbchat.conf.template"
 
 REQUIRED_SERVICES = {
     "postgres",
@@ -22,6 +23,7 @@ REQUIRED_SERVICES = {
     "tgi",
     "migrate",
     "web",
+    "nginx",
     "worker-ingest",
     "worker-chat",
     "scheduler",
@@ -153,7 +155,7 @@ def test_migrate_runs_once(services: dict) -> None:
     assert _argv(migrate["command"]) == ["kbchat", "migrate"]
 
 
-@pytest.mark.parametrize("name", ["postgres", "redis", "tgi", "web", "worker-ingest", "worker-chat"])
+@pytest.mark.parametrize("name", ["postgres", "redis", "tgi", "web", "nginx", "worker-ingest", "worker-chat"])
 def test_long_running_services_have_healthchecks(services: dict, name: str) -> None:
     assert services[name].get("healthcheck", {}).get("test"), f"{name} has no health check"
 
@@ -199,21 +201,88 @@ def test_tgi_is_gpu_only(services: dict) -> None:
 
 def test_flower_is_optional_monitoring(services: dict) -> None:
     assert "monitoring" in services["flower"]["profiles"]
-    for name in ["postgres", "redis", "migrate", *APP_SERVICES]:
+    for name in ["postgres", "redis", "migrate", "nginx", *APP_SERVICES]:
         assert not services[name].get("profiles"), f"{name} must run without a profile"
 
 
-@pytest.mark.parametrize("name", ["worker-ingest", "worker-chat"])
+@pytest.mark.parametrize("name", ["web", "worker-ingest", "worker-chat"])
 def test_workers_can_scale(services: dict, name: str) -> None:
     svc = services[name]
     assert "container_name" not in svc, f"{name}: a container_name blocks --scale"
     assert not svc.get("ports"), f"{name}: host ports block --scale"
 
 
-def test_web_publishes_its_port_and_is_checked_for_readiness(services: dict) -> None:
+def test_web_is_checked_for_readiness_and_reached_through_nginx(services: dict) -> None:
     web = services["web"]
-    assert any(_interpolate(str(p)).endswith(":8501") for p in web["ports"])
     assert "/readyz" in " ".join(_argv(web["healthcheck"]["test"]))  # PostgreSQL and Redis answer
+    assert any(str(p).split(":")[-1] == "8501" for p in web.get("expose", [])), "web must expose 8501 to nginx"
+    nginx = services["nginx"]
+    assert nginx["image"].startswith("nginx:")
+    assert any(_interpolate(str(p)) == "8501:8080" for p in nginx["ports"]), nginx["ports"]
+    assert nginx["depends_on"]["web"]["condition"] == "service_healthy"
+    check = " ".join(_argv(nginx["healthcheck"]["test"]))
+    assert "http://127.0.0.1:8080/healthz" in check, check
+
+
+def test_nginx_renders_the_template_with_the_upload_limit(services: dict) -> None:
+    nginx = services["nginx"]
+    mounts = [str(v) for v in nginx["volumes"]]
+    assert "./deploy/nginx/kbchat.conf.template:/etc/nginx/templates/default.conf.template:ro" in mounts, mounts
+    env = {k: _interpolate(str(v)) for k, v in nginx["environment"].items()}
+    app_env = {k: _interpolate(str(v)) for k, v in services["web"]["environment"].items()}
+    assert env["KBCHAT_MAX_UPLOAD_MB"] == app_env["KBCHAT_MAX_UPLOAD_MB"] == "200"  # one limit for app and nginx
+    assert env["KBCHAT_WEB_ADDR"] == "web:8501" and env["KBCHAT_NGINX_LISTEN"] == "8080"
+    template_vars = set(re.findall(r"\$\{(\w+)\}", NGINX_TEMPLATE.read_text(encoding="utf-8")))
+    assert template_vars <= set(env), f"the template uses variables compose does not set: {template_vars - set(env)}"
+    assert all(re.match(env["NGINX_ENVSUBST_FILTER"], name) for name in template_vars)
+    assert not re.match(env["NGINX_ENVSUBST_FILTER"], "host"), "nginx's own $variables must survive envsubst"
+
+
+def test_web_trusts_only_private_proxy_addresses(services: dict) -> None:
+    proxies = _interpolate(str(services["web"]["environment"]["KBCHAT_TRUSTED_PROXIES"]))
+    assert "*" not in proxies and "0.0.0.0/0" not in proxies, proxies
+    assert "172.16.0.0/12" in proxies.split(","), "Docker's default networks are in 172.16.0.0/12"
+
+
+def _nginx_blocks(text: str) -> dict[str, str]:
+    """The body of each ``upstream NAME`` and ``location ...`` block of the template (no nested blocks there);
+    an envsubst ``${NAME}`` reads ``@NAME@`` in them (its braces are not a block)."""
+    text = re.sub(r"\$\{(\w+)\}", r"@\1@", re.sub(r"#[^\n]*", "", text))
+    return {" ".join(m.group(1).split()): m.group(2)
+            for m in re.finditer(r"((?:upstream|location)\s[^{;]*?)\{([^{}]*)\}", text)}
+
+
+def test_nginx_template_routes_sticky_and_least_connections() -> None:
+    text = NGINX_TEMPLATE.read_text(encoding="utf-8")
+    blocks = _nginx_blocks(text)
+    sticky, balanced = blocks["upstream kbchat_sticky"], blocks["upstream kbchat_balanced"]
+    assert "hash $kbchat_affinity consistent;" in sticky
+    assert re.search(r"map \$cookie_kbchat_session \$kbchat_affinity \{[^}]*\"\"\s+\$remote_addr;", text)
+    assert "least_conn;" in balanced
+    for upstream in (sticky, balanced):
+        assert re.search(r"server @KBCHAT_WEB_ADDR@ max_fails=\d+ fail_timeout=\d+s", upstream), upstream
+    assert "proxy_pass http://kbchat_sticky;" in blocks["location ~ /_stcore/(stream|upload_file)"]
+    assert "proxy_pass http://kbchat_sticky;" in blocks["location ^~ /media/"]
+    assert "proxy_pass http://kbchat_balanced;" in blocks["location ^~ /api/"]
+    assert "proxy_pass http://kbchat_balanced;" in blocks["location = /healthz"]
+
+
+def test_nginx_template_streams_and_forwards() -> None:
+    text = re.sub(r"#[^\n]*", "", NGINX_TEMPLATE.read_text(encoding="utf-8"))
+    for directive in (
+        "client_max_body_size ${KBCHAT_MAX_UPLOAD_MB}m;",
+        "proxy_buffering off;",
+        "proxy_request_buffering off;",
+        "proxy_http_version 1.1;",
+        "proxy_set_header Upgrade $http_upgrade;",
+        "proxy_set_header Connection $kbchat_connection;",
+        "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+        "proxy_set_header X-Forwarded-Proto $scheme;",
+        "proxy_set_header Host $http_host;",
+    ):
+        assert directive in text, directive
+    timeouts = [int(t) for t in re.findall(r"proxy_read_timeout (\d+)s;", text)]
+    assert timeouts and min(timeouts) >= 600, timeouts
 
 
 def test_every_kbchat_command_is_a_real_subcommand(
