@@ -2,7 +2,7 @@
 ``kbchat healthcheck`` in the same run: the floor every command pays (interpreter, settings, a database and a
 Redis round trip). Target: search within 2× of healthcheck. Prints figures; never part of the tests.
 
-One worker on all queues answers ``ask`` (an extractive answer: no generation server), and ingests the demo
+One worker on all queues (queues sorted, as its heartbeat lists them) answers ``ask`` (an extractive answer: no generation server), and ingests the demo
 reports once into a base of their own.
 
     .venv/bin/python bench/cli_speed.py                 # embedded services under bench/.data
@@ -62,7 +62,7 @@ def main() -> None:
     env = {**os.environ, "KBCHAT_TGI_URL": "", "KBCHAT_ANSWER_CACHE_TTL_SECONDS": "0", "PYTHONUNBUFFERED": "1"}
     worker = None
     try:
-        worker = start_worker("ingest,chat,maintenance", 2, {"KBCHAT_TGI_URL": ""}, logs / "bench-cli-worker.log")
+        worker = start_worker("chat,ingest,maintenance", 2, {"KBCHAT_TGI_URL": ""}, logs / "bench-cli-worker.log")
         demo = sorted((ROOT / "demo").glob("*.pdf"))
         subprocess.run([sys.executable, "-m", "kbchat.cli", "ingest", *map(str, demo), "--kb", KB_NAME, "--wait"],
                        env=env, cwd=ROOT, check=True, capture_output=True, timeout=900)

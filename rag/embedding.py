@@ -62,23 +62,22 @@ def get_model():
     the model cache, with the same interface; a model it cannot run (pooling other than mean or CLS) runs on torch.
     """
     with _lock:
-        # transformers, sentence-transformers and torch take seconds to import: only a process that embeds does.
-        import transformers
-
-        # Token counting runs over whole sentences longer than the model window on purpose; no warning for that.
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
-
         settings = get_settings()
         model = None
         if settings.embedding_backend == "onnx-int8":
             try:
+                # Neither torch nor transformers: a CLI search opens the model in a fraction of a second.
                 model = OnnxEncoder(model_name(), model_cache_dir(), threads=settings.embedding_threads)
             except UnsupportedModel as exc:
                 log.warning("%s; embedding with torch instead", exc)
         if model is None:
-            from sentence_transformers import SentenceTransformer  # imports torch: only when torch is used
+            # transformers, sentence-transformers and torch take seconds to import: only a process that uses them.
+            import transformers
+            from sentence_transformers import SentenceTransformer
 
+            # Token counting runs over whole sentences longer than the model window on purpose; no warning for that.
+            transformers.logging.set_verbosity_error()
+            transformers.logging.disable_progress_bar()
             model = SentenceTransformer(model_name(), device="cpu", local_files_only=True)
             if settings.embedding_threads:
                 import torch
@@ -112,6 +111,8 @@ def count_tokens(texts: Sequence[str]) -> list[int]:
     """How many model tokens each text takes (no special tokens): the unit chunk sizes are measured in."""
     if not texts:
         return []
-    tokenizer = get_model().tokenizer
-    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
+    model = get_model()
+    if isinstance(model, OnnxEncoder):
+        return model.count_tokens(texts)
+    encoded = model.tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
     return [len(ids) for ids in encoded]

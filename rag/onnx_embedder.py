@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -126,43 +127,131 @@ def _export_quiet(model_path: str, target: Path) -> None:
         extra.unlink()
 
 
-class OnnxEncoder:
-    """The subset of SentenceTransformer that kbchat uses: ``tokenizer``, ``encode``, the dimension."""
+class _Tokenizer:
+    """The model's fast tokenizer, straight from its ``tokenizer.json`` with the ``tokenizers`` library: the same
+    ids as transformers' ``AutoTokenizer`` (the unit tests compare them) without importing transformers, which
+    imports torch (three seconds at every ``kbchat search``)."""
 
-    def __init__(self, model_path: str, cache_dir: Path, max_seq_length: int | None = None, threads: int = 0) -> None:
-        import onnxruntime as ort  # heavy: imported by the processes that embed, not by every one that imports rag
+    def __init__(self, model_path: str, max_length: int) -> None:
+        from tokenizers import Tokenizer
+
+        path = Path(model_path) / "tokenizer.json"
+        config_file = Path(model_path) / "tokenizer_config.json"
+        config = json.loads(config_file.read_text()) if config_file.exists() else {}
+        pad_token = config.get("pad_token") or "[PAD]"
+        pad_token = pad_token.get("content", "[PAD]") if isinstance(pad_token, dict) else pad_token
+        self._batch = Tokenizer.from_file(str(path))  # padded to the longest of a batch, cut at max_length
+        pad_id = self._batch.token_to_id(pad_token)
+        self._batch.enable_truncation(max_length=max_length)
+        self._batch.enable_padding(direction=config.get("padding_side", "right"), pad_id=pad_id or 0,
+                                   pad_token=pad_token)
+        self._count = Tokenizer.from_file(str(path))  # whole texts, no special tokens: chunk sizes
+        self._count.no_truncation()
+        self._count.no_padding()
+
+    def batch(self, texts: list[str]) -> dict[str, np.ndarray]:
+        encoded = self._batch.encode_batch(texts)
+        return {
+            "input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encoded], dtype=np.int64),
+        }
+
+    def count(self, texts: list[str]) -> list[int]:
+        return [len(e.ids) for e in self._count.encode_batch(texts, add_special_tokens=False)]
+
+
+class _TransformersTokenizer:
+    """A model without a ``tokenizer.json`` (a slow, Python-only tokenizer): transformers' AutoTokenizer."""
+
+    def __init__(self, model_path: str, max_length: int) -> None:
+        import transformers
         from transformers import AutoTokenizer
 
-        self.pooling = pooling_mode(model_path)
-        model_file = ensure_exported(model_path, cache_dir)
+        transformers.logging.set_verbosity_error()  # counting whole texts longer than the window is on purpose
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+        self.max_length = max_length
+
+    def batch(self, texts: list[str]) -> dict[str, np.ndarray]:
+        encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
+        return {k: v.astype(np.int64) for k, v in encoded.items()}
+
+    def count(self, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]]
+
+
+class OnnxEncoder:
+    """The subset of SentenceTransformer that kbchat uses: ``encode``, ``count_tokens``, the dimension.
+
+    Nothing heavy at construction: the tokenizer is read on the first text it sees and the ONNX session is opened
+    on the first ``encode`` (a process that only counts tokens never opens it); neither imports torch.
+    """
+
+    def __init__(self, model_path: str, cache_dir: Path, max_seq_length: int | None = None, threads: int = 0) -> None:
+        self.model_path = model_path
+        self.pooling = pooling_mode(model_path)
+        self.model_file = ensure_exported(model_path, cache_dir)
         config = Path(model_path) / "sentence_bert_config.json"
         configured = json.loads(config.read_text()).get("max_seq_length") if config.exists() else None
         self.max_seq_length = max_seq_length or configured or 256
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        # Idle threads sleep instead of spinning: workers share the cores with other processes.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
-        self._inputs = {i.name for i in self.session.get_inputs()}
-        self.dimension = int(self.encode(["dimension probe"])[0].shape[0])
+        self.threads = threads
+        self._tokenizer: _Tokenizer | _TransformersTokenizer | None = None
+        self._session = None
+        self._inputs: set[str] = set()
+        self._dimension: int | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def tokenizer(self) -> _Tokenizer | _TransformersTokenizer:
+        if self._tokenizer is None:
+            with self._lock:
+                if self._tokenizer is None:
+                    fast = (Path(self.model_path) / "tokenizer.json").exists()
+                    self._tokenizer = (_Tokenizer if fast else _TransformersTokenizer)(self.model_path,
+                                                                                      self.max_seq_length)
+        return self._tokenizer
+
+    @property
+    def session(self):
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    import onnxruntime as ort  # 0.2 s: only a process that embeds pays it
+
+                    options = ort.SessionOptions()
+                    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                    options.intra_op_num_threads = self.threads or os.cpu_count() or 1
+                    # Idle threads sleep instead of spinning: workers share the cores with other processes.
+                    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                    session = ort.InferenceSession(str(self.model_file), options, providers=["CPUExecutionProvider"])
+                    self._inputs = {i.name for i in session.get_inputs()}
+                    self._session = session
+        return self._session
 
     def get_embedding_dimension(self) -> int:
-        return self.dimension
+        """The pooled vector's size: the model's hidden size (CLS and mean pooling keep it), else a probe."""
+        if self._dimension is None:
+            config = Path(self.model_path) / "config.json"
+            hidden = json.loads(config.read_text()).get("hidden_size") if config.exists() else None
+            self._dimension = int(hidden) if hidden else int(self.encode(["dimension probe"])[0].shape[0])
+        return self._dimension
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Model tokens per text, without special tokens and without truncation."""
+        return self.tokenizer.count(list(texts))
 
     def encode(self, texts: Sequence[str], batch_size: int = 32, normalize_embeddings: bool = True,
                **_: object) -> np.ndarray:
         """Mean-pooled, optionally unit-length float32 vectors; batches sorted by length to pad little."""
         texts = list(texts)
+        session, tokenizer = self.session, self.tokenizer
         order = np.argsort([-len(t) for t in texts], kind="stable")
         results: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
         for start in range(0, len(texts), batch_size):
             index = order[start : start + batch_size]
-            encoded = self.tokenizer([texts[i] for i in index], padding=True, truncation=True,
-                                     max_length=self.max_seq_length, return_tensors="np")
-            feeds = {k: v.astype(np.int64) for k, v in encoded.items() if k in self._inputs}
-            hidden = self.session.run(None, feeds)[0]
+            encoded = tokenizer.batch([texts[i] for i in index])
+            feeds = {k: v for k, v in encoded.items() if k in self._inputs}
+            hidden = session.run(None, feeds)[0]
             if self.pooling == "cls":
                 pooled = hidden[:, 0, :].copy()
             else:

@@ -108,3 +108,53 @@ def test_a_model_onnx_cannot_pool_runs_on_torch(settings_env, tmp_path, caplog):
     assert not (tmp_path / "models").exists()
     settings_env(embedding_backend="torch", embedding_model="")
     assert not embedding.export_pending()
+
+
+LONG = " ".join(["The committee on harbour pilots met again and agreed on new rules for night approaches."] * 60)
+
+
+def test_the_fast_tokenizer_gives_transformers_ids():
+    """``tokenizer.json`` through the tokenizers library, as the ONNX encoder reads it: the same ids, masks and
+    counts as transformers' AutoTokenizer (padded batches, a text cut at the window, whole-text counts)."""
+    from transformers import AutoTokenizer
+
+    from rag.onnx_embedder import _Tokenizer
+
+    texts = [*SENTENCES, LONG, ""]
+    reference = AutoTokenizer.from_pretrained(str(packaged_model()), local_files_only=True)
+    ours = _Tokenizer(str(packaged_model()), max_length=256)
+    expected = reference(texts, padding=True, truncation=True, max_length=256, return_tensors="np")
+    got = ours.batch(texts)
+    assert set(expected) == set(got)
+    for key in expected:
+        assert np.array_equal(expected[key], got[key]), key
+    assert got["input_ids"].shape[1] == 256  # the long text is cut at the window, the others padded to it
+    counts = [len(ids) for ids in reference(texts, add_special_tokens=False, truncation=False)["input_ids"]]
+    assert ours.count(texts) == counts and counts[len(SENTENCES)] > 256
+
+
+def test_searching_with_the_onnx_embedder_imports_no_torch(settings_env):
+    """What ``kbchat search`` pays: embedding a question opens the int8 model without torch or transformers
+    (each costs seconds to import), and tokens are counted without opening the ONNX session."""
+    import os
+    import subprocess
+    import sys
+
+    from rag import embedding
+
+    embedding.prepare()  # the one-time export (torch) happens here, not in the child
+    script = (
+        "import sys\n"
+        "from rag import embedding\n"
+        "model = embedding.get_model()\n"
+        "assert embedding.count_tokens(['a question about pilots']) == [4]\n"
+        "assert model._session is None, 'counting opened the ONNX session'\n"
+        "vectors = embedding.embed(['a question about pilots'])\n"
+        "assert vectors.shape == (1, 384), vectors.shape\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
