@@ -48,7 +48,10 @@ def main_config(prefix: Path, site: str) -> str:
     temp = "\n".join(f"    {name}_temp_path {prefix / 'temp' / name};"
                      for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     return (f"{user}worker_processes 1;\npid {prefix / 'nginx.pid'};\nerror_log {prefix / 'error.log'} warn;\n"
-            f"events {{ worker_connections 512; }}\nhttp {{\n    access_log {prefix / 'access.log'};\n{temp}\n"
+            f"events {{ worker_connections 512; }}\nhttp {{\n"
+            # Which instance served each request (after a retry: every one tried, the last answered).
+            f"    log_format kbchat '$remote_addr \"$request\" $status upstream=$upstream_addr';\n"
+            f"    access_log {prefix / 'access.log'} kbchat;\n{temp}\n"
             f"{site}\n}}\n")
 
 

@@ -15,11 +15,11 @@ from db.repositories import conversations as conversation_repo
 from infra.database import session_scope
 from rag import answering, conversation
 from rag.access import Actor, NotFound
-from rag.retrieval import hit_to_dict, search
 from telemetry import events
 from usecases.access import require_conversation, require_kb
-from usecases.audit import record, record_now
+from usecases.audit import record_now
 from usecases.ports import TaskQueue
+from usecases.searching import search_passages  # noqa: F401  (asking.search_passages: tasks, API)
 
 # Tasks queued for a person carry the person's id as their last argument (None: the operator or a job).
 PERSONAL_TASKS = ("ingest.document", "chat.answer", "chat.search", "maintenance.evaluate",
@@ -93,18 +93,6 @@ def answer(
 def summarize(*, conversation_id: int) -> dict:
     """Condense a conversation's older turns into the summary later prompts use (queued by ``answer``)."""
     return conversation.summarize_conversation(conversation_id)
-
-
-def search_passages(actor: Actor, *, kb_id: int, question: str, k: int = 10, mode: str | None = None,
-                    audit: bool = True) -> list[dict]:
-    """The ``k`` passages closest to a question, as JSON-ready dicts (``mode``: see ``rag.retrieval.search``)."""
-    with session_scope() as session:
-        kb_id = require_kb(session, actor, kb_id).id
-        hits = [hit_to_dict(h) for h in search(session=session, kb_id=kb_id, question=question, k=k, mode=mode)]
-        if audit:
-            record(session, actor, "question", kb_id=kb_id, target=question[:300], search=True,
-                   chunk_ids=[h["chunk_id"] for h in hits])
-        return hits
 
 
 def preview_search(queue: TaskQueue, actor: Actor, *, kb_id: int, question: str, k: int = 10,
