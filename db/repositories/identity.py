@@ -244,4 +244,5 @@ def touch_api_key(*, session: Session, key_id: int, at: datetime) -> None:
 
 
 def kb_names(*, session: Session, kb_ids: list[int]) -> dict[int, str]:
-    return dict(session.execute(select(KnowledgeBase.id, KnowledgeBase.name).where(KnowledgeBase.id.in_(kb_ids))))
+    rows = session.execute(select(KnowledgeBase.id, KnowledgeBase.name).where(KnowledgeBase.id.in_(kb_ids))).all()
+    return {kb_id: name for kb_id, name in rows}
