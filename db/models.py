@@ -22,7 +22,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from infra.settings import get_settings
@@ -381,3 +381,19 @@ class AuditEvent(Base):
     target: Mapped[str] = mapped_column(Text, default="")
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     client_addr: Mapped[str] = mapped_column(String(64), default="")
+
+
+class ApiKey(Base):
+    """A key for the HTTP API: acts as its user, optionally limited to some bases; only its SHA-256 is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)  # shown in lists; the key starts with it
+    key_hash: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    kb_ids: Mapped[list[int] | None] = mapped_column(ARRAY(BigInteger))  # None: every base the user may use
+    created_at: Mapped[datetime] = _created()
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

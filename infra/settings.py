@@ -184,6 +184,10 @@ class Settings(BaseSettings):
     )
     audit_retention_days: int = Field(default=365, ge=1, description="Audit log entries older than this are removed.")
 
+    api_rate_limit_per_minute: int = Field(
+        default=120, ge=1, description="HTTP API calls per key per minute; more answer 429 with Retry-After."
+    )
+
     # --- chat latency (added for the chat speed targets) -------------------------------------------
     # On a shared machine an ingest worker (CPU-bound: parsing, embedding) must not take the CPU from chat
     # answers: workers that consume no chat queue start with this much lower priority (os.nice; 0 = off).

@@ -54,6 +54,16 @@ def add_parsers(sub) -> None:
     p.add_argument("kb")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("apikey", help="keys for the HTTP API: create, list, revoke")
+    keys = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = keys.add_parser("create", help="a new key acting as a user (printed once)")
+    q.add_argument("--user", required=True)
+    q.add_argument("--kb", action="append", default=[], metavar="KB", help="limit it to this base (repeatable)")
+    q.add_argument("--expires-days", type=int)
+    q.add_argument("--json", action="store_true")
+    keys.add_parser("list", help="prefix, owner, scope, created, last used").add_argument("--json", action="store_true")
+    keys.add_parser("revoke", help="revoke a key at once").add_argument("prefix")
+
     p = sub.add_parser("audit", help="the audit log: sign-ins, changes, questions")
     p.add_argument("--since", help="ISO date/time (UTC), or a span like 2h, 3d (default 7d)", default="7d")
     p.add_argument("--user", help="only this user")
@@ -205,6 +215,42 @@ def grants_command(args) -> int:
     return 0
 
 
+def apikey_command(args) -> int:
+    from rag.access import Forbidden, NotFound
+    from usecases import api_keys
+    from usecases.knowledge_bases import find_kb
+
+    check_services()
+    actor = operator()
+    try:
+        if args.action == "create":
+            kb_ids = [find_kb(actor, name=name) for name in args.kb] or None
+            made = api_keys.create_key(actor, username=args.user, kb_ids=kb_ids, expires_days=args.expires_days)
+            if args.json:
+                print(json.dumps(made, indent=2))
+            else:
+                scope = made["scope"] if isinstance(made["scope"], str) else ", ".join(made["scope"])
+                print(f"kbchat: API key for {made['user']} ({scope}"
+                      + (f", expires {made['expires_at'][:10]}" if made["expires_at"] else "") + "), shown once:")
+                print(made["key"])
+        elif args.action == "list":
+            keys = api_keys.list_keys(actor)
+            if args.json:
+                print(json.dumps(keys, indent=2))
+            else:
+                for k in keys:
+                    scope = k["scope"] if isinstance(k["scope"], str) else ", ".join(k["scope"])
+                    state = "revoked" if k["revoked"] else "active"
+                    print(f"{k['prefix']}  {k['user']:<18} {state:<8} created {k['created_at'][:16]}  last used "
+                          f"{(k['last_used_at'] or 'never')[:16]}  {scope}")
+        elif args.action == "revoke":
+            api_keys.revoke_key(actor, prefix=args.prefix)
+            print(f"kbchat: key {args.prefix} revoked")
+    except (NotFound, Forbidden, ValueError) as exc:
+        return _fail(str(exc).strip("'\""))
+    return 0
+
+
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """'2h', '3d', '30m' before now, or an ISO date/time (UTC when it names no zone)."""
     now = now or datetime.now(UTC)
@@ -247,4 +293,5 @@ COMMANDS = {
     "revoke": revoke_command,
     "grants": grants_command,
     "audit": audit_command,
+    "apikey": apikey_command,
 }

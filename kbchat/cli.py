@@ -122,7 +122,6 @@ def _cmd_migrate(args) -> int:
     from db import migrate
     from infra.database import check_database
     from infra.discovery import service_urls
-
     from infra.settings import get_settings
     from usecases.accounts import INITIAL_PASSWORD_FILE, ensure_initial_admin
 

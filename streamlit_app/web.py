@@ -8,6 +8,7 @@
 - ``SecurityHeaders`` sends a Content-Security-Policy that forbids remote images, scripts, frames and
   connections, and ``nosniff``, ``no-referrer`` and frame denial, on every response.
 - ``/healthz`` (this process answers) and ``/readyz`` (PostgreSQL and Redis answer; 503 with the reason).
+- ``/api/v1``: the HTTP API (``api.app``), which checks its own bearer keys.
 
 Run: ``uvicorn streamlit_app.web:app`` (``kbchat web`` and ``kbchat run`` do).
 """
@@ -30,9 +31,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.app import app as api_app
 from infra.database import get_engine
 from infra.redis_client import get_redis
 from infra.secrets import token_digest
@@ -44,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COOKIE = "kbchat_session"
 # Reachable without a session: sign-in itself, health checks, the tab icon.
 PUBLIC_PATHS = frozenset({"/login", "/logout", "/healthz", "/readyz", "/_stcore/health", "/favicon.png"})
+API_PREFIX = "/api/"  # the API checks its own bearer keys (api.app)
 CACHE_SECONDS = 5.0  # a session looked up in PostgreSQL is believed this long by this process's HTTP gate
 log = logging.getLogger(__name__)
 
@@ -176,7 +179,8 @@ class SessionGate:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] in PUBLIC_PATHS:
+        if (scope["type"] not in ("http", "websocket") or scope["path"] in PUBLIC_PATHS
+                or scope["path"].startswith(API_PREFIX)):
             await self.app(scope, receive, send)
             return
         try:
@@ -343,6 +347,7 @@ ROUTES = [
     Route("/logout", logout, methods=["GET", "POST"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
+    Mount("/api/v1", app=api_app),
 ]
 
 

@@ -61,6 +61,27 @@ def list_documents(actor: Actor, *, kb_id: int, limit: int = 500, ready_only: bo
         return [d for d in documents if d.status == "ready"] if ready_only else documents
 
 
+def get_document(actor: Actor, *, document_id: int, kb_id: int | None = None):
+    """A readable document (in ``kb_id`` when given: another base's document is not found there)."""
+    with session_scope() as session:
+        document = require_document(session, actor, document_id)
+        if kb_id is not None and document.kb_id != int(kb_id):
+            raise NotFound(f"Document {document_id} not found.")
+        return document
+
+
+def document_original(actor: Actor, *, document_id: int, kb_id: int | None = None) -> tuple[str, str, bytes]:
+    """(file name, media type, bytes) of a readable document's original file."""
+    with session_scope() as session:
+        document = require_document(session, actor, document_id)
+        if kb_id is not None and document.kb_id != int(kb_id):
+            raise NotFound(f"Document {document_id} not found.")
+        data = document_repo.get_blob(session=session, document_id=document.id)
+        if data is None:
+            raise NotFound(f"The original file of document {document_id} is no longer stored.")
+        return document.filename, document.mime or "application/octet-stream", data
+
+
 def document_chunks(actor: Actor, *, document_id: int, limit: int = 50, offset: int = 0) -> list:
     """A readable document's chunks in order."""
     with session_scope() as session:
