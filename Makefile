@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install chromium lint format bench migrate worker clean
+.PHONY: run test install chromium nginx lint format bench migrate worker clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,15 @@ run: $(STAMP)
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
-test: $(STAMP) chromium
+# Debian's nginx for the load-balancer test, which runs it as its own child on a free port (config, pid, logs and
+# temp files under a tmp dir). The package's own service is never started: policy-rc.d refuses it in containers,
+# and where it did start, it is stopped and disabled again.
+nginx:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq nginx >/dev/null && \
+		{ ! command -v systemctl >/dev/null 2>&1 || $(SUDO) systemctl disable --now nginx >/dev/null 2>&1 || true; }; }
+
+test: $(STAMP) chromium nginx
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 

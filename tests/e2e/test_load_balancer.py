@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import signal
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,14 +23,13 @@ from pathlib import Path
 import pytest
 
 from tests import nginx_support
-from tests.conftest import OPERATOR, ROOT, run_cli, start_worker, stop_worker
+from tests.conftest import OPERATOR, WebHandle, run_cli, start_web, start_worker, stop_web, stop_worker
 
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-START_TIMEOUT = 120
 READY_TIMEOUT = 180  # the upload row reaching "ready" (the worker loads the embedding model first)
 ANSWER_TIMEOUT = 180
 NOTE = "# Blue heron survey\n\nThe blue heron colony nests by the old mill weir, upstream of the ford.\n\n" \
@@ -41,41 +37,18 @@ NOTE = "# Blue heron survey\n\nThe blue heron colony nests by the old mill weir,
 QUESTION = "Where does the blue heron colony nest?"
 
 
-def _has_api() -> bool:
-    """Whether the web app serves the REST API (a route under /api/v1), which this branch may predate."""
-    from streamlit_app import web
-
-    if any(str(getattr(route, "path", "")).startswith("/api") for route in web.ROUTES):
-        return True
-    return "/api/v1" in Path(web.__file__).read_text(encoding="utf-8")  # mounted some other way
-
-
-HAS_API = _has_api()
-needs_api = pytest.mark.skipif(not HAS_API, reason="the REST API (/api/v1) is not in this build yet")
-
-
-@dataclass
-class Web:
-    port: int
-    process: subprocess.Popen
-    log_path: Path
-
-    @property
-    def addr(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
+def _addr(web: WebHandle) -> str:
+    return web.url.removeprefix("http://")
 
 
 @dataclass
 class Stack:
     nginx: nginx_support.Nginx
-    webs: list[Web]
+    webs: list[WebHandle]
     username: str
     password: str
     kb_name: str = field(default_factory=lambda: f"Herons {uuid.uuid4().hex[:6]}")
-    killed: Web | None = None
+    killed: WebHandle | None = None
     shared: dict = field(default_factory=dict)  # what one test leaves for the next: the browser page
 
     @property
@@ -84,44 +57,8 @@ class Stack:
 
     def logs(self) -> str:
         parts = [self.nginx.log()]
-        parts += [f"--- web {w.addr}\n{w.log()}" for w in self.webs]
+        parts += [f"--- web {_addr(w)}\n{w.log()[-3000:]}" for w in self.webs]
         return "\n".join(parts)
-
-
-def _start_web(port: int, log_path: Path) -> Web:
-    from infra.settings import get_settings
-    from kbchat.runner import web_argv, web_env
-
-    settings = get_settings()
-    env = {**os.environ, **web_env(settings), "KBCHAT_TASK_BACKEND": "celery", "PYTHONUNBUFFERED": "1"}
-    env.pop("KBCHAT_TGI_URL", None)  # extractive answers: no generation server here
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(web_argv("127.0.0.1", port, settings), env=env, cwd=ROOT, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    return Web(port, process, log_path)
-
-
-def _wait_healthy(web: Web, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if web.process.poll() is not None:
-            raise RuntimeError(f"web on {web.port} exited {web.process.returncode}:\n{web.log()}")
-        try:
-            if nginx_support.get(f"http://{web.addr}/healthz", timeout=2)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"web on {web.port} did not answer /healthz:\n{web.log()}")
-
-
-def _stop_web(web: Web) -> None:
-    if web.process.poll() is None:
-        web.process.send_signal(signal.SIGTERM)
-        try:
-            web.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            web.process.kill()
-    web.process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -134,18 +71,15 @@ def stack(services, tmp_path_factory) -> Iterator[Stack]:
     if not Path(nginx_support.NGINX).exists():
         pytest.fail("nginx is missing: `make nginx` installs Debian's nginx for this test (never started as a service).")
     tmp = tmp_path_factory.mktemp("load-balancer")
-    os.environ["KBCHAT_TASK_BACKEND"] = "celery"  # what this process's helpers would enqueue on
     worker = start_worker("celery", tmp / "worker.log", extra_env={"KBCHAT_TGI_URL": ""})
-    webs: list[Web] = []
+    webs: list[WebHandle] = []
     nginx = None
     try:
-        for number in (1, 2):
-            webs.append(_start_web(nginx_support.free_port(), tmp / f"web-{number}.log"))
-        deadline = time.monotonic() + START_TIMEOUT
-        for web in webs:
-            _wait_healthy(web, deadline)
+        for number in (1, 2):  # extractive answers: no generation server here
+            webs.append(start_web(tmp / f"web-{number}.log", extra_env={"KBCHAT_TASK_BACKEND": "celery",
+                                                                         "KBCHAT_TGI_URL": ""}))
         (tmp / "nginx").mkdir()
-        nginx = nginx_support.start(tmp / "nginx", [w.addr for w in webs])
+        nginx = nginx_support.start(tmp / "nginx", [_addr(w) for w in webs])
         username, password = f"heron-{uuid.uuid4().hex[:6]}", f"Pw-{uuid.uuid4().hex}"
         accounts.add_user(OPERATOR, username=username, role="analyst", password=password)
         yield Stack(nginx, webs, username, password)
@@ -153,9 +87,8 @@ def stack(services, tmp_path_factory) -> Iterator[Stack]:
         if nginx is not None:
             nginx_support.stop(nginx)
         for web in webs:
-            _stop_web(web)
+            stop_web(web)
         stop_worker(worker)
-        os.environ.pop("KBCHAT_TASK_BACKEND", None)
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +160,7 @@ def test_sign_in_upload_and_ask_through_nginx(stack, browser, tmp_path):
     # The upload went where the session's websocket is: one instance, by the session cookie's hash.
     uploads = _upstreams(stack, r"/_stcore/upload_file")
     assert uploads and len(set(uploads)) == 1, uploads
-    assert uploads[0] in {w.addr for w in stack.webs}, uploads
+    assert uploads[0] in {_addr(w) for w in stack.webs}, uploads
 
 
 def _api_key(stack: Stack) -> str:
@@ -276,7 +209,6 @@ def _sse(stack: Stack, key: str, kb_id: int, question: str) -> list[tuple[str, s
         connection.close()
 
 
-@needs_api
 def test_an_api_client_streams_an_answer_through_nginx(stack):
     key = _api_key(stack)
     stack.shared["key"] = key
@@ -307,7 +239,7 @@ def test_a_killed_instance_is_routed_around_and_the_reader_stays_signed_in(stack
     if page is None:
         pytest.fail("the browser test did not get far enough to leave a signed-in page")
     holder = _upstreams(stack, r"/_stcore/upload_file")[-1]
-    victim = next(w for w in stack.webs if w.addr == holder)
+    victim = next(w for w in stack.webs if _addr(w) == holder)
     survivor = next(w for w in stack.webs if w is not victim)
     victim.process.send_signal(signal.SIGKILL)
     victim.process.wait()
@@ -326,10 +258,9 @@ def test_a_killed_instance_is_routed_around_and_the_reader_stays_signed_in(stack
         raise
     assert survivor.process.poll() is None
     recent = _upstreams(stack, r"^/(chat|_stcore/)")[-5:]
-    assert recent and all(addr == survivor.addr for addr in recent), recent
+    assert recent and all(addr == _addr(survivor) for addr in recent), recent
 
 
-@needs_api
 def test_the_api_answers_through_the_survivor(stack):
     if stack.killed is None:
         pytest.fail("the failover test did not kill an instance")
