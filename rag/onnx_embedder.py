@@ -4,6 +4,9 @@ sentence-transformers' own ONNX backend needs ``optimum``, whose ONNX package pi
 exports the same graph with ``torch.onnx`` and quantises it with onnxruntime, so it runs beside transformers 5.
 Pooling (mean, as all-MiniLM and most sentence-transformers models; or CLS, as BGE) and normalisation happen here;
 a model pooled any other way raises ``UnsupportedModel`` and the caller uses torch.
+
+Only the export needs torch. Running the exported model needs onnxruntime and the ``tokenizers`` library (the model's
+``tokenizer.json``), opened on first use: a ``kbchat search`` embeds its question in well under a second.
 """
 
 from __future__ import annotations
