@@ -44,6 +44,7 @@ ANSWER_TIMEOUT = 180
 NOTE = "# Blue heron survey\n\nThe blue heron colony nests by the old mill weir, upstream of the ford.\n\n" \
        "Volunteers counted forty-two nests in April.\n"
 QUESTION = "Where does the blue heron colony nest?"
+UPLOAD_MB = 2  # the app's and nginx's limit here (KBCHAT_MAX_UPLOAD_MB), small enough to go over in a test
 
 
 def _addr(web: WebHandle) -> str:
@@ -85,10 +86,10 @@ def stack(services, tmp_path_factory) -> Iterator[Stack]:
     nginx = None
     try:
         for number in (1, 2):  # extractive answers: no generation server here
-            webs.append(start_web(tmp / f"web-{number}.log", extra_env={"KBCHAT_TASK_BACKEND": "celery",
-                                                                         "KBCHAT_TGI_URL": ""}))
+            webs.append(start_web(tmp / f"web-{number}.log", extra_env={
+                "KBCHAT_TASK_BACKEND": "celery", "KBCHAT_TGI_URL": "", "KBCHAT_MAX_UPLOAD_MB": str(UPLOAD_MB)}))
         (tmp / "nginx").mkdir()
-        nginx = nginx_support.start(tmp / "nginx", [_addr(w) for w in webs])
+        nginx = nginx_support.start(tmp / "nginx", [_addr(w) for w in webs], max_upload_mb=UPLOAD_MB)
         username, password = f"heron-{uuid.uuid4().hex[:6]}", f"Pw-{uuid.uuid4().hex}"
         accounts.add_user(OPERATOR, username=username, role="analyst", password=password)
         yield Stack(nginx, webs, username, password)
@@ -248,6 +249,19 @@ def _token_text(data: str) -> str:
     if isinstance(value, dict):
         return next((str(value[k]) for k in ("text", "token", "content", "delta") if k in value), "")
     return str(value)
+
+
+def test_nginx_refuses_a_body_over_the_upload_limit_naming_it(stack):
+    import requests
+
+    response = requests.post(f"{stack.url}/api/v1/knowledge-bases/1/documents", data=b"x" * (UPLOAD_MB + 1) * 2**20,
+                             headers={"Content-Type": "application/octet-stream"}, timeout=60)
+    assert response.status_code == 413
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert problem["status"] == 413 and f"{UPLOAD_MB} MB" in problem["detail"], problem
+    # nginx answered itself: no instance saw the body (its log line comes once the connection is done).
+    assert wait_until(lambda: _upstreams(stack, r"/documents$"), 15, "nginx to log the refused upload") == ["-"]
 
 
 def test_a_killed_instance_is_routed_around_and_the_reader_stays_signed_in(stack, tmp_path):
