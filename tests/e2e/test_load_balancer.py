@@ -3,7 +3,7 @@ nginx running the repository's config (``deploy/nginx/kbchat.conf.template``), s
 Redis, with a real Celery worker. Headless Chromium signs in through nginx, creates a base, uploads a note and asks
 about it; an API client streams an answer through nginx; then the instance holding the browser's Streamlit session
 is killed with SIGKILL, and the next page load (still signed in), a new question and an API call go through the
-other one.
+other one. A body over the upload limit is refused by nginx itself, naming the limit.
 
 nginx is Debian's (``make nginx`` installs it) and runs as a child of the test with everything under a tmp dir;
 the system service is never started. Chromium is Debian's too (``make chromium``).
