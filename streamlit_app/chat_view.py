@@ -148,4 +148,6 @@ def stream_answer(task_id: str) -> dict[str, Any]:
     if read.mode in MODE_CAPTIONS and not read.done.get("no_answer"):
         st.caption(MODE_CAPTIONS[read.mode])
     components.citation_cards(read.citations, key=f"cite_{task_id}")
+    if read.text and not read.done.get("no_answer"):
+        feedback_row(task_id, None)
     return {"state": "done"}
