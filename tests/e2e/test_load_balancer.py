@@ -1,6 +1,6 @@
 """The production shape on this machine: two web instances (uvicorn, ``web_argv``) on free ports behind Debian's
 nginx running the repository's config (``deploy/nginx/kbchat.conf.template``), sharing the test PostgreSQL and
-Redis, with a real Celery worker. Headless Chromium signs in through nginx, creates a base, uploads a note and asks
+Redis and a real worker, on Celery and on Dramatiq. Headless Chromium signs in through nginx, creates a base, uploads a note and asks
 about it; an API client streams an answer through nginx; then the instance holding the browser's Streamlit session
 is killed with SIGKILL, and the next page load (still signed in), a new question and an API call go through the
 other one. A body over the upload limit is refused by nginx itself, naming the limit.
@@ -28,9 +28,7 @@ from tests.conftest import (
     WebHandle,
     run_cli,
     start_web,
-    start_worker,
     stop_web,
-    stop_worker,
     wait_until,
 )
 
@@ -72,22 +70,21 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(services, tmp_path_factory) -> Iterator[Stack]:
-    """Two web instances, nginx in front, a Celery worker on every queue, and an analyst who may sign in."""
+def stack(worker, tmp_path_factory) -> Iterator[Stack]:
+    """Two web instances on the worker's backend, nginx in front, and an analyst who may sign in."""
     from usecases import accounts
 
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: `make chromium` installs Debian's Chromium for this test.")
     if not Path(nginx_support.NGINX).exists():
         pytest.fail("nginx is missing: `make nginx` installs Debian's nginx for this test (never started as a service).")
-    tmp = tmp_path_factory.mktemp("load-balancer")
-    worker = start_worker("celery", tmp / "worker.log", extra_env={"KBCHAT_TGI_URL": ""})
+    tmp = tmp_path_factory.mktemp(f"load-balancer-{worker.backend}")
     webs: list[WebHandle] = []
     nginx = None
     try:
         for number in (1, 2):  # extractive answers: no generation server here
             webs.append(start_web(tmp / f"web-{number}.log", extra_env={
-                "KBCHAT_TASK_BACKEND": "celery", "KBCHAT_TGI_URL": "", "KBCHAT_MAX_UPLOAD_MB": str(UPLOAD_MB)}))
+                "KBCHAT_TASK_BACKEND": worker.backend, "KBCHAT_TGI_URL": "", "KBCHAT_MAX_UPLOAD_MB": str(UPLOAD_MB)}))
         (tmp / "nginx").mkdir()
         nginx = nginx_support.start(tmp / "nginx", [_addr(w) for w in webs], max_upload_mb=UPLOAD_MB)
         username, password = f"heron-{uuid.uuid4().hex[:6]}", f"Pw-{uuid.uuid4().hex}"
@@ -98,7 +95,6 @@ def stack(services, tmp_path_factory) -> Iterator[Stack]:
             nginx_support.stop(nginx)
         for web in webs:
             stop_web(web)
-        stop_worker(worker)
 
 
 @pytest.fixture(scope="module")
