@@ -69,6 +69,22 @@ class Stack:
         return "\n".join(parts)
 
 
+def test_the_rendered_config_is_valid_nginx(tmp_path):
+    """The template rendered for three instances passes ``nginx -t``: every instance in both upstreams, the limit."""
+    if not Path(nginx_support.NGINX).exists():
+        pytest.fail("nginx is missing: `make nginx` installs Debian's nginx for this test (never started as a service).")
+    addrs = ["127.0.0.1:18501", "127.0.0.1:18502", "127.0.0.1:18503"]
+    conf = nginx_support.write_config(tmp_path, addrs, nginx_support.free_port(), max_upload_mb=321)
+    checked = nginx_support.check_config(conf, tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    text = conf.read_text()
+    assert "client_max_body_size 321m;" in text and "321 MB" in text
+    for upstream in ("kbchat_sticky", "kbchat_balanced"):
+        block = text[text.index(f"upstream {upstream} {{"):]
+        block = block[:block.index("}")]
+        assert [line.split()[1] for line in block.splitlines() if line.strip().startswith("server ")] == addrs
+
+
 @pytest.fixture(scope="module")
 def stack(worker, tmp_path_factory) -> Iterator[Stack]:
     """Two web instances on the worker's backend, nginx in front, and an analyst who may sign in."""
