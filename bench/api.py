@@ -113,12 +113,12 @@ def main() -> int:
             nginx = nginx_support.start(prefix, [w.url.removeprefix("http://") for w in webs])
             api = f"{nginx.url}/api/v1/knowledge-bases/{kb_id}"
 
-            def search(i: int) -> None:
+            def search(i: int, api: str = api) -> None:
                 response = requests.post(f"{api}/search", json={"question": QUESTIONS[i % len(QUESTIONS)], "k": 5},
                                          headers=headers, timeout=120)
                 response.raise_for_status()
 
-            def ask(i: int) -> None:
+            def ask(i: int, api: str = api) -> None:
                 response = requests.post(f"{api}/ask", json={"question": QUESTIONS[i % len(QUESTIONS)]},
                                          headers={**headers, "accept": "text/event-stream"}, stream=True,
                                          timeout=300)
