@@ -161,6 +161,7 @@ def search_command(args) -> int:
 
 def ask_command(args) -> int:
     from rag.citations import citation_label
+    from rag.extractive import best_excerpt
     from tasks.backend import get_backend
     from telemetry.answer_streams import read_answer, request_stop
     from usecases.asking import ask
@@ -201,7 +202,7 @@ def ask_command(args) -> int:
     else:
         print()
         if mode == "extractive" and not done.get("no_answer"):
-            print("(extractive answer: quoted passages, no language model)", file=sys.stderr)
+            print("(extractive answer: sentences quoted from the passages, no language model)", file=sys.stderr)
         elif mode == "cache":
             print("(answered from the cache: the same question was asked before)", file=sys.stderr)
         if citations:
@@ -209,6 +210,8 @@ def ask_command(args) -> int:
                   else "Sources:")
             for c in citations:
                 print(f"  [{c['n']}] {citation_label(c)} (score {c['score']:.2f})")
+                if mode == "extractive":  # the passages the sentences above are from, shortened
+                    print(f"      {best_excerpt(args.question, c['text'] or '', max_chars=300)}")
     return 0
 
 

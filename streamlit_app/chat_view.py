@@ -19,7 +19,7 @@ from telemetry.answer_streams import read_answer, request_stop
 from usecases.asking import delete_conversation, rename_conversation
 
 MODE_CAPTIONS = {
-    "extractive": "Extractive answer: quoted passages, no language model.",
+    "extractive": "Extractive answer: sentences quoted from the passages below, no language model.",
     "cache": "From the answer cache: this question was answered before and the knowledge base has not changed.",
 }
 RENDER_EVERY_SECONDS = 0.05
