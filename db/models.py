@@ -37,8 +37,9 @@ QUEUED, PARSING, CHUNKING, EMBEDDING, STORING, READY, FAILED = (
     "ready",
     "failed",
 )
+OCR = "ocr"  # between parsing and chunking: pages without a text layer being read by OCR
 FINAL_STATES = (READY, FAILED)
-ACTIVE_STATES = (QUEUED, PARSING, CHUNKING, EMBEDDING, STORING)
+ACTIVE_STATES = (QUEUED, PARSING, OCR, CHUNKING, EMBEDDING, STORING)
 
 
 class Base(DeclarativeBase):

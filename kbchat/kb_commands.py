@@ -90,7 +90,7 @@ def ingest_command(args) -> int:
     return 1 if bad or unfinished else 0
 
 
-_STAGE_WEIGHT = {"queued": 0.0, "parsing": 0.05, "chunking": 0.3, "embedding": 0.35, "storing": 0.95}
+_STAGE_WEIGHT = {"queued": 0.0, "parsing": 0.05, "ocr": 0.05, "chunking": 0.3, "embedding": 0.35, "storing": 0.95}
 
 
 def _wait_for_documents(document_ids: list[int], timeout: float, quiet: bool) -> dict[int, object]:
@@ -113,7 +113,7 @@ def _wait_for_documents(document_ids: list[int], timeout: float, quiet: bool) ->
                     done += 1
                 else:
                     base = _STAGE_WEIGHT.get(document.status, 0.0)
-                    span = 0.6 if document.status == "embedding" else 0.25 if document.status == "parsing" else 0.0
+                    span = 0.6 if document.status == "embedding" else 0.25 if document.status in ("parsing", "ocr") else 0.0
                     done += base + span * (document.progress or 0.0)
             bar.n = round(done, 2)
             active = [d for d in documents.values() if d.status not in FINAL_STATES]

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
-from db.models import CHUNKING, EMBEDDING, FINAL_STATES, PARSING, READY, STORING
+from db.models import CHUNKING, EMBEDDING, FINAL_STATES, OCR, PARSING, READY, STORING
 from db.repositories import chunks as chunk_repo
 from db.repositories import documents as document_repo
 from db.repositories import ingest_parts as part_repo
@@ -95,7 +95,10 @@ def ingest_document(
                     document_repo.set_context(session=session, document_id=document_id, context=context)
                 return split(document_id, task_id, total)
         parsed = parse(
-            data, filename, progress=lambda done, total: progress.stage(PARSING, done, total, force=False)
+            data,
+            filename,
+            progress=lambda done, total: progress.stage(PARSING, done, total, force=False),
+            ocr_progress=lambda done, total: progress.stage(OCR, done, total, force=done == 0),
         )
         context = document_context(parsed, filename)
         progress.stage(CHUNKING, 0, len(parsed.sections), pages=parsed.pages)
@@ -130,7 +133,10 @@ def ingest_document(
             context=context,
         )
         document_repo.set_context(session=session, document_id=document_id, context=context)
-        document_repo.mark_ready(session=session, document_id=document_id, pages=parsed.pages, chunk_count=len(rows))
+        document_repo.mark_ready(
+            session=session, document_id=document_id, pages=parsed.pages, chunk_count=len(rows),
+            note=" ".join(parsed.notes) or None,
+        )
         part_repo.delete_for_document(session=session, document_id=document_id)  # an earlier split run's leftovers
         kb_repo.bump_version(session=session, kb_id=kb_id)
     log.info("ingested document %s (%s): %d pages, %d chunks", document_id, filename, parsed.pages, len(rows))

@@ -106,12 +106,16 @@ def set_context(*, session: Session, document_id: int, context: str | None) -> N
     session.execute(update(Document).where(Document.id == document_id).values(context=context))
 
 
-def mark_ready(*, session: Session, document_id: int, pages: int, chunk_count: int) -> None:
+def mark_ready(
+    *, session: Session, document_id: int, pages: int, chunk_count: int, note: str | None = None
+) -> None:
+    """Ready; ``note`` (kept in ``error``, shown beside the ready row) says what a person should know, e.g. pages
+    OCR could not read."""
     session.execute(
         update(Document)
         .where(Document.id == document_id)
         .values(
-            status=READY, pages=pages, chunk_count=chunk_count, progress=1.0, error=None, finished_at=func.now()
+            status=READY, pages=pages, chunk_count=chunk_count, progress=1.0, error=note, finished_at=func.now()
         )
     )
 
