@@ -6,7 +6,7 @@ import streamlit as st
 
 from db.repositories import documents as document_repo
 from infra.database import session_scope
-from streamlit_app import chat_view, components
+from streamlit_app import chat_view, components, export
 from tasks.backend import get_backend
 from usecases.asking import ask
 
@@ -23,6 +23,7 @@ pending_key = f"chat_pending_{kb_id}"  # the answer streaming now: {task_id, que
 kept_key = f"chat_kept_{kb_id}"  # a question no answer started for, offered again
 with st.sidebar:
     listed = chat_view.conversation_sidebar(kb_id, conversation_key)
+    export.export_button(st.session_state.get(conversation_key), kb_name)
 
 with session_scope() as session:
     ready = [(d.id, d.filename) for d in document_repo.list_for_kb(session=session, kb_id=kb_id) if d.status == "ready"]

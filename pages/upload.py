@@ -7,6 +7,7 @@ import streamlit as st
 from db.models import ACTIVE_STATES
 from db.repositories import documents as document_repo
 from infra.database import session_scope
+from rag.parsing import supported_formats
 from streamlit_app import components
 from tasks.backend import get_backend
 from usecases.documents import upload_files
@@ -21,7 +22,7 @@ kb_id, kb_name = picked
 
 uploader_key = f"upload_files_{st.session_state.get('upload_round', 0)}"
 files = st.file_uploader(
-    "PDF, Markdown or plain text — drop several at once",
+    f"{supported_formats()} — drop several at once",
     accept_multiple_files=True,
     key=uploader_key,
 )
@@ -57,7 +58,7 @@ def document_rows() -> None:
             components.status_badge(document.status)
         if document.status in ACTIVE_STATES:
             total = document.progress_total
-            label = f"{document.progress_done}/{total}" if total else document.status
+            label = f"{document.status} {document.progress_done}/{total}" if total else document.status
             progress.progress(min(1.0, document.progress or 0.0), text=label)
         elif document.status == "ready":
             progress.caption(f"{document.pages or 0} pages · {document.chunk_count} chunks")
@@ -69,6 +70,8 @@ def document_rows() -> None:
         detail.caption(" · ".join(part for part in (timing, link) if part))
         if document.status == "failed" and document.error:
             st.error(document.error, icon=":material/error:")
+        elif document.status == "ready" and document.error:  # ready, with a note (pages OCR could not read)
+            st.warning(document.error, icon=":material/warning:")
 
 
 document_rows()

@@ -25,7 +25,7 @@ from db.repositories.chunks import Hit
 from infra.database import session_scope
 from infra.settings import get_settings
 from rag import answer_cache, conversation, extractive, llm, llm_client, prompts, retrieval
-from rag.citations import MarkerFilter, citation_label, cited_numbers
+from rag.citations import MarkerFilter, cited_numbers
 from rag.retrieval import hit_to_dict
 from telemetry import retrievals
 

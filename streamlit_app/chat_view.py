@@ -14,7 +14,7 @@ import streamlit as st
 from db.repositories import conversations as conversation_repo
 from infra.database import session_scope
 from infra.settings import get_settings
-from streamlit_app import components
+from streamlit_app import components, export
 from telemetry.answer_streams import read_answer, request_stop
 from usecases.asking import delete_conversation, rename_conversation
 
@@ -63,19 +63,20 @@ def render_history(conversation_id: int | None) -> set[str]:
         return set()
     with session_scope() as session:
         history = [
-            (m.role, m.content, m.citations, m.mode, m.task_id)
+            (m.role, m.content, m.citations, m.mode, m.task_id, m.id)
             for m in conversation_repo.messages(session=session, conversation_id=conversation_id)
         ]
-    for role, content, citations, mode, _ in history:
+    for role, content, citations, mode, _, message_id in history:
         with st.chat_message(role):
             if role == "assistant":
                 st.markdown(components.safe_markdown(content))
                 if mode in MODE_CAPTIONS:
                     st.caption(MODE_CAPTIONS[mode])
                 components.citation_cards(citations)
+                export.copy_answer(content, key=f"chat_copy_{message_id}")
             else:
                 st.markdown(components.safe_markdown(content))
-    return {task_id for role, *_, task_id in history if role == "assistant" and task_id}
+    return {task_id for role, *_, task_id, _ in history if role == "assistant" and task_id}
 
 
 def stream_answer(task_id: str) -> dict[str, Any]:
@@ -116,4 +117,6 @@ def stream_answer(task_id: str) -> dict[str, Any]:
     if read.mode in MODE_CAPTIONS and not read.done.get("no_answer"):
         st.caption(MODE_CAPTIONS[read.mode])
     components.citation_cards(read.citations)
+    if read.text.strip():
+        export.copy_answer(read.text, key=f"chat_copy_{task_id}")
     return {"state": "done"}

@@ -17,6 +17,7 @@ from usecases.knowledge_bases import create_kb
 STATUS_BADGES = {
     "queued": ("gray", ":material/schedule:"),
     "parsing": ("blue", ":material/description:"),
+    "ocr": ("blue", ":material/document_scanner:"),
     "chunking": ("blue", ":material/segment:"),
     "embedding": ("violet", ":material/memory:"),
     "storing": ("violet", ":material/database:"),

@@ -70,6 +70,21 @@ def _utc(seconds: pd.Series) -> pd.Series:
     return pd.to_datetime(seconds, unit="s", utc=True).dt.tz_convert(None)
 
 
+# Vega's default time labels are a 12-hour clock, and without AM/PM at minute steps ("07:08" for 19:08): say the
+# 24-hour time, and the date too in tooltips.
+CLOCK = "%H:%M"
+TIMESTAMP = "%Y-%m-%d %H:%M:%S"
+
+
+def time_axis(field: str, title: str | None = "time (UTC)", label_format: str = CLOCK) -> alt.X:
+    """A time x-axis labelled on a 24-hour clock."""
+    return alt.X(f"{field}:T", title=title, axis=alt.Axis(format=label_format))
+
+
+def time_tooltip(field: str, title: str = "time (UTC)") -> alt.Tooltip:
+    return alt.Tooltip(f"{field}:T", title=title, format=TIMESTAMP)
+
+
 def _whole_numbers(title: str, top: float) -> alt.Y:
     """A count axis from 0 (to at least 1, so an idle queue's flat line sits at the bottom)."""
     return alt.Y("value:Q", title=title, scale=alt.Scale(domain=[0, max(1, top)]),
@@ -157,8 +172,8 @@ def queues(depths: list[QueueDepth], backend: str, window: int) -> None:
         long = frame.rename(columns=columns).melt(id_vars="time", value_vars=list(columns.values()),
                                                   var_name="queue", value_name="value")
         chart = alt.Chart(long).mark_line(interpolate="step-after").encode(
-            x=alt.X("time:T", title="time (UTC)"), y=_whole_numbers("waiting", long["value"].max()),
-            color=alt.Color("queue:N", sort=list(QUEUES)), tooltip=["time:T", "queue:N", "value:Q"])
+            x=time_axis("time"), y=_whole_numbers("waiting", long["value"].max()),
+            color=alt.Color("queue:N", sort=list(QUEUES)), tooltip=[time_tooltip("time"), "queue:N", "value:Q"])
         st.altair_chart(chart, width="stretch")
     else:
         st.caption("The depth history fills in as workers run (a sample every "
@@ -239,10 +254,10 @@ def task_tables(hour: dict, day: dict, window: int, window_label: str) -> None:
     frame["time"] = _utc(frame["minute"])
     long = frame.melt(id_vars="time", value_vars=list(STATE_COLOURS), var_name="state", value_name="value")
     chart = alt.Chart(long).mark_bar().encode(
-        x=alt.X("time:T", title="time (UTC)"),
+        x=time_axis("time"),
         y=alt.Y("value:Q", title="per minute", stack=True, scale=alt.Scale(domainMin=0)),
         color=alt.Color("state:N", scale=alt.Scale(domain=list(STATE_COLOURS), range=list(STATE_COLOURS.values()))),
-        tooltip=["time:T", "state:N", alt.Tooltip("value:Q", format=".1f")],
+        tooltip=[time_tooltip("time"), "state:N", alt.Tooltip("value:Q", format=".1f")],
     )
     st.altair_chart(chart, width="stretch")
 

@@ -14,7 +14,13 @@ from rag.parsing.sniffing import sniff
 from rag.parsing.text import decode, parse_text
 
 __all__ = ["PDF_LIMITS", "ParseError", "ParsedDocument", "Section", "parse", "parse_pdf_pages", "pdf_page_count",
-           "sniff"]
+           "sniff", "supported_formats"]
+
+
+def supported_formats() -> str:
+    """What an upload may be, in words (the upload box says it): every format ``parse`` reads."""
+    pdf = "PDF (scans too: read by OCR)" if get_settings().ocr_enabled else "PDF"
+    return f"{pdf}, Word (.docx), HTML, Markdown, CSV or plain text"
 
 
 def parse(
