@@ -123,7 +123,7 @@ def test_monitoring_page_shows_queues_workers_tasks_and_services(activity, worke
     assert {"chunks", "documents"} <= set(tables["table"])
 
     # Times on a 24-hour clock (Vega's default labels minutes on a 12-hour one without AM/PM: 19:08 as "07:08").
-    specs = [json.loads(chart.proto.spec) for chart in at.get("arrow_vega_lite_chart")]
+    specs = [json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")]
     time_axes = [spec["encoding"]["x"] for spec in specs if spec["encoding"]["x"].get("type") == "temporal"]
     assert time_axes and all(x["axis"]["format"] == "%H:%M" for x in time_axes), time_axes
 
