@@ -15,6 +15,19 @@ class KnowledgeBaseMissing(LookupError):
     """No knowledge base has the name given on the command line."""
 
 
+def operator():
+    """The shell on the server acts as admin (README: "Accounts and access"); audited as ``cli:<login>``."""
+    import getpass
+
+    from rag.access import Actor
+
+    try:
+        login = getpass.getuser()
+    except (KeyError, OSError):
+        login = "unknown"
+    return Actor.operator(f"cli:{login}")
+
+
 def check_services() -> None:
     """Both services answer, or ServiceUnavailable with a plain message."""
     from infra.database import check_database
@@ -54,8 +67,8 @@ def ingest_command(args) -> int:
             unreadable.append(UploadOutcome(path.name, "rejected", error=f"cannot read {path}: {exc.strerror}"))
     outcomes = unreadable
     if files:
-        kb_id, _ = create_kb(name=args.kb)
-        outcomes += upload_files(get_backend(), kb_id=kb_id, files=files)
+        kb_id, _ = create_kb(operator(), name=args.kb)
+        outcomes += upload_files(get_backend(), operator(), kb_id=kb_id, files=files)
     queued = [o.document_id for o in outcomes if o.status == "queued" and o.document_id is not None]
 
     documents: dict[int, object] = {}
@@ -147,7 +160,7 @@ def search_command(args) -> int:
 
     check_database(service_urls().database_url)  # a plain message, not a traceback, when it does not answer
     kb_id = kb_id_named(args.kb)
-    hits = search_passages(kb_id=kb_id, question=args.question, k=args.k, mode=args.mode)
+    hits = search_passages(operator(), kb_id=kb_id, question=args.question, k=args.k, mode=args.mode)
     if args.json:
         print(json.dumps({"question": args.question, "kb": args.kb, "hits": hits}, indent=2, ensure_ascii=False))
         return 0
@@ -169,7 +182,7 @@ def ask_command(args) -> int:
     check_services()  # both are needed: a plain message, not a traceback (or a 20 s Celery retry), when one is down
     kb_id = kb_id_named(args.kb)
     started = time.perf_counter()
-    task_id = ask(get_backend(), kb_id=kb_id, question=args.question).task_id
+    task_id = ask(get_backend(), operator(), kb_id=kb_id, question=args.question).task_id
     echo = {} if args.json else {
         "on_status": lambda message: print(f"kbchat: {message}", file=sys.stderr),
         "on_token": lambda piece, _: print(piece, end="", flush=True),
@@ -221,7 +234,7 @@ def check_command(args) -> int:
 
     check_services()
     kb_id = kb_id_named(args.kb) if args.kb else None
-    report = check_consistency(get_backend(), kb_id=kb_id, fix=args.fix)
+    report = check_consistency(get_backend(), operator(), kb_id=kb_id, fix=args.fix)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False, default=str))
     else:

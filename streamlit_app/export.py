@@ -14,9 +14,10 @@ from datetime import UTC, datetime
 
 import streamlit as st
 
-from db.repositories import conversations as conversation_repo
-from infra.database import session_scope
+from rag.access import Actor
 from rag.citations import citation_label
+from streamlit_app import auth
+from usecases.asking import conversation_messages, list_conversations
 
 MODE_NOTES = {
     "extractive": "extractive answer: sentences quoted from the passages, no language model",
@@ -71,17 +72,16 @@ def conversation_markdown(title: str, kb_name: str, conversation: list[Turn], ex
     return "\n".join(lines) + "\n"
 
 
-def load(conversation_id: int) -> tuple[str, list[Turn]] | None:
-    """The conversation's title and turns, or None when it is gone."""
-    with session_scope() as session:
-        conversation = conversation_repo.get(session=session, conversation_id=conversation_id)
-        if conversation is None:
-            return None
-        messages = [
-            (m.role, m.content, m.mode, m.citations)
-            for m in conversation_repo.messages(session=session, conversation_id=conversation_id)
-        ]
-        return conversation.title, turns(messages)
+def load(actor: Actor, kb_id: int, conversation_id: int) -> tuple[str, list[Turn]] | None:
+    """The conversation's title and turns, as ``actor`` may read them; None when it is gone (or not theirs)."""
+    try:
+        messages = [(m.role, m.content, m.mode, m.citations)
+                    for m in conversation_messages(actor, conversation_id=conversation_id)]
+    except LookupError:
+        return None
+    title = next((c["title"] for c in list_conversations(actor, kb_id=kb_id, limit=500)
+                  if c["id"] == conversation_id), "Conversation")
+    return title, turns(messages)
 
 
 def file_name(title: str, exported_at: datetime) -> str:
@@ -89,18 +89,19 @@ def file_name(title: str, exported_at: datetime) -> str:
     return f"kbchat-{slug}-{exported_at:%Y%m%d-%H%M}.md"
 
 
-def export_button(conversation_id: int | None, kb_name: str) -> None:
+def export_button(kb_id: int, kb_name: str, conversation_id: int | None) -> None:
     """Download the open conversation as Markdown (made when clicked, so it holds the newest answer)."""
     if conversation_id is None:
         return
-    loaded = load(conversation_id)
+    actor = auth.actor()
+    loaded = load(actor, kb_id, conversation_id)
     if loaded is None or not loaded[1]:
         return
     title, _ = loaded
     now = datetime.now(UTC)
 
     def make() -> str:
-        fresh = load(conversation_id) or loaded
+        fresh = load(actor, kb_id, conversation_id) or loaded
         return conversation_markdown(fresh[0], kb_name, fresh[1], datetime.now(UTC))
 
     st.download_button(
