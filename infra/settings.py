@@ -180,7 +180,7 @@ class Settings(BaseSettings):
     )
     login_window_minutes: int = Field(default=15, ge=1, description="The window the failed sign-ins are counted in.")
     password_login: bool = Field(
-        default=True, description="Local usernames and passwords; false = single sign-on only (oidc_* below)."
+        default=True, description="Sign-in with local usernames and passwords; false turns the form off (nobody can sign in)."
     )
     cookie_secure: Literal["auto", "always", "never"] = Field(
         default="auto", description="The session cookie's Secure flag; auto = when the request came over HTTPS."
@@ -189,14 +189,6 @@ class Settings(BaseSettings):
         default="127.0.0.1", description="Addresses whose X-Forwarded-For/-Proto are believed (the load balancer)."
     )
     audit_retention_days: int = Field(default=365, ge=1, description="Audit log entries older than this are removed.")
-    oidc_issuer: str = Field(default="", description="OpenID Connect issuer URL; empty = no single sign-on.")
-    oidc_client_id: str = ""
-    oidc_client_secret: SecretStr | None = None
-    oidc_redirect_uri: str = Field(default="", description="This app's /oauth2callback URL as the provider knows it.")
-    oidc_cookie_secret: SecretStr | None = Field(default=None, description="Signs Streamlit's sign-in cookie.")
-    oidc_role_claim: str = Field(default="groups", description="Claim whose values map to the admin role.")
-    oidc_admin_values: str = Field(default="kbchat-admins", description="Comma-separated claim values meaning admin.")
-    oidc_groups_claim: str = Field(default="groups", description="Claim whose values become kbchat group memberships.")
 
     # --- chat latency (added for the chat speed targets) -------------------------------------------
     # On a shared machine an ingest worker (CPU-bound: parsing, embedding) must not take the CPU from chat
