@@ -2,7 +2,8 @@
 
 RapidOCR's wheel ships its ONNX models (PP-OCRv6 detection and recognition, the PP-OCRv4 orientation classifier);
 they are passed to it by path, so a missing file is an error here and nothing is ever downloaded at run time.
-One engine per process, loaded on the first scanned page; one page at a time (it uses every core already).
+One engine per process, loaded on the first scanned page; one page at a time, on the same CPU threads per task
+as the embedder (``KBCHAT_EMBEDDING_THREADS``, which an ingest worker sets from its concurrency).
 """
 
 from __future__ import annotations

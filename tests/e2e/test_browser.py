@@ -173,7 +173,14 @@ def test_upload_a_report_and_ask_about_it_in_the_browser(chromium, app, tmp_path
         driver_and_browser = [p for p in psutil.Process().children(recursive=True) if p.pid not in ours]
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
+            # Signed out, a page's URL leads to the sign-in form, which leads back to it.
             page.goto(f"{app.url}/upload")
+            page.wait_for_url(re.compile(r"/login\?next="), timeout=60_000)
+            password = (app.data_dir / "initial-admin-password").read_text(encoding="utf-8").strip()
+            page.fill("#username", "admin")
+            page.fill("#password", password)
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(re.compile(r"/upload$"), timeout=60_000)
             expect(page.get_by_role("heading", name="Upload documents")).to_be_visible(timeout=60_000)
             # The upload box names every format the parser reads, not only PDF, Markdown and plain text.
             expect(page.get_by_text("Word (.docx), HTML, Markdown, CSV or plain text")).to_be_visible()
