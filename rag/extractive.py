@@ -25,7 +25,8 @@ MAX_SENTENCES = 3  # led with at most
 MAX_CANDIDATES = 60  # sentences scored per answer at most (bounds the embedding cost: short texts, one batch)
 WITHIN_BEST = 0.12  # a second or third sentence leads only when it scores this close to the best one
 WORD_WEIGHT = 0.15  # bonus for holding all of the question's words (a sentence with the question's rare terms)
-MIN_WORDS, MAX_SENTENCE_CHARS = 4, 320
+MIN_WORDS, MAX_SENTENCE_CHARS = 4, 320  # shorter is not a sentence; longer is quoted up to this many characters
+MAX_RUN_CHARS = 600  # longer without a full stop: a table or a form, not a sentence
 LEAD_IN = "The passages that best answer this:"
 NOTHING_DIRECT = (
     "No sentence in the passages answers this directly; the closest passages are below. "
@@ -34,6 +35,7 @@ NOTHING_DIRECT = (
 
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|(?<=[。！？])")
 _WORD = re.compile(r"\w{3,}")
+_FIELD = re.compile(r"[^\W_]:\s")  # "Location: …", "Part 91: …" — a form's label and its value
 _FILLER = frozenset(
     "the and for with was were what which who whom whose when where why how did does this that these those "
     "from into about are is has have had been any all can could would should please tell explain there their "
@@ -66,15 +68,26 @@ def _shorten(sentence: str) -> str:
     return sentence[:MAX_SENTENCE_CHARS].rsplit(" ", 1)[0] + " …"
 
 
+def is_prose(sentence: str) -> bool:
+    """Whether a "sentence" reads as one: enough words, not a form's or a table's run of "Label: value" fields
+    (a report's header, whose text has no full stops, comes out as one long run), not longer than a sentence."""
+    return (
+        len(sentence.split()) >= MIN_WORDS
+        and len(_WORD.findall(sentence)) >= 3
+        and len(_FIELD.findall(sentence)) < 2
+        and len(sentence) <= MAX_RUN_CHARS
+    )
+
+
 def candidates(citations: list[dict]) -> list[tuple[str, int]]:
-    """(sentence, passage n) pairs worth scoring: enough words to say something, each once, the best-ranked
-    passages first so the cap keeps theirs."""
+    """(sentence, passage n) pairs worth scoring: prose (``is_prose``), each once, the best-ranked passages
+    first so the cap keeps theirs."""
     seen: set[str] = set()
     out: list[tuple[str, int]] = []
     for citation in citations:
         for sentence in split_sentences(citation["text"]):
             key = sentence.lower()
-            if len(sentence.split()) < MIN_WORDS or key in seen or not _WORD.search(sentence):
+            if key in seen or not is_prose(sentence):
                 continue
             seen.add(key)
             out.append((_shorten(sentence), citation["n"]))

@@ -11,7 +11,7 @@ import pytest
 from db.repositories.chunks import Hit
 from rag.answering import NO_ANSWER, extractive_answer
 from rag.citations import citation_label
-from rag.extractive import LEAD_IN, NOTHING_DIRECT, best_sentences, split_sentences
+from rag.extractive import LEAD_IN, NOTHING_DIRECT, best_sentences, is_prose, split_sentences
 from rag.extractive import best_excerpt as _best_excerpt
 
 
@@ -65,6 +65,29 @@ def test_the_answer_leads_with_the_sentence_that_answers_and_folds_the_passages(
     assert lines[0] == "- “The engine failed because the fuel ran out over the lake.” [1] — *report.pdf, p. 3*"
     assert "crew had lunch" not in text and "departed at noon" not in text  # the passages are not all quoted
     assert set(re.findall(r"\[(\d+)\]", text)) <= {"1", "2"}
+
+
+def test_a_report_page_leads_with_its_narrative_not_its_form_header(threshold, settings_env):
+    """An NTSB report's first page: its header of "Label: value" fields has no full stop, so it comes out of the
+    sentence split as one long run that shares many words with any question about the accident."""
+    from rag.parsing import parse
+    from tests.scans import NTSB_REPORT
+
+    settings_env(min_relevance=0.3, embedding_backend="torch")
+    page = " ".join(parse(NTSB_REPORT.read_bytes(), "report.pdf").sections[0].text.split())
+    assert page.startswith("Page 1 of 4 National Transportation Safety Board") and "Location: Tallahassee" in page
+    leads = best_sentences("What did the Piper hit on final approach to the private airstrip?",
+                           [{"n": 1, "text": page}])
+    assert any("contacted trees, then utility wires" in lead.text for lead in leads), leads
+    assert not any("Accident Number:" in lead.text for lead in leads), leads
+
+
+def test_forms_tables_and_fragments_are_not_sentences():
+    assert is_prose("The airplane contacted trees, then utility wires, and came to rest upright.")
+    assert is_prose("The cause: the fuel ran out over the lake.")  # one colon is prose
+    assert not is_prose("Location: Tallahassee, FL Accident Number: NYC08CA055 Registration: N5921D")
+    assert not is_prose("Page 1 of 4")
+    assert not is_prose(" ".join(["word"] * 200))  # a run far longer than a sentence
 
 
 def fake_embed(scores: dict[str, float]):
