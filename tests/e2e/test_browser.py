@@ -85,6 +85,13 @@ def _started_by(app: App) -> list[psutil.Process]:
     return list(found.values())
 
 
+def _descends_from(process: psutil.Process, pid: int) -> bool:
+    try:
+        return any(parent.pid == pid for parent in process.parents())
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _left_over(processes: list[psutil.Process]) -> list[str]:
     """The ones still there (a zombie counts: nothing here reaps orphans)."""
     left = []
@@ -169,8 +176,10 @@ def test_upload_a_report_and_ask_about_it_in_the_browser(chromium, app, tmp_path
     ours = {process.pid for process in psutil.Process().children(recursive=True)}  # the app's
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
-        # Playwright's driver and Chromium's processes: they must be gone once the browser is closed.
-        driver_and_browser = [p for p in psutil.Process().children(recursive=True) if p.pid not in ours]
+        # Playwright's driver and Chromium's processes: they must be gone once the browser is closed. Not the
+        # app's: its Celery workers may fork their pool after "kbchat is ready", so those can be new here too.
+        driver_and_browser = [p for p in psutil.Process().children(recursive=True)
+                              if p.pid not in ours and not _descends_from(p, app.process.pid)]
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
             # Signed out, a page's URL leads to the sign-in form, which leads back to it.
