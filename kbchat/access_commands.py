@@ -54,6 +54,21 @@ def add_parsers(sub) -> None:
     p.add_argument("kb")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("apikey", help="keys for the HTTP API: create, list, revoke")
+    keys = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = keys.add_parser("create", help="a new key acting as a user (printed once)")
+    q.add_argument("--user", required=True)
+    q.add_argument("--kb", action="append", default=[], metavar="KB", help="limit it to this base (repeatable)")
+    q.add_argument("--expires-days", type=int)
+    q.add_argument("--json", action="store_true")
+    keys.add_parser("list", help="prefix, owner, scope, created, last used").add_argument("--json", action="store_true")
+    keys.add_parser("revoke", help="revoke a key at once").add_argument("prefix")
+
+    p = sub.add_parser("feedback", help="answers rated by their askers (thumbs, comments, what was retrieved)")
+    p.add_argument("--kb", help="only this knowledge base")
+    p.add_argument("--since", default="30d", help="ISO date/time (UTC), or a span like 2h, 3d (default 30d)")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("audit", help="the audit log: sign-ins, changes, questions")
     p.add_argument("--since", help="ISO date/time (UTC), or a span like 2h, 3d (default 7d)", default="7d")
     p.add_argument("--user", help="only this user")
@@ -205,6 +220,42 @@ def grants_command(args) -> int:
     return 0
 
 
+def apikey_command(args) -> int:
+    from rag.access import Forbidden, NotFound
+    from usecases import api_keys
+    from usecases.knowledge_bases import find_kb
+
+    check_services()
+    actor = operator()
+    try:
+        if args.action == "create":
+            kb_ids = [find_kb(actor, name=name) for name in args.kb] or None
+            made = api_keys.create_key(actor, username=args.user, kb_ids=kb_ids, expires_days=args.expires_days)
+            if args.json:
+                print(json.dumps(made, indent=2))
+            else:
+                scope = made["scope"] if isinstance(made["scope"], str) else ", ".join(made["scope"])
+                print(f"kbchat: API key for {made['user']} ({scope}"
+                      + (f", expires {made['expires_at'][:10]}" if made["expires_at"] else "") + "), shown once:")
+                print(made["key"])
+        elif args.action == "list":
+            keys = api_keys.list_keys(actor)
+            if args.json:
+                print(json.dumps(keys, indent=2))
+            else:
+                for k in keys:
+                    scope = k["scope"] if isinstance(k["scope"], str) else ", ".join(k["scope"])
+                    state = "revoked" if k["revoked"] else "active"
+                    print(f"{k['prefix']}  {k['user']:<18} {state:<8} created {k['created_at'][:16]}  last used "
+                          f"{(k['last_used_at'] or 'never')[:16]}  {scope}")
+        elif args.action == "revoke":
+            api_keys.revoke_key(actor, prefix=args.prefix)
+            print(f"kbchat: key {args.prefix} revoked")
+    except (NotFound, Forbidden, ValueError) as exc:
+        return _fail(str(exc).strip("'\""))
+    return 0
+
+
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """'2h', '3d', '30m' before now, or an ISO date/time (UTC when it names no zone)."""
     now = now or datetime.now(UTC)
@@ -217,6 +268,32 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     except ValueError:
         raise ValueError(f"--since takes a span like 2h or 3d, or a date like 2026-12-01; got {text!r}.") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def feedback_command(args) -> int:
+    from rag.access import NotFound
+    from usecases.feedback import list_feedback
+    from usecases.knowledge_bases import find_kb
+
+    check_services()
+    actor = operator()
+    try:
+        since = parse_since(args.since)
+        kb_id = find_kb(actor, name=args.kb) if args.kb else None
+    except (ValueError, NotFound) as exc:
+        return _fail(str(exc).strip("'\""))
+    rows = list_feedback(actor, kb_id=kb_id, since=since)
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    helpful = sum(r["rating"] > 0 for r in rows)
+    print(f"{len(rows)} rating(s) since {since:%Y-%m-%d %H:%M} UTC" + (f", {helpful / len(rows):.0%} helpful" if rows
+                                                                       else ""))
+    for r in rows:
+        mark = "+" if r["rating"] > 0 else "-"
+        print(f"{mark} {r['at'][:16].replace('T', ' ')}  {r['kb'][:24]:<24} {r['user']:<16} {r['question'][:70]}"
+              + (f"\n    “{r['comment'][:200]}”" if r["comment"] else ""))
+    return 0
 
 
 def audit_command(args) -> int:
@@ -247,4 +324,6 @@ COMMANDS = {
     "revoke": revoke_command,
     "grants": grants_command,
     "audit": audit_command,
+    "apikey": apikey_command,
+    "feedback": feedback_command,
 }

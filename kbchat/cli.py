@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
 
-    sub.add_parser("migrate", help="bring the database schema to the newest revision")
+    sub.add_parser("migrate", help="bring the database schema to the newest revision (and create the first admin)")
 
     p = sub.add_parser("worker", help="a task worker on the configured backend")
     p.add_argument("--queues", default="ingest,chat,maintenance", help="comma-separated: ingest, chat, maintenance")
@@ -122,11 +122,17 @@ def _cmd_migrate(args) -> int:
     from db import migrate
     from infra.database import check_database
     from infra.discovery import service_urls
+    from infra.settings import get_settings
+    from usecases.accounts import INITIAL_PASSWORD_FILE, ensure_initial_admin
 
     url = service_urls().database_url
     check_database(url)
     migrate.upgrade(url)
     print("kbchat: database is at the newest revision")
+    password = ensure_initial_admin()  # a database without users gets `admin` (the containers' first start)
+    if password:
+        print(f"kbchat: created the first admin 'admin' with the password {password} (shown once; also in "
+              f"{get_settings().data_dir / INITIAL_PASSWORD_FILE} until it is changed)")
     return 0
 
 

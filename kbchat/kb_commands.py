@@ -173,7 +173,7 @@ def search_command(args) -> int:
 
 
 def ask_command(args) -> int:
-    from rag.citations import citation_label
+    from rag.citations import citation_json, citation_label
     from rag.extractive import best_excerpt
     from tasks.backend import get_backend
     from telemetry.answer_streams import read_answer, request_stop
@@ -205,7 +205,7 @@ def ask_command(args) -> int:
     timings["end_to_end_ms"] = round((time.perf_counter() - started) * 1000, 1)
     if first_token is not None:
         timings["end_to_end_first_token_ms"] = round((first_token - started) * 1000, 1)
-    citations = [_citation_json(c) for c in read.citations]
+    citations = [citation_json(c) for c in read.citations]
     mode = read.mode
     if args.json:
         extra = {k: True for k in ("stopped", "interrupted", "no_answer") if done.get(k) or meta.get(k)}
@@ -246,10 +246,3 @@ def check_command(args) -> int:
             print(f"{p['kind']:<20} {where}: {p['detail']} — {p['action']}")
     unfixed = [p for p in report["problems"] if not args.fix or p["kind"] == "missing_blob"]
     return 1 if unfixed else 0
-
-
-def _citation_json(citation: dict) -> dict:
-    """The citation fields the CLI promises (README: ``kbchat ask --json``)."""
-    keys = ("n", "document", "document_id", "page", "locator", "chunk_id", "score", "text")
-    # cited: False when the answer cites no passage and these are the passages the model was given.
-    return {**{key: citation.get(key) for key in keys}, "cited": citation.get("cited", True)}

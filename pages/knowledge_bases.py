@@ -172,3 +172,4 @@ with search_tab:
                 with st.container(border=True):
                     st.markdown(f"**{components.plain(citation_label(hit))}** · score `{hit['score']:.3f}`")
                     components.show_untrusted(hit["text"])
+                    components.open_page_button(hit, key=f"search_{hit['chunk_id']}")

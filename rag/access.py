@@ -22,6 +22,7 @@ class Actor:
     username: str
     role: str
     client_addr: str = ""
+    scope: frozenset[int] | None = None  # an API key limited to these bases: nothing else exists for it
 
     @property
     def is_admin(self) -> bool:

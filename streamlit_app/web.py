@@ -8,6 +8,7 @@
 - ``SecurityHeaders`` sends a Content-Security-Policy that forbids remote images, scripts, frames and
   connections, and ``nosniff``, ``no-referrer`` and frame denial, on every response.
 - ``/healthz`` (this process answers) and ``/readyz`` (PostgreSQL and Redis answer; 503 with the reason).
+- ``/api/v1``: the HTTP API (``api.app``), which checks its own bearer keys.
 
 Run: ``uvicorn streamlit_app.web:app`` (``kbchat web`` and ``kbchat run`` do).
 """
@@ -19,20 +20,24 @@ import hashlib
 import html
 import logging
 import re
+import secrets as secrets_module
 import time
 from http.cookies import SimpleCookie
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import streamlit as st
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.app import app as api_app
+from infra import oidc
 from infra.database import get_engine
 from infra.redis_client import get_redis
 from infra.secrets import token_digest
@@ -43,7 +48,10 @@ from usecases import accounts
 ROOT = Path(__file__).resolve().parent.parent
 COOKIE = "kbchat_session"
 # Reachable without a session: sign-in itself, health checks, the tab icon.
-PUBLIC_PATHS = frozenset({"/login", "/logout", "/healthz", "/readyz", "/_stcore/health", "/favicon.png"})
+PUBLIC_PATHS = frozenset({"/login", "/logout", "/healthz", "/readyz", "/_stcore/health", "/favicon.png",
+                          "/login/sso", "/login/sso/callback"})
+SSO_COOKIE = "kbchat_sso"  # signed, ten minutes: the state, nonce and PKCE verifier of a sign-on under way
+API_PREFIX = "/api/"  # the API checks its own bearer keys (api.app)
 CACHE_SECONDS = 5.0  # a session looked up in PostgreSQL is believed this long by this process's HTTP gate
 log = logging.getLogger(__name__)
 
@@ -176,7 +184,8 @@ class SessionGate:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] in PUBLIC_PATHS:
+        if (scope["type"] not in ("http", "websocket") or scope["path"] in PUBLIC_PATHS
+                or scope["path"].startswith(API_PREFIX)):
             await self.app(scope, receive, send)
             return
         try:
@@ -223,11 +232,14 @@ button {{ margin-top: 1.3rem; width: 100%; padding: .6rem; font-size: 1rem; bord
           background: #ff4b4b; color: #fff; cursor: pointer; }}
 .error {{ background: #fdecea; color: #8a1c12; padding: .6rem .7rem; border-radius: .4rem; font-size: .9rem; }}
 .note {{ color: #5f6670; font-size: .85rem; margin-top: 1rem; }}
+.sso {{ display: block; text-align: center; padding: .6rem; border: 1px solid #c8ccd2; border-radius: .4rem;
+        color: #262730; text-decoration: none; margin-bottom: 1rem; }}
 </style></head>
 <body><main>
 <h1>💬 kbchat</h1>
 {message}
-<form method="post" action="/login">
+{sso}
+<form method="post" action="/login" {password_form}>
 <input type="hidden" name="next" value="{next}">
 <label for="username">Username</label>
 <input id="username" name="username" autocomplete="username" required autofocus value="{username}">
@@ -252,18 +264,25 @@ def _safe_next(target: str | None) -> str:
 
 def login_page(*, message: str = "", next_path: str = "/", username: str = "", status_code: int = 200) -> Response:
     notice = f'<p class="error" role="alert">{html.escape(message)}</p>' if message else ""
+    target = html.escape(quote(_safe_next(next_path), safe=""), quote=True)
+    sso = (f'<a class="sso" href="/login/sso?next={target}">Sign in with single sign-on</a>'
+           if oidc.configured() else "")
     body = LOGIN_PAGE.format(message=notice, next=html.escape(_safe_next(next_path), quote=True),
-                             username=html.escape(username, quote=True))
+                             username=html.escape(username, quote=True), sso=sso,
+                             password_form="" if get_settings().password_login else "hidden")
     return HTMLResponse(body, status_code=status_code, headers={"cache-control": "no-store"})
 
 
 def _same_origin(request: Request) -> bool:
-    """A form posted from another site (login CSRF) carries its Origin; browsers always send one on POST."""
+    """A form posted from another site (login CSRF) is refused. Browsers say where a request comes from in
+    Sec-Fetch-Site (and Origin, which is "null" under this site's no-referrer policy); scripts send neither."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site in ("same-origin", "none")
     origin = request.headers.get("origin")
-    if not origin or origin == "null":
-        return origin is None
-    host = request.headers.get("host", "")
-    return urlsplit(origin).netloc == host
+    if origin is None or origin == "null":
+        return True
+    return urlsplit(origin).netloc == request.headers.get("host", "")
 
 
 def _secure(request: Request) -> bool:
@@ -296,6 +315,64 @@ async def login_post(request: Request) -> Response:
     settings = get_settings()
     response.set_cookie(COOKIE, signed_in.token, max_age=int(settings.session_lifetime_days * 86400), path="/",
                         httponly=True, samesite="lax", secure=_secure(request))
+    return response
+
+
+def _sso_serializer() -> URLSafeTimedSerializer:
+    settings = get_settings()
+    secret = (settings.oidc_client_secret.get_secret_value() if settings.oidc_client_secret
+              else token_digest(f"{settings.oidc_client_id}|{settings.database_url or settings.data_dir}"))
+    return URLSafeTimedSerializer(secret, salt="kbchat-sso")
+
+
+def _redirect_uri(request: Request) -> str:
+    return get_settings().oidc_redirect_uri or str(request.url_for("sso_callback"))
+
+
+async def sso_start(request: Request) -> Response:
+    if not oidc.configured():
+        return login_page(message="Single sign-on is not set up here.", status_code=404)
+    try:
+        url, pending = await run_in_threadpool(oidc.start, _redirect_uri(request),
+                                               _safe_next(request.query_params.get("next")))
+    except oidc.SignOnFailed as exc:
+        return login_page(message=str(exc), status_code=502)
+    response = RedirectResponse(url, status_code=303)
+    response.set_cookie(SSO_COOKIE, _sso_serializer().dumps(pending.__dict__), max_age=600, path="/login/sso",
+                        httponly=True, samesite="lax", secure=_secure(request))
+    return response
+
+
+async def sso_callback(request: Request) -> Response:
+    if not oidc.configured():
+        return login_page(message="Single sign-on is not set up here.", status_code=404)
+    try:
+        saved = _sso_serializer().loads(request.cookies.get(SSO_COOKIE, ""), max_age=600)
+        pending = oidc.Pending(**saved)
+    except (BadSignature, TypeError):
+        return login_page(message="The sign-on took too long or came from elsewhere. Try again.", status_code=400)
+    if request.query_params.get("error"):
+        return login_page(message="The sign-on provider did not sign you in.", status_code=401)
+    if not secrets_module.compare_digest(request.query_params.get("state", ""), pending.state):
+        return login_page(message="The sign-on came back with the wrong state. Try again.", status_code=400)
+    settings = get_settings()
+    try:
+        claims = await run_in_threadpool(oidc.finish, request.query_params.get("code", ""), _redirect_uri(request),
+                                         pending)
+        identity = accounts.map_claims(
+            claims, issuer=settings.oidc_issuer, username_claim=settings.oidc_username_claim,
+            role_claim=settings.oidc_role_claim, admin_values=settings.oidc_admin_values,
+            groups_claim=settings.oidc_groups_claim)
+        signed_in = await run_in_threadpool(accounts.sso_sign_in, identity, client_addr=client_addr(request.scope),
+                                            user_agent=request.headers.get("user-agent", ""))
+    except (oidc.SignOnFailed, ValueError) as exc:
+        return login_page(message=str(exc), status_code=401)
+    except accounts.LoginRefused as exc:
+        return login_page(message=str(exc), status_code=401)
+    response = RedirectResponse(pending.next_path, status_code=303)
+    response.set_cookie(COOKIE, signed_in.token, max_age=int(settings.session_lifetime_days * 86400), path="/",
+                        httponly=True, samesite="lax", secure=_secure(request))
+    response.delete_cookie(SSO_COOKIE, path="/login/sso")
     return response
 
 
@@ -338,8 +415,11 @@ ROUTES = [
     Route("/login", login_get, methods=["GET"]),
     Route("/login", login_post, methods=["POST"]),
     Route("/logout", logout, methods=["GET", "POST"]),
+    Route("/login/sso", sso_start, methods=["GET"]),
+    Route("/login/sso/callback", sso_callback, methods=["GET"], name="sso_callback"),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
+    Mount("/api/v1", app=api_app),
 ]
 
 

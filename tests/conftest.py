@@ -377,3 +377,57 @@ def app_test(entrypoint: Path | None = None, *, username: str = "ui-admin", role
     at = AppTest.from_file(str(entrypoint or ROOT / "streamlit_app" / "app.py"), default_timeout=60)
     at.session_state[TEST_TOKEN_KEY] = session_token(username, role)
     return at
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class WebHandle:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_web(log_path: Path, extra_env: dict[str, str] | None = None, port: int | None = None) -> WebHandle:
+    """A web process as ``kbchat web`` runs it (uvicorn, the ASGI app), on a free port; waits for /healthz."""
+    import requests
+
+    from infra.settings import get_settings
+    from kbchat.runner import web_argv, web_env
+
+    port = port or free_port()
+    env = {**os.environ, **web_env(get_settings()), **(extra_env or {})}
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(web_argv("127.0.0.1", port, get_settings()), env=env, cwd=ROOT, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    handle = WebHandle(f"http://127.0.0.1:{port}", process, log_path)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if requests.get(f"{handle.url}/healthz", timeout=2).status_code == 200:
+                return handle
+        except requests.ConnectionError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_web(handle)
+            raise RuntimeError(f"the web process did not come up:\n{handle.log()[-3000:]}")
+        time.sleep(0.2)
+
+
+def stop_web(handle: WebHandle) -> None:
+    if handle.process.poll() is None:
+        handle.process.terminate()
+        try:
+            handle.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            handle.process.kill()
+            handle.process.wait()

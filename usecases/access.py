@@ -18,6 +18,8 @@ from rag.access import VIEWER, Actor, Forbidden, NotFound, at_least, kb_not_foun
 
 
 def level_of(session: Session, actor: Actor, kb_id: int) -> str | None:
+    if actor.scope is not None and int(kb_id) not in actor.scope:
+        return None
     if actor.is_admin:
         return "owner"
     if actor.user_id is None:
@@ -62,12 +64,21 @@ def require_admin(actor: Actor, what: str = "This") -> None:
 def readable_kb_ids(actor: Actor) -> Select | None:
     """A subquery of the base ids the actor may read, for ``WHERE kb_id IN (...)``; None means every base."""
     if actor.is_admin:
-        return None
+        return None if actor.scope is None else identity_repo.kb_ids_in(actor.scope)
     if actor.user_id is None:
         raise Forbidden("No user is signed in.")
-    return identity_repo.readable_kb_ids(actor.user_id)
+    return identity_repo.readable_kb_ids(actor.user_id, scope=actor.scope)
 
 
 def visible_kb_id_list(session: Session, actor: Actor) -> list[int] | None:
     subquery = readable_kb_ids(actor)
     return None if subquery is None else list(session.scalars(subquery))
+
+
+def owned_kb_ids(actor: Actor) -> Select | None:
+    """A subquery of the base ids the actor owns (what an owner oversees: feedback); None means every base."""
+    if actor.is_admin:
+        return None if actor.scope is None else identity_repo.kb_ids_in(actor.scope)
+    if actor.user_id is None:
+        raise Forbidden("No user is signed in.")
+    return identity_repo.owned_kb_ids(actor.user_id, scope=actor.scope)

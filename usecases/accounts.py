@@ -150,8 +150,6 @@ def set_role(actor: Actor, *, username: str, role: str) -> None:
 def set_password(actor: Actor, *, username: str, password: str, current_password: str | None = None) -> None:
     """A new password (admins for anyone; a user for themselves, with their current one); every session of the
     user ends. Once an admin picked their own, the initial-admin-password file is removed."""
-    if problem := secrets.password_problem(password):
-        raise ValueError(problem)
     with session_scope() as session:
         user = _find_user(session, username) if actor.is_admin else None
         if user is None:
@@ -160,6 +158,8 @@ def set_password(actor: Actor, *, username: str, password: str, current_password
                 raise Forbidden("You can change only your own password.")
             if not secrets.verify_password(user.password_hash, current_password or ""):
                 raise ValueError("The current password is not right.")
+        if problem := secrets.password_problem(password):
+            raise ValueError(problem)
         user.password_hash = secrets.hash_password(password)
         user.password_changed_at = datetime.now(UTC)
         identity_repo.delete_sessions_of(session=session, user_id=user.id)
@@ -311,22 +311,111 @@ def login(username: str, password: str, *, client_addr: str = "", user_agent: st
     now = datetime.now(UTC)
     username = username.strip()[:64]
     anonymous = Actor(user_id=None, username=username, role="analyst", client_addr=client_addr)
-    with session_scope() as session:
+    refusal = None
+    with session_scope() as session:  # a refusal is audited (committed) before it is raised
         wait = _throttled(session, username, client_addr, now)
+        user = identity_repo.user_by_name(session=session, username=username) if username and wait is None else None
         if wait is not None:
             record(session, anonymous, "login.throttled", target=username)
-            raise LoginRefused(f"Too many failed sign-ins. Try again in {wait} minute{'s' if wait != 1 else ''}.")
-        user = identity_repo.user_by_name(session=session, username=username) if username else None
-        ok = secrets.verify_password(user.password_hash if user else None, password)
-        if not ok or user is None or user.disabled:
+            refusal = f"Too many failed sign-ins. Try again in {wait} minute{'s' if wait != 1 else ''}."
+        elif not (ok := secrets.verify_password(user.password_hash if user else None, password)) or user is None \
+                or user.disabled:
             record(session, anonymous, "login.failure", target=username,
                    reason="disabled" if (ok and user is not None) else "credentials")
-            raise LoginRefused("Wrong username or password.")
-        if user.password_hash and secrets.needs_rehash(user.password_hash):
-            user.password_hash = secrets.hash_password(password)
-        signed_in = _open_session(session, user, now, client_addr, user_agent)
-        record(session, signed_in.actor, "login.success", target=user.username)
-        return signed_in
+            refusal = "Wrong username or password."
+        else:
+            if user.password_hash and secrets.needs_rehash(user.password_hash):
+                user.password_hash = secrets.hash_password(password)
+            signed_in = _open_session(session, user, now, client_addr, user_agent)
+            record(session, signed_in.actor, "login.success", target=user.username)
+    if refusal is not None:
+        raise LoginRefused(refusal)
+    return signed_in
+
+
+@dataclass(frozen=True)
+class SignOnIdentity:
+    subject: str  # issuer + subject: stable across renames at the provider
+    username: str
+    display_name: str
+    role: str
+    groups: tuple[str, ...]
+
+
+def _values(claim: object) -> list[str]:
+    if claim is None:
+        return []
+    if isinstance(claim, str):
+        return [v for v in (p.strip() for p in claim.replace(",", " ").split()) if v]
+    if isinstance(claim, list | tuple | set):
+        return [str(v).strip() for v in claim if str(v).strip()]
+    return [str(claim)]
+
+
+def map_claims(claims: dict, *, issuer: str, username_claim: str, role_claim: str, admin_values: str,
+               groups_claim: str) -> SignOnIdentity:
+    """An ID token's claims as a kbchat account: its name (the username claim, then email, then sub, made a valid
+    name), role (admin when the role claim holds one of ``admin_values``) and groups (the groups claim's values,
+    made valid names)."""
+    sub = str(claims.get("sub") or "")
+    if not sub:
+        raise ValueError("The ID token names no subject.")
+    raw = str(claims.get(username_claim) or claims.get("email") or sub)
+    username = re.sub(r"[^A-Za-z0-9._@-]", "-", raw.strip()).strip("-.@_")[:64] or f"user-{sub[:20]}"
+    if not username[0].isalnum():
+        username = "u" + username[:63]
+    admins = {v.strip().lower() for v in admin_values.split(",") if v.strip()}
+    role = ADMIN if any(v.lower() in admins for v in _values(claims.get(role_claim))) else "analyst"
+    groups = []
+    for value in _values(claims.get(groups_claim)):
+        name = re.sub(r"[^A-Za-z0-9._@-]", "-", value.strip("/").split("/")[-1]).strip("-.@_")[:64]
+        if name and name[0].isalnum() and name.lower() not in {g.lower() for g in groups}:
+            groups.append(name)
+    display = str(claims.get("name") or claims.get("email") or username)[:200]
+    return SignOnIdentity(f"{issuer}|{sub}", username, display, role, tuple(groups))
+
+
+def sso_sign_in(identity: SignOnIdentity, *, client_addr: str = "", user_agent: str = "") -> SignedIn:
+    """Sign in (creating or updating the account) someone the sign-on provider vouched for: role and group
+    memberships follow the provider on every sign-in. LoginRefused for a disabled account."""
+    now = datetime.now(UTC)
+    refusal = None
+    with session_scope() as session:
+        user = identity_repo.user_by_subject(session=session, subject=identity.subject)
+        if user is None:
+            taken = identity_repo.user_by_name(session=session, username=identity.username)
+            name = identity.username if taken is None else f"{identity.username[:55]}-{secrets.random_password()[:6]}"
+            user = identity_repo.create_user(session=session, username=name, role=identity.role, password_hash=None,
+                                             display_name=identity.display_name,
+                                             external_subject=identity.subject)
+            record(session, Actor.operator("single sign-on"), "user.create", target=user.username,
+                   role=identity.role, sso=True)
+        if user.disabled:
+            record(session, Actor(None, user.username, "analyst", client_addr), "login.failure",
+                   target=user.username, reason="disabled", sso=True)
+            refusal = "Wrong username or password."
+        else:
+            if user.role != identity.role:
+                record(session, Actor.operator("single sign-on"), "user.role", target=user.username,
+                       role=identity.role)
+                user.role = identity.role
+            user.display_name = identity.display_name
+            current = set(identity_repo.groups_of(session=session, user_id=user.id))
+            for name in identity.groups:
+                group = identity_repo.group_by_name(session=session, name=name) or identity_repo.create_group(
+                    session=session, name=name)
+                if group.name not in current:
+                    identity_repo.add_member(session=session, group_id=group.id, user_id=user.id)
+            wanted = {g.lower() for g in identity.groups}
+            for name in current:
+                if name.lower() not in wanted:
+                    group = identity_repo.group_by_name(session=session, name=name)
+                    identity_repo.remove_member(session=session, group_id=group.id, user_id=user.id)
+            signed_in = _open_session(session, user, now, client_addr, user_agent)
+            record(session, signed_in.actor, "login.success", target=user.username, sso=True)
+    if refusal is not None:
+        raise LoginRefused(refusal)
+    return signed_in
 
 
 def _open_session(session, user: User, now: datetime, client_addr: str, user_agent: str) -> SignedIn:

@@ -8,7 +8,7 @@ from sqlalchemy import Select, delete, func, or_, select, union_all, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from db.models import LEVELS, Grant, Group, GroupMember, KnowledgeBase, User, WebSession
+from db.models import LEVELS, ApiKey, Grant, Group, GroupMember, KnowledgeBase, User, WebSession
 
 # --- users -------------------------------------------------------------------------------------------------
 
@@ -105,10 +105,22 @@ def _grants_of(user_id: int) -> Select:
     return union_all(own, via_groups).subquery()
 
 
-def readable_kb_ids(user_id: int) -> Select:
-    """The ids of the bases a user holds any grant on, as a subquery for ``IN``."""
+def readable_kb_ids(user_id: int, scope: frozenset[int] | None = None) -> Select:
+    """The ids of the bases a user holds any grant on (within ``scope`` when given), as a subquery for ``IN``."""
     grants = _grants_of(user_id)
-    return select(grants.c.kb_id).distinct()
+    query = select(grants.c.kb_id).distinct()
+    return query.where(grants.c.kb_id.in_(list(scope))) if scope is not None else query
+
+
+def owned_kb_ids(user_id: int, scope: frozenset[int] | None = None) -> Select:
+    """The ids of the bases a user owns (own grant or a group's), as a subquery for ``IN``."""
+    grants = _grants_of(user_id)
+    query = select(grants.c.kb_id).where(grants.c.level == "owner").distinct()
+    return query.where(grants.c.kb_id.in_(list(scope))) if scope is not None else query
+
+
+def kb_ids_in(ids: frozenset[int]) -> Select:
+    return select(KnowledgeBase.id).where(KnowledgeBase.id.in_(list(ids)))
 
 
 def level_on(*, session: Session, user_id: int, kb_id: int) -> str | None:
@@ -208,3 +220,36 @@ def delete_expired_sessions(*, session: Session, now: datetime, idle_before: dat
     ).rowcount
 
 
+
+
+# --- API keys ----------------------------------------------------------------------------------------------
+
+
+def create_api_key(*, session: Session, prefix: str, key_hash: str, user_id: int, kb_ids: list[int] | None,
+                   expires_at: datetime | None) -> ApiKey:
+    key = ApiKey(prefix=prefix, key_hash=key_hash, user_id=user_id, kb_ids=kb_ids, expires_at=expires_at)
+    session.add(key)
+    session.flush()
+    return key
+
+
+def api_key_with_user(*, session: Session, prefix: str) -> tuple[ApiKey, User] | None:
+    row = session.execute(select(ApiKey, User).join(User, User.id == ApiKey.user_id)
+                          .where(ApiKey.prefix == prefix)).first()
+    return (row[0], row[1]) if row else None
+
+
+def list_api_keys(*, session: Session, user_id: int | None = None) -> list[tuple[ApiKey, str]]:
+    query = select(ApiKey, User.username).join(User, User.id == ApiKey.user_id).order_by(ApiKey.created_at.desc())
+    if user_id is not None:
+        query = query.where(ApiKey.user_id == user_id)
+    return [(key, username) for key, username in session.execute(query)]
+
+
+def touch_api_key(*, session: Session, key_id: int, at: datetime) -> None:
+    session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=at))
+
+
+def kb_names(*, session: Session, kb_ids: list[int]) -> dict[int, str]:
+    rows = session.execute(select(KnowledgeBase.id, KnowledgeBase.name).where(KnowledgeBase.id.in_(kb_ids))).all()
+    return {kb_id: name for kb_id, name in rows}
