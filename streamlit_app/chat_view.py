@@ -151,4 +151,6 @@ def stream_answer(task_id: str) -> dict[str, Any]:
     components.citation_cards(read.citations, key=f"cite_{task_id}")
     if read.text.strip():
         export.copy_answer(read.text, key=f"chat_copy_{task_id}")
+    if read.text and not read.done.get("no_answer"):
+        feedback_row(task_id, None)
     return {"state": "done"}

@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from streamlit.web import bootstrap
 
 from api.app import app as api_app
 from infra import oidc
@@ -423,7 +424,22 @@ ROUTES = [
 ]
 
 
+def streamlit_options(settings) -> dict[str, object]:
+    """Streamlit's own options for this app, given the way ``streamlit run`` takes its flags (uvicorn reads no
+    ``STREAMLIT_*`` variables for them)."""
+    return {
+        "server_headless": True,
+        "server_maxUploadSize": settings.max_upload_mb,
+        "browser_gatherUsageStats": False,  # nothing leaves the organisation's machines
+        "server_fileWatcherType": "none",
+        "server_showEmailPrompt": False,
+        "theme_base": "light",
+        "client_toolbarMode": "minimal",
+    }
+
+
 def create_app() -> st.App:
+    bootstrap.load_config_options(streamlit_options(get_settings()))
     return st.App(str(ROOT / "streamlit_app" / "app.py"), routes=ROUTES,
                   middleware=[Middleware(SecurityHeaders), Middleware(SessionGate)])
 
