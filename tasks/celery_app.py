@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 def _register(app: Celery, item: TaskSpec) -> None:
     def run(self, *args, **kwargs):
-        token = set_current_task(self.request.id, CeleryBackend(self.app))
+        # The worker's node name is its heartbeat identity (the main process beats for its pool children).
+        token = set_current_task(self.request.id, CeleryBackend(self.app), self.request.hostname or None)
         try:
             return item.fn(*args, **kwargs)
         finally:

@@ -107,7 +107,7 @@ def _retry_when(max_retries: int):
 def _register(broker: RedisBroker, item: TaskSpec) -> dramatiq.Actor:
     def run(*args, **kwargs):
         message = CurrentMessage.get_current_message()
-        token = set_current_task(message.message_id if message else None, DramatiqBackend(broker))
+        token = set_current_task(message.message_id if message else None, DramatiqBackend(broker), events.worker_id())
         try:
             return item.fn(*args, **kwargs)
         finally:

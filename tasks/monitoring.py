@@ -193,13 +193,12 @@ def waiting_messages(queue: str, backend: str | None = None) -> list[tuple[str, 
 
 def waiting_ingest_runs(backend: str | None = None) -> set[str]:
     """Task ids whose ingestion waits in the ingest queue: ``ingest.document`` messages, and the run id (the
-    document's task id) of every waiting ``ingest.pages`` part. Reconciliation leaves their documents alone."""
+    document's task id) and own id of every waiting ``ingest.pages`` part. Reconciliation leaves those alone."""
     runs = set()
     for task_id, name, args in waiting_messages("ingest", backend):
+        runs.add(task_id)
         if name == "ingest.pages" and len(args) >= 2:
             runs.add(str(args[1]))
-        else:
-            runs.add(task_id)
     return runs
 
 

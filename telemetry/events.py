@@ -259,6 +259,17 @@ def count_task(worker: str, ok: bool) -> None:
     _update_worker(worker, count="processed" if ok else "failed")
 
 
+def alive_workers(workers: set[str] | list[str]) -> set[str]:
+    """Which of these heartbeat identities still have a live heartbeat key."""
+    names = sorted(workers)
+    if not names:
+        return set()
+    pipe = get_redis().pipeline()
+    for name in names:
+        pipe.exists(WORKER_KEY.format(name))
+    return {name for name, found in zip(names, pipe.execute(), strict=True) if found}
+
+
 def live_workers() -> list[dict[str, str]]:
     r = get_redis()
     workers = []

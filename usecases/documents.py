@@ -56,10 +56,13 @@ def reindex_documents(
     return ids
 
 
-def ingest_document(queue: TaskQueue, *, document_id: int, task_id: str) -> dict:
-    """Parse, chunk, embed and store one document; a large PDF is split into ``ingest.pages`` parts, queued
-    after the commit that recorded them (a redelivery re-sends those not done)."""
-    result = ingestion.ingest_document(document_id, task_id=task_id, split=page_ranges.split_document)
+def ingest_document(queue: TaskQueue, *, document_id: int, task_id: str, worker: str | None = None) -> dict:
+    """Parse, chunk, embed and store one document on ``worker`` (its heartbeat identity, recorded on the document);
+    a large PDF is split into ``ingest.pages`` parts, queued after the commit that recorded them (a redelivery
+    re-sends those not done), and then the parts' own claims stand for the document."""
+    result = ingestion.ingest_document(document_id, task_id=task_id, split=page_ranges.split_document, worker=worker)
     for first_page, last_page in result.parts:
         queue.enqueue("ingest.pages", document_id, task_id, first_page, last_page)
+    if result.parts:
+        ingestion.release_claim(document_id, task_id=task_id, worker=worker)
     return result.to_dict()

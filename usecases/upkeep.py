@@ -14,10 +14,21 @@ from usecases.ports import TaskQueue
 
 
 def reconcile(queue: TaskQueue) -> dict:
-    """Re-enqueue documents stuck in a non-final state (e.g. after Redis lost its queues)."""
-    return maintenance.reconcile_stuck_documents(
+    """Start over the documents and parts whose worker's heartbeat lapsed, then re-enqueue documents stuck in a
+    non-final state (e.g. after Redis lost its queues). Runs as the system (the scheduler, a worker's start)."""
+    lost = maintenance.recover_lost_workers(
+        enqueue=partial(enqueue_ingest, queue), enqueue_part=partial(_enqueue_part, queue),
+        alive=events.alive_workers, waiting_runs=queue.waiting_ingest_runs, link=events.link_retry,
+    )
+    stuck = maintenance.reconcile_stuck_documents(
         enqueue=partial(enqueue_ingest, queue), task_record=events.get_task, waiting_runs=queue.waiting_ingest_runs
     )
+    return {**stuck, "requeued": stuck["requeued"] + lost["requeued"], "failed": stuck["failed"] + lost["failed"],
+            "lost_workers": lost["lost_workers"], "parts": lost["parts"]}
+
+
+def _enqueue_part(queue: TaskQueue, document_id: int, run: str, first_page: int, last_page: int, task_id: str) -> str:
+    return queue.enqueue("ingest.pages", document_id, run, first_page, last_page, task_id=task_id)
 
 
 def check_consistency(queue: TaskQueue, *, kb_id: int | None = None, fix: bool = False) -> dict:
