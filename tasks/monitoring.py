@@ -15,6 +15,8 @@ from collections import defaultdict
 from datetime import timedelta
 from typing import Any
 
+from db.models import ACTIVE_STATES, QUEUED
+from db.repositories import ingest_parts as part_repo
 from db.repositories import monitoring as monitoring_repo
 from infra.database import session_scope
 from infra.redis_client import get_redis
@@ -206,12 +208,42 @@ def waiting_ingest_runs(backend: str | None = None) -> set[str]:
 
 
 def stalled_documents(older_than_seconds: float) -> list[dict[str, Any]]:
-    """Documents in a non-final state that have not moved for ``older_than_seconds``, with their task's state."""
+    """Documents in a non-final state that have not moved for ``older_than_seconds``, and those whose worker is
+    lost (however recently), with their task's state and what their worker is doing (``worker``)."""
     with session_scope() as session:
         rows = monitoring_repo.stalled_documents(session=session, older_than=timedelta(seconds=older_than_seconds))
+        claimed = monitoring_repo.claimed_documents(session=session)
+    alive = events.alive_workers(set().union(*(row["workers"] for row in claimed)) if claimed else set())
+    lost = {row["id"]: row for row in claimed if _lost(row, row["workers"], alive)}
+    seen = {row["id"] for row in rows}
+    rows += [row for row in lost.values() if row["id"] not in seen]
     pipe = get_redis().pipeline()
     for row in rows:
         pipe.hget(events.TASK_KEY.format(row["task_id"] or "-"), "state")
     for row, state in zip(rows, pipe.execute(), strict=True):
         row["task_state"] = state or ("expired" if row["task_id"] else "none")
+        row["worker_state"] = lost_label(row["attempts"]) if row["id"] in lost else ""
     return rows
+
+
+def lost_documents(documents: list) -> set[int]:
+    """Of these documents (models), the ones in a non-final state whose worker, or the worker of a part of their
+    current run, has no live heartbeat, or that wait in the queue for the attempt after a lost worker's."""
+    active = [d for d in documents if d.status in ACTIVE_STATES]
+    if not active:
+        return set()
+    with session_scope() as session:
+        parts = part_repo.workers_of(session=session, document_ids=[d.id for d in active if not d.worker])
+    claims = {d.id: ({d.worker} if d.worker else set()) | parts.get(d.id, set()) for d in active}
+    alive = events.alive_workers(set().union(*claims.values()))
+    return {d.id for d in active
+            if _lost({"status": d.status, "lost_worker": d.lost_worker}, claims[d.id], alive)}
+
+
+def _lost(row: dict, workers: set[str], alive: set[str]) -> bool:
+    return bool(workers - alive) or (row["status"] == QUEUED and bool(row["lost_worker"]) and not workers)
+
+
+def lost_label(attempts: int) -> str:
+    """What the pages say about a document whose worker is gone: the reconciler starts the next attempt."""
+    return f"worker lost — retrying (attempt {attempts + 1})"

@@ -157,9 +157,7 @@ def list_stuck(*, session: Session, older_than: timedelta) -> list[Document]:
 def touch_queued(*, session: Session, document_id: int, lost_worker: str | None = None) -> None:
     """Put a document back to queued (before it is re-enqueued); ``lost_worker`` is the worker whose loss sent it."""
     values: dict = {"status": QUEUED, "progress": 0.0, "progress_done": 0, "progress_total": 0, "error": None,
-                    "updated_at": func.now(), "worker": None, "claimed_at": None}
-    if lost_worker:
-        values["lost_worker"] = lost_worker
+                    "updated_at": func.now(), "worker": None, "claimed_at": None, "lost_worker": lost_worker}
     session.execute(update(Document).where(Document.id == document_id).values(**values))
 
 
