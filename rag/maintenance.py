@@ -184,3 +184,34 @@ def _recover(claim: _Claim, max_retries: int) -> str | None:
                 return new_id
     fail_document(claim.document_id, reason, task_id=claim.run)
     return "failed"
+
+
+LOST_ANSWER = "The worker answering this question stopped (killed or cut off) before it finished. Ask it again."
+
+
+def end_lost_answers(
+    *,
+    lost_tasks: Callable[[], list[tuple[str, str]]],
+    alive: Callable[[set[str]], set[str]],
+    end_stream: Callable[[str, str], None],
+    record_failed: Callable[[str, str, str], None],
+    confirm_seconds: float | None = None,
+) -> list[str]:
+    """Tell the readers of answers whose chat worker's heartbeat lapsed that it stopped, at once rather than at
+    their timeout: ``lost_tasks()`` gives (worker, task id); a worker is looked at again after ``confirm_seconds``
+    (default one heartbeat interval and a second). Returns the task ids told."""
+    found = lost_tasks()
+    if not found:
+        return []
+    time.sleep(get_settings().heartbeat_interval_seconds + 1 if confirm_seconds is None else confirm_seconds)
+    back = alive({worker for worker, _ in found})
+    told = []
+    for worker, task_id in found:
+        if worker in back:
+            continue
+        end_stream(task_id, LOST_ANSWER)
+        record_failed(task_id, worker, LOST_ANSWER)
+        told.append(task_id)
+    if told:
+        log.warning("reconcile: answers %s lost their worker; their readers were told", told)
+    return told

@@ -17,7 +17,15 @@ from infra.settings import get_settings
 from tasks import monitoring
 from tasks.context import reset_current_task, set_current_task
 from tasks.queues import QUEUES, TRANSIENT_ERRORS
-from tasks.registry import Periodic, TaskSpec, give_up_message, schedule, spec, task_specs
+from tasks.registry import (
+    Periodic,
+    TaskSpec,
+    celery_redelivery_seconds,
+    give_up_message,
+    schedule,
+    spec,
+    task_specs,
+)
 from telemetry import events
 
 log = logging.getLogger(__name__)
@@ -89,8 +97,7 @@ class CeleryBackend:
 def create_app(redis_url: str) -> Celery:
     """A Celery app on ``redis_url`` with every task of the registry registered."""
     settings = get_settings()
-    # An unacknowledged task (its worker died) comes back after this; by default it outlasts the longest task.
-    redelivery = settings.redelivery_timeout_seconds or max(item.time_limit for item in task_specs()) + 300
+    redelivery = celery_redelivery_seconds()
     app = Celery("kbchat", broker=redis_url, backend=redis_url)
     app.conf.update(
         task_serializer="json",

@@ -89,11 +89,10 @@ class KbchatEvents(Middleware):
         self._heartbeat.start()
         DramatiqBackend(broker).enqueue("maintenance.reconcile")  # catch up on what was stuck while no worker ran
 
-    def before_worker_shutdown(self, broker, worker):
+    def after_worker_shutdown(self, broker, worker):
+        # Only now, when the messages in hand are finished: until then the worker is alive and its claims stand.
         if self._heartbeat is not None:
             self._heartbeat.stop()
-
-    def after_worker_shutdown(self, broker, worker):
         dispose_engine()
 
 

@@ -119,6 +119,46 @@ def _drop_finished_current_tasks(rows: list[dict]) -> None:
         row["current"] = [t for t in row["current"] if states.get(t["id"]) in (events.STARTED, None)]
 
 
+LOST_SHOWN_SECONDS = 3600  # a lost worker is summarised this long, and after it while what it held is unsettled
+
+
+def lost_workers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The offline workers (rows of ``workers()``) worth a line: lost in the last hour, or holding work nobody has
+    taken over yet. Each gets ``held`` (its last tasks, each with ``fate``: finished, restarted, taken over or
+    pending) and ``claims`` (unfinished documents or parts still naming it). A worker lost longer ago whose work is
+    all accounted for is forgotten (taken out of the registry)."""
+    offline = [row for row in rows if row["status"] == "offline"]
+    if not offline:
+        return []
+    pipe = get_redis().pipeline()
+    tasks = [(row, task) for row in offline for task in row["current"]]
+    for _, task in tasks:
+        pipe.hmget(events.TASK_KEY.format(task["id"]), "state", "retried_as", "worker")
+    for (row, task), (state, retried_as, worker) in zip(tasks, pipe.execute(), strict=True):
+        if retried_as:
+            task["fate"] = "restarted"
+        elif state in (events.SUCCEEDED, events.FAILED):
+            task["fate"] = "finished"
+        elif worker and worker != row["id"]:
+            task["fate"] = "taken over"
+        else:
+            task["fate"] = "pending" if state else "finished"  # an expired record: long settled
+    with session_scope() as session:
+        claimed = monitoring_repo.claimed_documents(session=session)
+    now = time.time()
+    shown, forget = [], []
+    for row in offline:
+        row["held"] = row.pop("current")
+        row["claims"] = sum(row["id"] in c["workers"] for c in claimed)
+        settled = row["claims"] == 0 and all(t["fate"] != "pending" for t in row["held"])
+        if now - (row["last_heartbeat"] or 0) < LOST_SHOWN_SECONDS or not settled:
+            shown.append(row)
+        else:
+            forget.append(row["id"])
+    events.forget_workers(forget)
+    return shown
+
+
 # --- tasks -----------------------------------------------------------------------------------------------------
 
 

@@ -190,13 +190,8 @@ class Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        try:
-            r = get_redis()
-            last = r.hgetall(WORKER_KEY.format(self.worker))
-            r.delete(WORKER_KEY.format(self.worker))
-            if last:  # a clean stop: the monitoring page says "stopped", not "offline"
-                last["stopped_at"] = _now()
-                r.hset(WORKERS_INFO_KEY, self.worker, json.dumps(last))
+        try:  # a clean stop deregisters: the worker is gone, not lost, and nothing it held is left behind
+            forget_workers([self.worker])
         except Exception:
             pass
 
@@ -257,6 +252,43 @@ def task_ended_on(worker: str, task_id: str) -> None:
 def count_task(worker: str, ok: bool) -> None:
     """Count a processed or failed task on the worker's heartbeat record."""
     _update_worker(worker, count="processed" if ok else "failed")
+
+
+def forget_workers(workers: list[str]) -> None:
+    """Take workers out of the registry: their heartbeat key, the seen set and their last record."""
+    if not workers:
+        return
+    pipe = get_redis().pipeline()
+    pipe.delete(*[WORKER_KEY.format(w) for w in workers])
+    pipe.zrem(WORKERS_SEEN_KEY, *workers)
+    pipe.hdel(WORKERS_INFO_KEY, *workers)
+    pipe.execute()
+
+
+def lost_tasks(names: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(worker, task id) of the tasks named ``names`` that workers whose heartbeat lapsed were running, by the
+    worker's last heartbeat record, and that their records still show started on that worker."""
+    r = get_redis()
+    seen = r.zrange(WORKERS_SEEN_KEY, 0, -1)
+    gone = sorted(set(seen) - alive_workers(seen))
+    if not gone:
+        return []
+    candidates = []
+    for worker, raw in zip(gone, r.hmget(WORKERS_INFO_KEY, gone), strict=True):
+        try:
+            record = json.loads(raw or "{}")
+        except ValueError:
+            continue
+        for key, value in record.items():
+            if key.startswith("task:") and (json.loads(value) if value.startswith("{") else {}).get("name") in names:
+                candidates.append((worker, key[5:]))
+    if not candidates:
+        return []
+    pipe = r.pipeline()
+    for _, task_id in candidates:
+        pipe.hmget(TASK_KEY.format(task_id), "state", "worker")
+    return [(worker, task_id) for (worker, task_id), (state, ran_on) in zip(candidates, pipe.execute(), strict=True)
+            if state == STARTED and ran_on == worker]
 
 
 def alive_workers(workers: set[str] | list[str]) -> set[str]:

@@ -8,7 +8,7 @@ from functools import partial
 from db.repositories import knowledge_bases as kb_repo
 from infra.database import session_scope
 from rag import consistency, evaluation, golden, maintenance
-from telemetry import events
+from telemetry import answer_streams, events
 from usecases.documents import enqueue_ingest
 from usecases.ports import TaskQueue
 
@@ -23,8 +23,16 @@ def reconcile(queue: TaskQueue) -> dict:
     stuck = maintenance.reconcile_stuck_documents(
         enqueue=partial(enqueue_ingest, queue), task_record=events.get_task, waiting_runs=queue.waiting_ingest_runs
     )
+    answers = maintenance.end_lost_answers(
+        lost_tasks=partial(events.lost_tasks, ("chat.answer",)), alive=events.alive_workers,
+        end_stream=answer_streams.end_with_error, record_failed=_record_lost,
+    )
     return {**stuck, "requeued": stuck["requeued"] + lost["requeued"], "failed": stuck["failed"] + lost["failed"],
-            "lost_workers": lost["lost_workers"], "parts": lost["parts"]}
+            "lost_workers": lost["lost_workers"], "parts": lost["parts"], "answers_ended": answers}
+
+
+def _record_lost(task_id: str, worker: str, error: str) -> None:
+    events.record(task_id, events.FAILED, error=error, worker=worker)
 
 
 def _enqueue_part(queue: TaskQueue, document_id: int, run: str, first_page: int, last_page: int, task_id: str) -> str:

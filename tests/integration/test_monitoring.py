@@ -181,7 +181,7 @@ def _worker_id_of(handle) -> str:
         30, "the worker's heartbeat")
 
 
-def test_heartbeat_expiry_turns_a_worker_offline_and_a_clean_stop_shows_stopped(backend, services, tmp_path):
+def test_heartbeat_expiry_turns_a_worker_offline_and_a_clean_stop_deregisters(backend, services, tmp_path):
     ttl = 2
     env = {"KBCHAT_HEARTBEAT_TTL_SECONDS": str(ttl), "KBCHAT_HEARTBEAT_INTERVAL_SECONDS": "1"}
     killed = start_worker(backend, tmp_path / "killed.log", queues="maintenance", extra_env=env)
@@ -205,9 +205,9 @@ def test_heartbeat_expiry_turns_a_worker_offline_and_a_clean_stop_shows_stopped(
 
     stopped = start_worker(backend, tmp_path / "stopped.log", queues="maintenance", extra_env=env)
     worker_id = _worker_id_of(stopped)
+    assert _row(worker_id)["status"] == "online"
     stop_worker_gracefully(stopped)
-    row = _row(worker_id)
-    assert row is not None and row["status"] == "stopped" and row["stopped_at"]
+    assert _row(worker_id) is None, "a clean stop takes the worker off the page: it is not lost"
 
 
 def test_worker_shows_the_task_it_is_running_then_counts_it(worker, kb):

@@ -7,12 +7,14 @@ low ``KBCHAT_INGEST_SPLIT_PAGES``, take its tasks.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from tests.conftest import make_pdf, upload, wait_until
 from tests.integration import test_reliability as reliability
 from tests.integration.test_reliability import (
+    DEAD_WORKER_RULE,
     FAST_REDELIVERY,
     _final,
     _kill_hard,
@@ -217,6 +219,60 @@ def test_worker_killed_mid_part_the_part_is_redelivered_and_the_document_complet
     assert document.status == "ready", document.error
     assert document.task_id == run, "the same run finished (its parts were redelivered, not a new run queued)"
     assert document.pages == 60 and document.progress_total == 60
+    assert_chunks_intact(document)
+    assert {c.page for c in _chunks(document_id)} == set(range(1, 61))
+    assert _leftovers(document_id) == (0, 0)
+
+
+@pytest.mark.timeout(600)
+def test_worker_killed_mid_part_the_reconciler_sends_the_part_again_in_the_same_run(
+    backend, own_redis, kb, workers, tmp_path
+):
+    """kill -9 of the only worker while it embeds a part, the broker's redelivery out of reach: the part names its
+    worker; the next worker's reconciliation sends that part again (a new delivery of the same run, the parts
+    already done kept) and the document ends ready, every chunk once."""
+    from sqlalchemy import select
+
+    from db.models import IngestPart
+    from infra.database import session_scope
+    from tests.conftest import enqueue
+
+    def claimed_parts():
+        with session_scope() as session:
+            return [(p.first_page, p.worker, p.task_id, p.attempts) for p in session.scalars(
+                select(IngestPart).where(IngestPart.document_id == document_id, IngestPart.worker.is_not(None),
+                                         IngestPart.done.is_(False)))]
+
+    kb_id, _ = kb
+    env = {**DEAD_WORKER_RULE, "KBCHAT_INGEST_SPLIT_PAGES": "20"}
+    first = _start(workers, backend, tmp_path / "first.log", "ingest", env)
+    outcome = upload(kb_id, "lost-part.pdf", long_pdf(60))
+    document_id = outcome.document_id
+    _wait_document(document_id, lambda d: d.status == "embedding" and d.progress_done > 0, 240,
+                   "the first worker to be embedding a part")
+    run = _document(document_id).task_id
+    claims = wait_until(claimed_parts, 30, "a part to name its worker")
+    assert _document(document_id).worker is None, "the split document's parts carry the claims"
+    _kill_hard(first)
+
+    _start(workers, backend, tmp_path / "second.log", "ingest,maintenance", env)
+
+    def resent():
+        with session_scope() as session:
+            part = session.scalar(select(IngestPart).where(IngestPart.document_id == document_id,
+                                                           IngestPart.first_page == claims[0][0]))
+        if part is None or part.done or part.task_id != claims[0][2]:
+            return True
+        enqueue("maintenance.reconcile")
+        time.sleep(3)
+        return False
+
+    wait_until(resent, 120, "the reconciler to send the lost part again")
+    document = _final(document_id, 400)
+    assert document.status == "ready", document.error
+    assert document.task_id == run, "the same run finished: only the lost part was sent again"
+    assert document.lost_worker == claims[0][1]
+    assert document.pages == 60
     assert_chunks_intact(document)
     assert {c.page for c in _chunks(document_id)} == set(range(1, 61))
     assert _leftovers(document_id) == (0, 0)
