@@ -125,6 +125,7 @@ def recover_lost_workers(
     requeued: list[int] = []
     parts: list[list[int]] = []
     failed: list[int] = []
+    resent: list[tuple[int, str, int]] = []
     waiting: set[str] | None = None
     for claim in claims:
         if claim.worker not in lost:
@@ -147,10 +148,38 @@ def recover_lost_workers(
             if link and claim.task_id:
                 link(claim.task_id, outcome)
             parts.append([claim.document_id, claim.first_page])
+            resent.append((claim.document_id, claim.run, claim.first_page))
+    # A worker takes more than it runs (Dramatiq prefetches): the parts of a run that lost a part, that nobody
+    # started and that no longer wait in the queue were most likely held by the lost worker too. Sent again, an
+    # old delivery of one (still held by a live worker after all) stands down.
+    for document_id, run in {(d, r) for d, r, _ in resent}:
+        if run in (waiting or set()):
+            continue
+        just_sent = {first for d, r, first in resent if (d, r) == (document_id, run)}
+        for first_page, last_page, new_id in _resend_unclaimed(document_id, run, just_sent):
+            enqueue_part(document_id, run, first_page, last_page, new_id)
+            parts.append([document_id, first_page])
     if requeued or parts or failed:
         log.warning("reconcile: worker(s) %s lost; restarted documents %s, parts %s, failed %s",
                     sorted(lost), requeued, parts, failed)
     return {"lost_workers": sorted(lost), "requeued": requeued, "parts": parts, "failed": failed}
+
+
+def _resend_unclaimed(document_id: int, run: str, skip: set[int]) -> list[tuple[int, int, str]]:
+    """Give the run's unstarted parts new deliveries (first page, last page, task id), under the row lock."""
+    resent = []
+    with session_scope() as session:
+        document = document_repo.lock(session=session, document_id=document_id)
+        if document is None or document.status in FINAL_STATES or document.task_id != run:
+            return []
+        for part in part_repo.unclaimed_parts(session=session, document_id=document_id, run=run):
+            if part.first_page in skip:
+                continue
+            new_id = str(uuid.uuid4())
+            part_repo.requeue_part(session=session, document_id=document_id, run=run, first_page=part.first_page,
+                                   task_id=new_id)
+            resent.append((part.first_page, part.last_page, new_id))
+    return resent
 
 
 def _recover(claim: _Claim, max_retries: int) -> str | None:

@@ -89,6 +89,11 @@ class CeleryBackend:
         """Task ids whose ingestion still waits in this backend's ingest queue."""
         return monitoring.waiting_ingest_runs(self.name)
 
+    def release_lost_messages(self) -> None:
+        """Nothing to do: Celery's Redis transport gives a dead worker's unacknowledged messages back after its
+        visibility timeout, and a worker holds only what it runs (prefetch 1), which the documents' and parts'
+        claims cover."""
+
     def close(self) -> None:
         """Close the connections to Redis."""
         self.app.close()

@@ -10,6 +10,7 @@ from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import current_millis
 from dramatiq.middleware import (
     AgeLimit,
     Callbacks,
@@ -27,7 +28,7 @@ from infra.database import dispose_engine, set_application_name
 from infra.settings import get_settings
 from tasks import monitoring
 from tasks.context import reset_current_task, set_current_task
-from tasks.queues import DRAMATIQ_NAMESPACE, is_transient
+from tasks.queues import DRAMATIQ_NAMESPACE, QUEUES, is_transient
 from tasks.registry import TaskSpec, give_up_message, spec, task_specs
 from telemetry import events
 
@@ -178,6 +179,18 @@ class DramatiqBackend:
     def waiting_ingest_runs(self) -> set[str]:
         """Task ids whose ingestion still waits in this backend's ingest queue."""
         return monitoring.waiting_ingest_runs(self.name)
+
+    def release_lost_messages(self) -> None:
+        """Put the messages that dead Dramatiq workers took (their broker heartbeat older than the broker's
+        ``heartbeat_timeout``) back in their queues now: the broker itself does it only on a small, random share of
+        its commands (``maintenance_chance``), so a dead worker's prefetched messages could wait minutes."""
+        broker, dispatch = self.broker, self.broker.scripts["dispatch"]
+        for queue in QUEUES:
+            for name in (queue, f"{queue}.DQ"):
+                dispatch(keys=[broker.namespace], args=[
+                    "qsize", current_millis(), name, broker.broker_id, broker.heartbeat_timeout,
+                    broker.dead_message_ttl, 1, broker._max_unpack_size(),
+                ])
 
     def close(self) -> None:
         """Close the connections to Redis."""

@@ -16,6 +16,7 @@ from usecases.ports import TaskQueue
 def reconcile(queue: TaskQueue) -> dict:
     """Start over the documents and parts whose worker's heartbeat lapsed, then re-enqueue documents stuck in a
     non-final state (e.g. after Redis lost its queues). Runs as the system (the scheduler, a worker's start)."""
+    queue.release_lost_messages()
     lost = maintenance.recover_lost_workers(
         enqueue=partial(enqueue_ingest, queue), enqueue_part=partial(_enqueue_part, queue),
         alive=events.alive_workers, waiting_runs=queue.waiting_ingest_runs, link=events.link_retry,

@@ -54,6 +54,16 @@ def requeue_part(*, session: Session, document_id: int, run: str, first_page: in
     )
 
 
+def unclaimed_parts(*, session: Session, document_id: int, run: str) -> list[IngestPart]:
+    """The run's parts not done that no delivery has started (still queued, or held by a worker that never began)."""
+    return list(session.scalars(
+        select(IngestPart)
+        .where(IngestPart.document_id == document_id, IngestPart.run == run, IngestPart.done.is_(False),
+               IngestPart.worker.is_(None))
+        .order_by(IngestPart.first_page)
+    ))
+
+
 def list_claimed(*, session: Session) -> list[IngestPart]:
     """Parts not done, claimed by a worker, of runs that still own an unfinished document."""
     return list(session.scalars(
