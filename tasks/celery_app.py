@@ -22,6 +22,7 @@ from tasks.registry import (
     TaskSpec,
     celery_redelivery_seconds,
     give_up_message,
+    heartbeat_lapse_seconds,
     schedule,
     spec,
     task_specs,
@@ -76,12 +77,14 @@ class CeleryBackend:
     def __init__(self, app: Celery) -> None:
         self.app = app
 
-    def enqueue(self, name: str, *args: Any, task_id: str | None = None) -> str:
-        """Send task ``name`` with JSON arguments to its queue; returns the task id. Call after the commit."""
+    def enqueue(self, name: str, *args: Any, task_id: str | None = None, delay: float | None = None) -> str:
+        """Send task ``name`` with JSON arguments to its queue (due in ``delay`` seconds); returns the task id.
+        Call after the commit."""
         item = spec(name)
         # Chat tasks keep no Celery result (see _register): then the client need not subscribe to one either.
         result = self.app.send_task(
-            name, args=list(args), queue=item.queue, task_id=task_id, ignore_result=item.queue == "chat"
+            name, args=list(args), queue=item.queue, task_id=task_id, ignore_result=item.queue == "chat",
+            countdown=delay,
         )
         return result.id
 
@@ -214,7 +217,11 @@ def _on_ready(sender=None, **_):
     )
     heartbeat.start()
     _worker["heartbeat"] = heartbeat
-    CeleryBackend(app).enqueue("maintenance.reconcile")  # catch up on whatever was stuck while no worker ran
+    # Catch up on whatever was stuck while no worker ran, and once more when the heartbeat of a worker this one
+    # replaced (restarted at once by a supervisor) has lapsed, so the work it held resumes now, not at the next tick.
+    backend = CeleryBackend(app)
+    backend.enqueue("maintenance.reconcile")
+    backend.enqueue("maintenance.reconcile", delay=heartbeat_lapse_seconds())
 
 
 @signals.worker_shutdown.connect

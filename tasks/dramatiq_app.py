@@ -29,7 +29,7 @@ from infra.settings import get_settings
 from tasks import monitoring
 from tasks.context import reset_current_task, set_current_task
 from tasks.queues import DRAMATIQ_NAMESPACE, QUEUES, is_transient
-from tasks.registry import TaskSpec, give_up_message, spec, task_specs
+from tasks.registry import TaskSpec, give_up_message, heartbeat_lapse_seconds, spec, task_specs
 from telemetry import events
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,11 @@ class KbchatEvents(Middleware):
             on_beat=monitoring.maybe_sample_queues,  # whichever worker beats first in an interval samples the queues
         )
         self._heartbeat.start()
-        DramatiqBackend(broker).enqueue("maintenance.reconcile")  # catch up on what was stuck while no worker ran
+        # Catch up on what was stuck while no worker ran, and once more when the heartbeat of a worker this one
+        # replaced (restarted at once by a supervisor) has lapsed, so its work resumes now, not at the next tick.
+        backend = DramatiqBackend(broker)
+        backend.enqueue("maintenance.reconcile")
+        backend.enqueue("maintenance.reconcile", delay=heartbeat_lapse_seconds())
 
     def after_worker_shutdown(self, broker, worker):
         # Only now, when the messages in hand are finished: until then the worker is alive and its claims stand.
@@ -166,14 +170,15 @@ class DramatiqBackend:
     def __init__(self, broker: RedisBroker) -> None:
         self.broker = broker
 
-    def enqueue(self, name: str, *args: Any, task_id: str | None = None) -> str:
-        """Send task ``name`` with JSON arguments to its queue; returns the task id. Call after the commit."""
+    def enqueue(self, name: str, *args: Any, task_id: str | None = None, delay: float | None = None) -> str:
+        """Send task ``name`` with JSON arguments to its queue (due in ``delay`` seconds); returns the task id.
+        Call after the commit."""
         message = self.broker.get_actor(name).message(*args)
         if task_id:
             message = message.copy(message_id=task_id)
         events.record(message.message_id, events.QUEUED, name=name, queue=message.queue_name,
                       args=events.encode_args(args), backend="dramatiq")
-        self.broker.enqueue(message)
+        self.broker.enqueue(message, delay=int(delay * 1000) if delay else None)
         return message.message_id
 
     def waiting_ingest_runs(self) -> set[str]:
