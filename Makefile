@@ -29,11 +29,11 @@ test: $(STAMP) chromium
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check infra telemetry db rag usecases tasks kbchat streamlit_app pages tests bench
+	$(VENV)/bin/ruff check infra telemetry db rag usecases tasks api kbchat streamlit_app pages tests bench
 	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format infra telemetry db rag usecases tasks kbchat streamlit_app pages tests bench
+	$(VENV)/bin/ruff format infra telemetry db rag usecases tasks api kbchat streamlit_app pages tests bench
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[bench]"

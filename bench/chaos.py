@@ -41,8 +41,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from ingest import start_services  # noqa: E402  (bench/ingest.py)
 
+from rag.access import Actor  # noqa: E402
 from tests.conftest import dense_pdf  # noqa: E402
 from tests.tgi_server import Behaviour, TGIServer  # noqa: E402
+
+OPERATOR = Actor.operator("bench")
 
 MODES = ("main", "child", "chat", "redis")
 QUESTIONS = ["Which incidents did the inspectors count?", "How often did the committee on glacier surveys meet?",
@@ -116,8 +119,8 @@ def upload_all(kb_name: str, files: list[tuple[str, bytes]]) -> tuple[int, list[
     from usecases.documents import upload_files
     from usecases.knowledge_bases import create_kb
 
-    kb_id, _ = create_kb(name=kb_name)
-    outcomes = upload_files(get_backend(), kb_id=kb_id, files=files)
+    kb_id, _ = create_kb(OPERATOR, name=kb_name)
+    outcomes = upload_files(get_backend(), OPERATOR, kb_id=kb_id, files=files)
     return kb_id, [o.document_id for o in outcomes if o.document_id is not None]
 
 
@@ -178,7 +181,7 @@ class Askers:
             question = QUESTIONS[number % len(QUESTIONS)]
             number += 2
             try:
-                task_id = ask(get_backend(), kb_id=self.kb_id, question=question).task_id
+                task_id = ask(get_backend(), OPERATOR, kb_id=self.kb_id, question=question).task_id
             except Exception:
                 time.sleep(0.5)  # Redis down: the page would say it cannot reach the queue
                 self.outcomes.append("told")

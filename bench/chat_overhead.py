@@ -81,13 +81,14 @@ def stop(process: subprocess.Popen) -> None:
 
 def ingest_demo(kb_name: str) -> int:
     """The NTSB reports in a base (once), so questions find passages; returns the base id."""
+    from rag.access import Actor
     from tasks.backend import get_backend
     from usecases.documents import upload_files
     from usecases.knowledge_bases import create_kb
 
-    kb_id, _ = create_kb(name=kb_name)
+    kb_id, _ = create_kb(Actor.operator("bench"), name=kb_name)
     for path in sorted((CORPUS / "ntsb").glob("*.pdf")):
-        upload_files(get_backend(), kb_id=kb_id, files=[(path.name, path.read_bytes())])
+        upload_files(get_backend(), Actor.operator("bench"), kb_id=kb_id, files=[(path.name, path.read_bytes())])
     return kb_id
 
 
@@ -107,16 +108,17 @@ def wait_idle(kb_id: int, timeout: float = 900) -> None:
 
 def load_documents(kb_name: str, count: int) -> int:
     """``count`` corpus PDFs queued for ingestion in a fresh base (each run gets new bytes: never a duplicate)."""
+    from rag.access import Actor
     from tasks.backend import get_backend
     from usecases.documents import upload_files
     from usecases.knowledge_bases import create_kb
 
-    kb_id, _ = create_kb(name=f"{kb_name}-load-{int(time.time())}")
+    kb_id, _ = create_kb(Actor.operator("bench"), name=f"{kb_name}-load-{int(time.time())}")
     files = sorted((CORPUS / "nih").glob("*.pdf")) + sorted((CORPUS / "ntsb").glob("*.pdf"))
     for i in range(count):
         path = files[i % len(files)]
         data = path.read_bytes() + f"\n% bench copy {i} {time.time()}\n".encode()  # still a valid PDF
-        upload_files(get_backend(), kb_id=kb_id, files=[(f"{i:02d}-{path.name}", data)])
+        upload_files(get_backend(), Actor.operator("bench"), kb_id=kb_id, files=[(f"{i:02d}-{path.name}", data)])
     return kb_id
 
 
@@ -187,6 +189,7 @@ def task_ttft(kb_id: int, questions: list[str], concurrency: int, stagger: float
     """Milliseconds from enqueue to the first token read from the stream, how many chats failed, and each chat's
     steps (see ``steps``). With ``stagger`` the chats start spread evenly over that many seconds (people do not
     press Enter in step); without it all ask their first question at the same instant (a burst)."""
+    from rag.access import Actor
     from tasks.backend import get_backend
     from telemetry.answer_streams import follow
     from usecases.asking import ask
@@ -208,7 +211,7 @@ def task_ttft(kb_id: int, questions: list[str], concurrency: int, stagger: float
             first = first_wall = None
             timings: dict = {}
             try:
-                task_id = ask(get_backend(), kb_id=kb_id, question=question).task_id
+                task_id = ask(get_backend(), Actor.operator("bench"), kb_id=kb_id, question=question).task_id
                 enqueued = time.perf_counter()
                 for kind, data in follow(task_id, timeout=60):
                     if kind == "token" and first is None:

@@ -89,6 +89,7 @@ def ingest_through_worker(files: list[Path] | list[tuple[str, bytes]], kb_name: 
     from db.models import FINAL_STATES
     from db.repositories import documents as document_repo
     from infra.database import session_scope
+    from rag.access import Actor
     from tasks.backend import get_backend
     from usecases.documents import upload_files
     from usecases.knowledge_bases import create_kb
@@ -96,9 +97,9 @@ def ingest_through_worker(files: list[Path] | list[tuple[str, bytes]], kb_name: 
     payloads = [(f.name, f.read_bytes()) if isinstance(f, Path) else f for f in files]
     started = time.perf_counter()
     ids = []
-    kb_id, _ = create_kb(name=kb_name)
+    kb_id, _ = create_kb(Actor.operator("bench"), name=kb_name)
     for name, data in payloads:  # one at a time, so the worker starts on the first while the others are stored
-        (outcome,) = upload_files(get_backend(), kb_id=kb_id, files=[(name, data)])
+        (outcome,) = upload_files(get_backend(), Actor.operator("bench"), kb_id=kb_id, files=[(name, data)])
         if outcome.status != "queued":
             raise RuntimeError(f"{name}: {outcome.status} {outcome.error}")
         ids.append(outcome.document_id)

@@ -9,6 +9,7 @@ from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -19,8 +20,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from infra.settings import get_settings
@@ -161,6 +163,8 @@ class Conversation(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     kb_id: Mapped[int] = mapped_column(ForeignKey("knowledge_bases.id", ondelete="CASCADE"), index=True)
     title: Mapped[str] = mapped_column(String(200))
+    # Who started it: only they (and admins) read it. None for conversations from before accounts.
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
@@ -287,3 +291,121 @@ class StagedChunk(Base):
     text: Mapped[str] = mapped_column(Text)
     token_count: Mapped[int] = mapped_column(Integer)
     embedding: Mapped[Any] = mapped_column(Vector(EMBEDDING_DIM))
+
+
+# Roles and grant levels. An admin may do everything; an analyst what their grants (and their groups') allow.
+ADMIN, ANALYST = "admin", "analyst"
+ROLES = (ADMIN, ANALYST)
+VIEWER, EDITOR, OWNER = "viewer", "editor", "owner"
+LEVELS = (VIEWER, EDITOR, OWNER)  # each includes the ones before it
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (
+        Index("uq_users_username_lower", text("lower(username)"), unique=True),
+        CheckConstraint("role IN ('admin', 'analyst')", name="ck_users_role"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64))
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    password_hash: Mapped[str | None] = mapped_column(Text)  # Argon2id; None = single sign-on only
+    role: Mapped[str] = mapped_column(String(20), default=ANALYST)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Single sign-on: the issuer's subject this account was made for.
+    external_subject: Mapped[str | None] = mapped_column(String(500), unique=True)
+    # Set when the password changes: the initial-admin-password file is removed once the admin picked their own.
+    password_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _created()
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Group(Base):
+    __tablename__ = "groups"
+    __table_args__ = (Index("uq_groups_name_lower", text("lower(name)"), unique=True),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = _created()
+
+
+class GroupMember(Base):
+    __tablename__ = "group_members"
+
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True)
+
+
+class Grant(Base):
+    """A knowledge base shared with one user or one group, at a level; levels add up, there is no deny."""
+
+    __tablename__ = "kb_grants"
+    __table_args__ = (
+        CheckConstraint("(user_id IS NULL) <> (group_id IS NULL)", name="ck_kb_grants_one_grantee"),
+        CheckConstraint("level IN ('viewer', 'editor', 'owner')", name="ck_kb_grants_level"),
+        Index("uq_kb_grants_kb_user", "kb_id", "user_id", unique=True, postgresql_where=text("user_id IS NOT NULL")),
+        Index("uq_kb_grants_kb_group", "kb_id", "group_id", unique=True,
+              postgresql_where=text("group_id IS NOT NULL")),
+        Index("ix_kb_grants_user", "user_id"),
+        Index("ix_kb_grants_group", "group_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    kb_id: Mapped[int] = mapped_column(ForeignKey("knowledge_bases.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    group_id: Mapped[int | None] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"))
+    level: Mapped[str] = mapped_column(String(10))
+    created_at: Mapped[datetime] = _created()
+
+
+class WebSession(Base):
+    """A signed-in browser: only the token's SHA-256 is kept; any web instance accepts it."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = _created()
+    last_seen_at: Mapped[datetime] = _created()
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # the absolute lifetime
+    client_addr: Mapped[str] = mapped_column(String(64), default="")
+    user_agent: Mapped[str] = mapped_column(String(300), default="")
+
+
+class AuditEvent(Base):
+    """Who did what, kept ``audit_retention_days``; names are copied so an entry outlives its user or base."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_at", "at"),
+        Index("ix_audit_events_action_at", "action", "at"),
+        Index("ix_audit_events_user_at", "user_id", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    at: Mapped[datetime] = _created()
+    user_id: Mapped[int | None] = mapped_column(BigInteger)
+    username: Mapped[str] = mapped_column(String(64), default="")
+    action: Mapped[str] = mapped_column(String(40))
+    kb_id: Mapped[int | None] = mapped_column(BigInteger)
+    target: Mapped[str] = mapped_column(Text, default="")
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    client_addr: Mapped[str] = mapped_column(String(64), default="")
+
+
+class ApiKey(Base):
+    """A key for the HTTP API: acts as its user, optionally limited to some bases; only its SHA-256 is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)  # shown in lists; the key starts with it
+    key_hash: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    kb_ids: Mapped[list[int] | None] = mapped_column(ARRAY(BigInteger))  # None: every base the user may use
+    created_at: Mapped[datetime] = _created()
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -163,6 +163,31 @@ class Settings(BaseSettings):
     demo_dir: Path = Field(default=Path(__file__).resolve().parent.parent / "demo")
     demo_kb: str = "NTSB demo"
 
+    # --- accounts, sign-in and the audit log ----------------------------------------------------
+    session_idle_hours: float = Field(default=8, gt=0, description="A web session unused this long ends.")
+    session_lifetime_days: float = Field(default=7, gt=0, description="A web session ends this long after sign-in.")
+    login_max_failures: int = Field(
+        default=5, ge=1, description="Failed sign-ins per username within login_window_minutes before it is throttled."
+    )
+    login_max_failures_per_address: int = Field(
+        default=20, ge=1, description="Failed sign-ins from one client address within the window before it is throttled."
+    )
+    login_window_minutes: int = Field(default=15, ge=1, description="The window the failed sign-ins are counted in.")
+    password_login: bool = Field(
+        default=True, description="Sign-in with local usernames and passwords; false turns the form off (nobody can sign in)."
+    )
+    cookie_secure: Literal["auto", "always", "never"] = Field(
+        default="auto", description="The session cookie's Secure flag; auto = when the request came over HTTPS."
+    )
+    trusted_proxies: str = Field(
+        default="127.0.0.1", description="Addresses whose X-Forwarded-For/-Proto are believed (the load balancer)."
+    )
+    audit_retention_days: int = Field(default=365, ge=1, description="Audit log entries older than this are removed.")
+
+    api_rate_limit_per_minute: int = Field(
+        default=120, ge=1, description="HTTP API calls per key per minute; more answer 429 with Retry-After."
+    )
+
     # --- chat latency (added for the chat speed targets) -------------------------------------------
     # On a shared machine an ingest worker (CPU-bound: parsing, embedding) must not take the CPU from chat
     # answers: workers that consume no chat queue start with this much lower priority (os.nice; 0 = off).

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from infra.discovery import ServiceUnavailable
-from kbchat import kb_commands
+from kbchat import access_commands, kb_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,11 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="web port (default KBCHAT_WEB_PORT, 8501)")
     p.add_argument("--no-demo", action="store_true", help="do not load the demo knowledge base")
 
-    p = sub.add_parser("web", help="the Streamlit web app alone (production: one per web container)")
+    p = sub.add_parser("web", help="the web app alone: pages, sign-in, health checks (production: one per container)")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
 
-    sub.add_parser("migrate", help="bring the database schema to the newest revision")
+    sub.add_parser("migrate", help="bring the database schema to the newest revision (and create the first admin)")
 
     p = sub.add_parser("worker", help="a task worker on the configured backend")
     p.add_argument("--queues", default="ingest,chat,maintenance", help="comma-separated: ingest, chat, maintenance")
@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("metrics", help="Prometheus exporter: queue depth, workers, task counts and run times")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=9108, help="port (default 9108)")
+
+    access_commands.add_parsers(sub)
     return parser
 
 
@@ -107,12 +109,12 @@ def _cmd_web(args) -> int:
 
     from infra.discovery import service_urls
     from infra.settings import get_settings
-    from kbchat.runner import web_argv
+    from kbchat.runner import web_argv, web_env
 
     settings = get_settings()
     service_urls()  # fail early with a plain message
     argv = web_argv(args.host or settings.web_host, args.port or settings.web_port, settings)
-    os.execv(argv[0], argv)
+    os.execve(argv[0], argv, {**os.environ, **web_env(settings)})
     return 0
 
 
@@ -120,11 +122,17 @@ def _cmd_migrate(args) -> int:
     from db import migrate
     from infra.database import check_database
     from infra.discovery import service_urls
+    from infra.settings import get_settings
+    from usecases.accounts import INITIAL_PASSWORD_FILE, ensure_initial_admin
 
     url = service_urls().database_url
     check_database(url)
     migrate.upgrade(url)
     print("kbchat: database is at the newest revision")
+    password = ensure_initial_admin()  # a database without users gets `admin` (the containers' first start)
+    if password:
+        print(f"kbchat: created the first admin 'admin' with the password {password} (shown once; also in "
+              f"{get_settings().data_dir / INITIAL_PASSWORD_FILE} until it is changed)")
     return 0
 
 
@@ -271,6 +279,7 @@ COMMANDS = {
     "check": kb_commands.check_command,
     "healthcheck": _cmd_healthcheck,
     "metrics": _cmd_metrics,
+    **access_commands.COMMANDS,
 }
 
 

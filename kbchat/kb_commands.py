@@ -15,6 +15,19 @@ class KnowledgeBaseMissing(LookupError):
     """No knowledge base has the name given on the command line."""
 
 
+def operator():
+    """The shell on the server acts as admin (README: "Accounts and access"); audited as ``cli:<login>``."""
+    import getpass
+
+    from rag.access import Actor
+
+    try:
+        login = getpass.getuser()
+    except (KeyError, OSError):
+        login = "unknown"
+    return Actor.operator(f"cli:{login}")
+
+
 def check_services() -> None:
     """Both services answer, or ServiceUnavailable with a plain message."""
     from infra.database import check_database
@@ -54,8 +67,8 @@ def ingest_command(args) -> int:
             unreadable.append(UploadOutcome(path.name, "rejected", error=f"cannot read {path}: {exc.strerror}"))
     outcomes = unreadable
     if files:
-        kb_id, _ = create_kb(name=args.kb)
-        outcomes += upload_files(get_backend(), kb_id=kb_id, files=files)
+        kb_id, _ = create_kb(operator(), name=args.kb)
+        outcomes += upload_files(get_backend(), operator(), kb_id=kb_id, files=files)
     queued = [o.document_id for o in outcomes if o.status == "queued" and o.document_id is not None]
 
     documents: dict[int, object] = {}
@@ -147,7 +160,7 @@ def search_command(args) -> int:
 
     check_database(service_urls().database_url)  # a plain message, not a traceback, when it does not answer
     kb_id = kb_id_named(args.kb)
-    hits = search_passages(kb_id=kb_id, question=args.question, k=args.k, mode=args.mode)
+    hits = search_passages(operator(), kb_id=kb_id, question=args.question, k=args.k, mode=args.mode)
     if args.json:
         print(json.dumps({"question": args.question, "kb": args.kb, "hits": hits}, indent=2, ensure_ascii=False))
         return 0
@@ -160,7 +173,7 @@ def search_command(args) -> int:
 
 
 def ask_command(args) -> int:
-    from rag.citations import citation_label
+    from rag.citations import citation_json, citation_label
     from tasks.backend import get_backend
     from telemetry.answer_streams import read_answer, request_stop
     from usecases.asking import ask
@@ -168,7 +181,7 @@ def ask_command(args) -> int:
     check_services()  # both are needed: a plain message, not a traceback (or a 20 s Celery retry), when one is down
     kb_id = kb_id_named(args.kb)
     started = time.perf_counter()
-    task_id = ask(get_backend(), kb_id=kb_id, question=args.question).task_id
+    task_id = ask(get_backend(), operator(), kb_id=kb_id, question=args.question).task_id
     echo = {} if args.json else {
         "on_status": lambda message: print(f"kbchat: {message}", file=sys.stderr),
         "on_token": lambda piece, _: print(piece, end="", flush=True),
@@ -191,7 +204,7 @@ def ask_command(args) -> int:
     timings["end_to_end_ms"] = round((time.perf_counter() - started) * 1000, 1)
     if first_token is not None:
         timings["end_to_end_first_token_ms"] = round((first_token - started) * 1000, 1)
-    citations = [_citation_json(c) for c in read.citations]
+    citations = [citation_json(c) for c in read.citations]
     mode = read.mode
     if args.json:
         extra = {k: True for k in ("stopped", "interrupted", "no_answer") if done.get(k) or meta.get(k)}
@@ -218,7 +231,7 @@ def check_command(args) -> int:
 
     check_services()
     kb_id = kb_id_named(args.kb) if args.kb else None
-    report = check_consistency(get_backend(), kb_id=kb_id, fix=args.fix)
+    report = check_consistency(get_backend(), operator(), kb_id=kb_id, fix=args.fix)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False, default=str))
     else:
@@ -230,10 +243,3 @@ def check_command(args) -> int:
             print(f"{p['kind']:<20} {where}: {p['detail']} — {p['action']}")
     unfixed = [p for p in report["problems"] if not args.fix or p["kind"] == "missing_blob"]
     return 1 if unfixed else 0
-
-
-def _citation_json(citation: dict) -> dict:
-    """The citation fields the CLI promises (README: ``kbchat ask --json``)."""
-    keys = ("n", "document", "document_id", "page", "locator", "chunk_id", "score", "text")
-    # cited: False when the answer cites no passage and these are the passages the model was given.
-    return {**{key: citation.get(key) for key in keys}, "cited": citation.get("cited", True)}

@@ -24,17 +24,31 @@ ROOT = Path(__file__).resolve().parent.parent
 class Child:
     name: str
     argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # on top of the supervisor's environment
     process: subprocess.Popen | None = None
     restarts: list[float] = field(default_factory=list)
 
 
 def web_argv(host: str, port: int, settings: Settings) -> list[str]:
+    """uvicorn serving ``streamlit_app.web:app`` (the pages and sign-in as one ASGI app)."""
     return [
-        sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app" / "app.py"),
-        "--server.address", host, "--server.port", str(port), "--server.headless", "true",
-        "--server.maxUploadSize", str(settings.max_upload_mb), "--browser.gatherUsageStats", "false",
-        "--server.fileWatcherType", "none", "--theme.base", "light", "--client.toolbarMode", "minimal",
+        sys.executable, "-m", "uvicorn", "streamlit_app.web:app", "--host", host, "--port", str(port),
+        "--ws", "websockets", "--proxy-headers", "--forwarded-allow-ips", settings.trusted_proxies,
+        "--timeout-graceful-shutdown", "10", "--log-level", "warning", "--no-server-header",
     ]
+
+
+def web_env(settings: Settings) -> dict[str, str]:
+    """Streamlit's own settings for the web process (uvicorn runs it, so they go through its environment)."""
+    return {
+        "STREAMLIT_SERVER_HEADLESS": "true",
+        "STREAMLIT_SERVER_MAX_UPLOAD_SIZE": str(settings.max_upload_mb),
+        "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+        "STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none",
+        "STREAMLIT_THEME_BASE": "light",
+        "STREAMLIT_CLIENT_TOOLBAR_MODE": "minimal",
+        "STREAMLIT_SERVER_SHOW_EMAIL_PROMPT": "false",
+    }
 
 
 def child_argvs(host: str, port: int, settings: Settings) -> list[Child]:
@@ -47,7 +61,7 @@ def child_argvs(host: str, port: int, settings: Settings) -> list[Child]:
         # (one GIL each) instead of one; with the ONNX embedder a chat process costs little memory.
         *(Child(f"worker-chat-{n}", kbchat + ["worker", "--queues", "chat", "--concurrency", "10"]) for n in (1, 2)),
         Child("scheduler", kbchat + ["scheduler"]),
-        Child("web", web_argv(host, port, settings)),
+        Child("web", web_argv(host, port, settings), web_env(settings)),
     ]
 
 
@@ -87,6 +101,7 @@ def run(host: str | None = None, port: int | None = None, demo: bool = True) -> 
     from db import migrate
     from kbchat.demo import load_demo
     from kbchat.services import Services
+    from usecases import accounts
 
     settings = get_settings()
     host = host or settings.web_host
@@ -128,14 +143,21 @@ def run(host: str | None = None, port: int | None = None, demo: bool = True) -> 
         print(f"kbchat: {settings.task_backend} workers, scheduler and web app started (logs in {log_dir})", flush=True)
         url = f"http://{host}:{port}"
         services.update_state(web_url=url)
-        if not _wait_http(f"{url}/_stcore/health", 90, children):
+        if not _wait_http(f"{url}/healthz", 90, children):
             print(f"kbchat: the web app did not come up; see {log_dir / 'web.log'}", file=sys.stderr)
             return 1
+        initial_password = accounts.ensure_initial_admin(settings.data_dir.resolve())
         if demo and not stopping:
             loaded = load_demo(settings)
             if loaded:
                 print(f"kbchat: loading the demo knowledge base '{settings.demo_kb}' ({loaded} files)…", flush=True)
         print(f"kbchat is ready: {url}  (Ctrl-C to stop)", flush=True)
+        password_file = settings.data_dir.resolve() / accounts.INITIAL_PASSWORD_FILE
+        if initial_password:
+            print(f"kbchat: sign in as 'admin' with the password {initial_password} (shown once; also in "
+                  f"{password_file} until you change it on the My account page)", flush=True)
+        elif password_file.exists():
+            print(f"kbchat: sign in as 'admin'; its first password is in {password_file}", flush=True)
         while not stopping:
             for child in children:
                 if child.process and child.process.poll() is not None and not stopping:
@@ -152,7 +174,7 @@ def run(host: str | None = None, port: int | None = None, demo: bool = True) -> 
 def _start(child: Child, env: dict, log_dir: Path) -> None:
     log = open(log_dir / f"{child.name}.log", "ab")
     # Own session: Ctrl-C reaches only the supervisor, which stops the children in order.
-    child.process = subprocess.Popen(child.argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+    child.process = subprocess.Popen(child.argv, env={**env, **child.env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                      start_new_session=True, preexec_fn=die_with_parent)
     log.close()
 

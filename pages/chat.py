@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from db.repositories import documents as document_repo
-from infra.database import session_scope
-from streamlit_app import chat_view, components
+from streamlit_app import auth, chat_view, components
 from tasks.backend import get_backend
 from usecases.asking import ask
+from usecases.documents import list_documents
 
 st.title("Ask your documents")
 components.require_services()
@@ -24,8 +23,7 @@ kept_key = f"chat_kept_{kb_id}"  # a question no answer started for, offered aga
 with st.sidebar:
     listed = chat_view.conversation_sidebar(kb_id, conversation_key)
 
-with session_scope() as session:
-    ready = [(d.id, d.filename) for d in document_repo.list_for_kb(session=session, kb_id=kb_id) if d.status == "ready"]
+ready = [(d.id, d.filename) for d in list_documents(auth.actor(), kb_id=kb_id, ready_only=True)]
 chosen: list[int] = []
 if not ready:
     st.info("No document in this knowledge base is ready yet: add some on the **Upload** page, or wait for them "
@@ -50,13 +48,13 @@ if kept and not question:
 if question:
     st.session_state.pop(kept_key, None)
     # Asking again: the question is already the conversation's last message.
-    asked = ask(get_backend(), kb_id=kb_id, question=question, conversation_id=conversation_id,
+    asked = ask(get_backend(), auth.actor(), kb_id=kb_id, question=question, conversation_id=conversation_id,
                 document_ids=chosen or None, save_question=not asked_again)
     conversation_id = asked.conversation_id
     if not asked_again:
         st.session_state[conversation_key] = conversation_id
         with st.chat_message("user"):
-            st.markdown(components.safe_markdown(question))
+            components.show_untrusted(question)
     st.session_state[pending_key] = {"task_id": asked.task_id, "question": question,
                                      "conversation_id": conversation_id}
 

@@ -5,29 +5,25 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from db.repositories import chunks as chunk_repo
-from db.repositories import documents as document_repo
-from db.repositories import knowledge_bases as kb_repo
-from infra.database import session_scope
 from rag.citations import citation_label
-from streamlit_app import components
+from streamlit_app import auth, components
 from tasks.backend import get_backend
 from usecases import asking, knowledge_bases
-from usecases.documents import delete_documents, reindex_documents
+from usecases.documents import delete_documents, document_chunks, list_documents, reindex_documents
 
 st.title("Knowledge bases")
 components.require_services()
-
-with session_scope() as session:
-    overview = kb_repo.overview(session=session)
+actor = auth.actor()
+overview = knowledge_bases.overview(actor)
 
 if overview:
     st.dataframe(
-        pd.DataFrame(overview)[["name", "documents", "ready", "failed", "chunks", "bytes", "embedding_model", "created_at"]],
+        pd.DataFrame(overview)[["name", "level", "documents", "ready", "failed", "chunks", "bytes", "embedding_model", "created_at"]],
         hide_index=True,
         width="stretch",
         column_config={
             "name": "Knowledge base",
+            "level": "Your access",
             "bytes": st.column_config.NumberColumn("Size (bytes)", format="%d"),
             "embedding_model": "Embedding model",
             "created_at": st.column_config.DatetimeColumn("Created", format="YYYY-MM-DD HH:mm"),
@@ -39,7 +35,7 @@ with st.expander("Create a knowledge base", icon=":material/add:", expanded=not 
         new_name = st.text_input("Name", placeholder="e.g. Clinical protocols", key="kbs_new_name")
         if st.form_submit_button("Create", type="primary", key="kbs_create"):
             try:
-                _, created = knowledge_bases.create_kb(name=new_name)
+                _, created = knowledge_bases.create_kb(actor, name=new_name)
                 # Select the new base below (the picker comes after this form, so its value may still be set).
                 st.session_state["kb_name"] = st.session_state["kbs_kb"] = created
                 st.rerun()
@@ -51,6 +47,8 @@ if picked is None:
     st.stop()
 kb_id, kb_name = picked
 info = next(item for item in overview if item["id"] == kb_id)
+is_owner = info["level"] == "owner"
+is_editor = info["level"] in ("editor", "owner")
 
 
 settings_tab, documents_tab, chunks_tab, search_tab = st.tabs(
@@ -58,11 +56,14 @@ settings_tab, documents_tab, chunks_tab, search_tab = st.tabs(
 )
 
 with settings_tab:
+    if not is_owner:
+        st.info(f"You have **{info['level']}** access to this base: its owners change its settings.",
+                icon=":material/lock:")
     with st.form("kbs_rename", border=False):
         renamed = st.text_input("Name", value=kb_name)
-        if st.form_submit_button("Rename"):
+        if st.form_submit_button("Rename", disabled=not is_owner):
             try:
-                st.session_state["kb_name"] = knowledge_bases.rename_kb(kb_id=kb_id, name=renamed)
+                st.session_state["kb_name"] = knowledge_bases.rename_kb(actor, kb_id=kb_id, name=renamed)
                 st.rerun()
             except ValueError as exc:
                 st.error(str(exc))
@@ -71,28 +72,27 @@ with settings_tab:
         left, right = st.columns(2)
         tokens = left.number_input("Chunk size (model tokens)", 32, 512, value=info["chunk_tokens"], step=8)
         overlap = right.number_input("Overlap (tokens)", 0, 256, value=info["chunk_overlap_tokens"], step=8)
-        if st.form_submit_button("Save and re-index the whole base"):
+        if st.form_submit_button("Save and re-index the whole base", disabled=not is_owner):
             try:
-                ids = knowledge_bases.change_chunking(get_backend(), kb_id=kb_id, chunk_tokens=int(tokens),
+                ids = knowledge_bases.change_chunking(get_backend(), actor, kb_id=kb_id, chunk_tokens=int(tokens),
                                                       chunk_overlap_tokens=int(overlap))
             except ValueError as exc:
                 st.error(str(exc))
             else:
                 st.success(f"Re-indexing {len(ids)} documents with {tokens}/{overlap}-token chunks.")
     st.divider()
-    with st.popover("Delete this knowledge base", icon=":material/delete:"):
-        st.warning(f"This deletes **{kb_name}** with its {info['documents']} documents, their chunks and "
+    with st.popover("Delete this knowledge base", icon=":material/delete:", disabled=not is_owner):
+        st.warning(f"This deletes **{components.plain(kb_name)}** with its {info['documents']} documents, their chunks and "
                    "its conversations. Other knowledge bases are not touched.")
         typed = st.text_input("Type the name to confirm", key="kbs_delete_confirm")
         if st.button("Delete for good", type="primary", disabled=typed.strip() != kb_name):
-            knowledge_bases.delete_kb(kb_id=kb_id)
+            knowledge_bases.delete_kb(actor, kb_id=kb_id)
             st.session_state.pop("kb_name", None)
             st.toast(f"Deleted {kb_name}")
             st.rerun()
 
 with documents_tab:
-    with session_scope() as session:
-        documents = document_repo.list_for_kb(session=session, kb_id=kb_id, limit=1000)
+    documents = list_documents(actor, kb_id=kb_id, limit=1000)
     if not documents:
         st.caption("No documents yet: add some on the Upload page.")
     else:
@@ -123,24 +123,22 @@ with documents_tab:
         chosen = [int(table.iloc[i]["id"]) for i in selection.selection.rows]
         st.caption(f"{len(chosen)} selected" if chosen else "Select rows to delete or re-index them.")
         one, two, three, four = st.columns(4)
-        if one.button("Delete selected", icon=":material/delete:", disabled=not chosen):
-            delete_documents(kb_id=kb_id, document_ids=chosen)
+        if one.button("Delete selected", icon=":material/delete:", disabled=not chosen or not is_editor):
+            delete_documents(actor, kb_id=kb_id, document_ids=chosen)
             st.toast(f"Deleted {len(chosen)} documents with their chunks")
             st.rerun()
-        if two.button("Re-index selected", icon=":material/refresh:", disabled=not chosen):
-            ids = reindex_documents(get_backend(), kb_id=kb_id, document_ids=chosen)
+        if two.button("Re-index selected", icon=":material/refresh:", disabled=not chosen or not is_editor):
+            ids = reindex_documents(get_backend(), actor, kb_id=kb_id, document_ids=chosen)
             st.toast(f"Re-indexing {len(ids)} documents")
-        if three.button("Retry failed", icon=":material/replay:", disabled=not info["failed"]):
-            ids = reindex_documents(get_backend(), kb_id=kb_id, only_failed=True)
+        if three.button("Retry failed", icon=":material/replay:", disabled=not info["failed"] or not is_editor):
+            ids = reindex_documents(get_backend(), actor, kb_id=kb_id, only_failed=True)
             st.toast(f"Retrying {len(ids)} failed documents")
-        if four.button("Re-index all", icon=":material/sync:"):
-            ids = reindex_documents(get_backend(), kb_id=kb_id)
+        if four.button("Re-index all", icon=":material/sync:", disabled=not is_editor):
+            ids = reindex_documents(get_backend(), actor, kb_id=kb_id)
             st.toast(f"Re-indexing {len(ids)} documents")
 
 with chunks_tab:
-    with session_scope() as session:
-        ready = [(d.id, d.filename, d.chunk_count) for d in document_repo.list_for_kb(session=session, kb_id=kb_id)
-                 if d.status == "ready"]
+    ready = [(d.id, d.filename, d.chunk_count) for d in list_documents(actor, kb_id=kb_id, ready_only=True)]
     if not ready:
         st.caption("No ready documents yet.")
     else:
@@ -148,24 +146,22 @@ with chunks_tab:
         page_size = 20
         pages = max(1, -(-label[2] // page_size))
         page = st.number_input("Page of chunks", 1, pages, 1, key="kbs_chunk_page") if pages > 1 else 1
-        with session_scope() as session:
-            chunks = [
-                (c.ordinal, c.page, c.locator, c.heading, c.token_count, c.text)
-                for c in chunk_repo.list_for_document(
-                    session=session, document_id=label[0], limit=page_size, offset=(page - 1) * page_size
-                )
-            ]
+        chunks = [
+            (c.ordinal, c.page, c.locator, c.heading, c.token_count, c.text)
+            for c in document_chunks(actor, document_id=label[0], limit=page_size, offset=(page - 1) * page_size)
+        ]
         for ordinal, _page, locator, heading, token_count, text in chunks:
             with st.container(border=True):
-                st.caption(f"#{ordinal} · {locator or ''} · {token_count} tokens" + (f" · {heading}" if heading else ""))
-                st.markdown(components.safe_markdown(text))
+                st.caption(f"#{ordinal} · {locator or ''} · {token_count} tokens"
+                           + (f" · {components.plain(heading)}" if heading else ""))
+                components.show_untrusted(text)
 
 with search_tab:
     query = st.text_input("Try a question", key="kbs_search", placeholder="What would a user ask?")
     if query.strip():
         with st.spinner("Searching…"):
             try:
-                hits = asking.preview_search(get_backend(), kb_id=kb_id, question=query, k=10, timeout=30)
+                hits = asking.preview_search(get_backend(), actor, kb_id=kb_id, question=query, k=10, timeout=30)
             except (TimeoutError, RuntimeError) as exc:
                 st.error(str(exc))
                 hits = None
@@ -174,5 +170,5 @@ with search_tab:
                 st.caption("No passages: is the base empty?")
             for hit in hits:
                 with st.container(border=True):
-                    st.markdown(f"**{citation_label(hit)}** · score `{hit['score']:.3f}`")
-                    st.markdown(components.safe_markdown(hit["text"]))
+                    st.markdown(f"**{components.plain(citation_label(hit))}** · score `{hit['score']:.3f}`")
+                    components.show_untrusted(hit["text"])

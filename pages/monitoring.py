@@ -7,13 +7,14 @@ import streamlit as st
 from db.repositories import monitoring as monitoring_repo
 from infra.database import session_scope
 from infra.settings import get_settings
-from streamlit_app import components, fixes_view, quality_view
+from streamlit_app import auth, components, fixes_view, quality_view
 from streamlit_app import monitoring_view as view
 from tasks import monitoring
 from telemetry import events
 
 st.title("Monitoring")
 components.require_services()
+auth.require_admin(auth.actor())
 backend = get_settings().task_backend
 
 controls = st.columns([1, 1, 2, 3], vertical_alignment="bottom")

@@ -1,4 +1,6 @@
-"""Task status: a task id (typed, or from ?task=<id>) → its state, worker, times, result or error."""
+"""Task status: a task id (typed, or from ?task=<id>) → its state, worker, times, result or error.
+
+Analysts see the tasks they started; admins every task (and can run a failed one again)."""
 
 from __future__ import annotations
 
@@ -8,13 +10,15 @@ from pathlib import Path
 
 import streamlit as st
 
-from streamlit_app import components
+from rag.access import NotFound
+from streamlit_app import auth, components
 from tasks.backend import get_backend
 from telemetry import events
-from usecases import fixes
+from usecases import asking, fixes
 
 st.title("Task status")
 components.require_services()
+actor = auth.actor()
 
 task_id = st.text_input("Task id", value=st.query_params.get("task", ""), placeholder="paste a task id").strip()
 if not task_id:
@@ -22,7 +26,10 @@ if not task_id:
     st.stop()
 st.query_params["task"] = task_id
 
-record = events.get_task(task_id)
+try:
+    record = asking.get_task(actor, task_id=task_id)
+except NotFound:
+    record = None
 if record is None:
     st.warning(
         "No record of this task. Either the id is mistyped, or the task finished long enough ago that its record "
@@ -53,10 +60,10 @@ if record.get("args"):
 subject = fixes.task_subject(record)
 if subject is not None:
     what = {"document": "Document", "conversation": "Conversation", "knowledge_base": "Knowledge base"}
-    where = "" if subject["kind"] == "knowledge_base" else f" in **{components.safe_markdown(subject['kb'])}**"
+    where = "" if subject["kind"] == "knowledge_base" else f" in **{components.plain(subject['kb'])}**"
     status = f" · {subject['status']}" if subject.get("status") else ""
     text_col, open_col = st.columns([4, 1], vertical_alignment="center")
-    text_col.markdown(f"**{what[subject['kind']]}** {components.safe_markdown(subject['label'])}{where}{status}")
+    text_col.markdown(f"**{what[subject['kind']]}** {components.plain(subject['label'])}{where}{status}")
     if open_col.button("Open", icon=":material/open_in_new:", key="status_open_subject"):
         st.session_state["kb_name"] = subject["kb"]  # the knowledge base pickers open on it
         if subject["kind"] == "conversation":
@@ -71,11 +78,11 @@ if record.get("error"):
     if record.get("traceback"):
         with st.expander("Traceback"):
             st.code(record["traceback"], language="text")
-if state == "failed" and not record.get("retried_as"):
+if state == "failed" and not record.get("retried_as") and actor.is_admin:
     if st.button("Retry", icon=":material/replay:", key="status_retry",
                  disabled=events.decode_args(record.get("args")) is None):
         try:
-            fixes.retry_task(get_backend(), task_id)
+            fixes.retry_task(get_backend(), actor, task_id)
         except (LookupError, ValueError) as exc:
             st.error(str(exc))
         else:

@@ -5,17 +5,15 @@ from __future__ import annotations
 import streamlit as st
 
 from db.models import ACTIVE_STATES
-from db.repositories import documents as document_repo
-from infra.database import session_scope
-from streamlit_app import components
+from streamlit_app import auth, components
 from tasks import monitoring
 from tasks.backend import get_backend
-from usecases.documents import upload_files
+from usecases.documents import list_documents, upload_files
 
 st.title("Upload documents")
 components.require_services()
 
-picked = components.kb_picker(key="upload_kb", allow_create=True)
+picked = components.kb_picker(key="upload_kb", allow_create=True, min_level="editor")
 if picked is None:
     st.stop()
 kb_id, kb_name = picked
@@ -27,25 +25,24 @@ files = st.file_uploader(
     key=uploader_key,
 )
 if st.button("Add to knowledge base", type="primary", disabled=not files, key="upload_add"):
-    outcomes = upload_files(get_backend(), kb_id=kb_id, files=[(file.name, file.getvalue()) for file in files])
+    outcomes = upload_files(get_backend(), auth.actor(), kb_id=kb_id, files=[(file.name, file.getvalue()) for file in files])
     st.session_state["upload_last"] = [o.to_dict() for o in outcomes]
     st.session_state["upload_round"] = st.session_state.get("upload_round", 0) + 1
     st.rerun()
 
 for outcome in st.session_state.get("upload_last", []):
     if outcome["status"] == "duplicate":
-        st.warning(f"**{outcome['filename']}** — duplicate: {outcome['error']}", icon=":material/content_copy:")
+        st.warning(f"**{components.plain(outcome['filename'])}** — duplicate: {outcome['error']}", icon=":material/content_copy:")
     elif outcome["status"] == "rejected":
-        st.error(f"**{outcome['filename']}** — not added: {outcome['error']}", icon=":material/block:")
+        st.error(f"**{components.plain(outcome['filename'])}** — not added: {outcome['error']}", icon=":material/block:")
 
 
 @st.fragment(run_every=1.0)
 def document_rows() -> None:
     """Live rows: one per document, read from PostgreSQL every second."""
-    with session_scope() as session:
-        documents = document_repo.list_for_kb(session=session, kb_id=kb_id, limit=200)
+    documents = list_documents(auth.actor(), kb_id=kb_id, limit=200)
     active = sum(d.status in ACTIVE_STATES for d in documents)
-    st.subheader(f"Documents in “{kb_name}”")
+    st.subheader(f"Documents in “{components.plain(kb_name)}”")
     if not documents:
         st.caption("No documents yet.")
         return
@@ -54,7 +51,7 @@ def document_rows() -> None:
     lost = monitoring.lost_documents(documents) if active else set()
     for document in documents:
         name, state, progress, detail = st.columns([4, 2, 3, 3], vertical_alignment="center")
-        name.markdown(f"**{document.filename}**")
+        name.markdown(f"**{components.plain(document.filename)}**")
         with state:
             components.status_badge(document.status)
         if document.id in lost:  # not a frozen bar: the reconciler starts it again

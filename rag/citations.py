@@ -62,3 +62,10 @@ class MarkerFilter:
     def flush(self) -> str:
         text, self._held = self._held, ""
         return clean_markers(text, self.valid)
+
+
+def citation_json(citation: dict) -> dict:
+    """The citation fields the CLI and the API promise (README: ``kbchat ask --json``)."""
+    keys = ("n", "document", "document_id", "page", "locator", "chunk_id", "score", "text")
+    # cited: False when the answer cites no passage and these are the passages the model was given.
+    return {**{key: citation.get(key) for key in keys}, "cited": citation.get("cited", True)}

@@ -1,4 +1,7 @@
-"""kbchat's web entrypoint: the navigation frame around every page and the shared sidebar."""
+"""kbchat's web entrypoint: who is signed in, the navigation their role allows, and the shared sidebar.
+
+Served by ``streamlit_app.web`` (the ASGI app whose middleware already refused anyone without a session).
+"""
 
 from __future__ import annotations
 
@@ -11,25 +14,32 @@ if str(ROOT) not in sys.path:  # `streamlit run streamlit_app/app.py` from a sou
 
 import streamlit as st  # noqa: E402
 
-from streamlit_app import components  # noqa: E402
+from streamlit_app import auth, components  # noqa: E402
 
 st.set_page_config(page_title="kbchat", page_icon="💬", layout="wide")
+components.require_services()
+actor = auth.sign_in_page_run()
 
 PAGES = ROOT / "pages"
-navigation = st.navigation(
-    {
-        "Knowledge": [
-            st.Page(str(PAGES / "chat.py"), title="Ask", icon=":material/forum:", default=True, url_path="chat"),
-            st.Page(str(PAGES / "upload.py"), title="Upload", icon=":material/upload_file:", url_path="upload"),
-            st.Page(str(PAGES / "knowledge_bases.py"), title="Knowledge bases", icon=":material/library_books:",
-                    url_path="knowledge-bases"),
-        ],
-        "Admin": [
-            st.Page(str(PAGES / "monitoring.py"), title="Monitoring", icon=":material/monitor_heart:",
-                    url_path="monitoring"),
-            st.Page(str(PAGES / "status.py"), title="Task status", icon=":material/manage_search:", url_path="status"),
-        ],
-    }
-)
-components.sidebar()
+sections = {
+    "Knowledge": [
+        st.Page(str(PAGES / "chat.py"), title="Ask", icon=":material/forum:", default=True, url_path="chat"),
+        st.Page(str(PAGES / "upload.py"), title="Upload", icon=":material/upload_file:", url_path="upload"),
+        st.Page(str(PAGES / "knowledge_bases.py"), title="Knowledge bases", icon=":material/library_books:",
+                url_path="knowledge-bases"),
+        st.Page(str(PAGES / "sharing.py"), title="Sharing", icon=":material/group_add:", url_path="sharing"),
+        st.Page(str(PAGES / "status.py"), title="Task status", icon=":material/manage_search:", url_path="status"),
+        st.Page(str(PAGES / "account.py"), title="My account", icon=":material/person:", url_path="account"),
+    ],
+}
+if actor.is_admin:  # an analyst's menu has no admin pages, and their URLs are not pages for them
+    sections["Admin"] = [
+        st.Page(str(PAGES / "monitoring.py"), title="Monitoring", icon=":material/monitor_heart:",
+                url_path="monitoring"),
+        st.Page(str(PAGES / "users.py"), title="Users and groups", icon=":material/manage_accounts:",
+                url_path="users"),
+        st.Page(str(PAGES / "audit.py"), title="Audit log", icon=":material/policy:", url_path="audit"),
+    ]
+navigation = st.navigation(sections)
+components.sidebar(actor)
 navigation.run()

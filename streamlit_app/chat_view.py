@@ -11,12 +11,16 @@ from typing import Any
 
 import streamlit as st
 
-from db.repositories import conversations as conversation_repo
-from infra.database import session_scope
 from infra.settings import get_settings
-from streamlit_app import components
+from streamlit_app import auth, components
 from telemetry.answer_streams import read_answer, request_stop
-from usecases.asking import delete_conversation, rename_conversation
+from usecases.asking import (
+    check_answer_stream,
+    conversation_messages,
+    delete_conversation,
+    list_conversations,
+    rename_conversation,
+)
 
 MODE_CAPTIONS = {
     "extractive": "Extractive answer: quoted passages, no language model.",
@@ -30,8 +34,7 @@ def conversation_sidebar(kb_id: int, conversation_key: str) -> set[int]:
     if st.button("New conversation", icon=":material/add_comment:", width="stretch", key="chat_new"):
         st.session_state.pop(conversation_key, None)
         st.rerun()
-    with session_scope() as session:
-        conversations = [(c.id, c.title, c.updated_at) for c in conversation_repo.list_for_kb(session=session, kb_id=kb_id)]
+    conversations = [(c["id"], c["title"], c["updated_at"]) for c in list_conversations(auth.actor(), kb_id=kb_id)]
     if not conversations:
         return set()
     st.caption("Conversations")
@@ -47,10 +50,10 @@ def conversation_sidebar(kb_id: int, conversation_key: str) -> set[int]:
         with menu_col.popover("", icon=":material/more_vert:"):
             new_title = st.text_input("Title", value=title, key=f"chat_title_{conversation_id}", max_chars=200)
             if st.button("Rename", key=f"chat_rename_{conversation_id}", disabled=not new_title.strip()):
-                rename_conversation(conversation_id=conversation_id, title=new_title)
+                rename_conversation(auth.actor(), conversation_id=conversation_id, title=new_title)
                 st.rerun()
             if st.button("Delete", key=f"chat_delete_{conversation_id}", icon=":material/delete:"):
-                delete_conversation(conversation_id=conversation_id)
+                delete_conversation(auth.actor(), conversation_id=conversation_id)
                 if current == conversation_id:
                     st.session_state.pop(conversation_key, None)
                 st.rerun()
@@ -61,20 +64,20 @@ def render_history(conversation_id: int | None) -> set[str]:
     """The conversation's messages; returns the task ids whose answers are already saved."""
     if conversation_id is None:
         return set()
-    with session_scope() as session:
-        history = [
-            (m.role, m.content, m.citations, m.mode, m.task_id)
-            for m in conversation_repo.messages(session=session, conversation_id=conversation_id)
-        ]
+    try:
+        history = [(m.role, m.content, m.citations, m.mode, m.task_id)
+                   for m in conversation_messages(auth.actor(), conversation_id=conversation_id)]
+    except LookupError:  # deleted, or not this user's
+        return set()
     for role, content, citations, mode, _ in history:
         with st.chat_message(role):
             if role == "assistant":
-                st.markdown(components.safe_markdown(content))
+                components.show_untrusted(content)
                 if mode in MODE_CAPTIONS:
                     st.caption(MODE_CAPTIONS[mode])
                 components.citation_cards(citations)
             else:
-                st.markdown(components.safe_markdown(content))
+                components.show_untrusted(content)
     return {task_id for role, *_, task_id in history if role == "assistant" and task_id}
 
 
@@ -84,6 +87,7 @@ def stream_answer(task_id: str) -> dict[str, Any]:
     Returns what happened: {"state": "done" | "error" | "timeout", "code", "message"}.
     """
     settings = get_settings()
+    check_answer_stream(auth.actor(), task_id=task_id)  # someone else's answer reads as an unknown task
     status = st.empty()
     body = st.empty()
     stop = st.empty()
@@ -94,7 +98,7 @@ def stream_answer(task_id: str) -> dict[str, Any]:
     def render(piece: str, text: str) -> None:
         nonlocal rendered_at
         if time.monotonic() - rendered_at >= RENDER_EVERY_SECONDS:
-            body.markdown(components.safe_markdown(text) + " ▌")
+            components.show_untrusted(text + " ▌", body)
             rendered_at = time.monotonic()
 
     try:
@@ -108,7 +112,7 @@ def stream_answer(task_id: str) -> dict[str, Any]:
         return {"state": "timeout", "code": "no_worker", "message": ""}
     status.empty()
     stop.empty()
-    body.markdown(components.safe_markdown(read.text))
+    components.show_untrusted(read.text, body)
     if read.error is not None:
         return {"state": "error", **read.error}
     for notice in read.notices:

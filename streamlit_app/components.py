@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import html
 import re
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import streamlit as st
+from markdown_it import MarkdownIt
 
-from db.repositories import knowledge_bases as kb_repo
-from infra.database import session_scope
 from infra.discovery import ServiceUnavailable, service_urls
 from infra.settings import get_settings
+from rag.access import Actor
 from rag.citations import citation_label
-from usecases.knowledge_bases import create_kb
+from streamlit_app import auth
+from usecases.knowledge_bases import create_kb, list_kbs
 
 STATUS_BADGES = {
     "queued": ("gray", ":material/schedule:"),
@@ -43,14 +46,17 @@ def require_services() -> None:
 NEW_KB_LABEL = "➕ New knowledge base…"
 
 
-def kb_picker(*, key: str, allow_create: bool) -> tuple[int, str] | None:
-    """Choose a knowledge base (shared across pages); optionally create one in place."""
-    with session_scope() as session:
-        bases = [(kb.id, kb.name) for kb in kb_repo.list_knowledge_bases(session=session)]
+def kb_picker(*, key: str, allow_create: bool, min_level: str = "viewer") -> tuple[int, str] | None:
+    """Choose one of the bases the signed-in user may use at ``min_level`` (shared across pages); optionally
+    create one in place."""
+    levels = ("viewer", "editor", "owner")
+    bases = [(kb["id"], kb["name"]) for kb in list_kbs(auth.actor())
+             if levels.index(kb["level"]) >= levels.index(min_level)]
     names = [name for _, name in bases]
     options = names + ([NEW_KB_LABEL] if allow_create else [])
     if not options:
-        st.info("No knowledge base yet. Create one on the **Upload** page.", icon=":material/info:")
+        st.info("No knowledge base is shared with you yet. Create one on the **Upload** page, or ask a colleague to "
+                "share theirs.", icon=":material/info:")
         return None
     current = st.session_state.get("kb_name")
     index = options.index(current) if current in options else 0
@@ -71,7 +77,7 @@ def kb_picker(*, key: str, allow_create: bool) -> tuple[int, str] | None:
 def _create_kb(key: str) -> None:
     """Create the base named in the picker's form and select it (a callback: it may set the picker's value)."""
     try:
-        _, name = create_kb(name=st.session_state.get(f"{key}_new", ""))
+        _, name = create_kb(auth.actor(), name=st.session_state.get(f"{key}_new", ""))
     except ValueError as exc:
         st.session_state[f"{key}_error"] = str(exc)
         return
@@ -92,13 +98,47 @@ def elapsed(start: datetime | None, end: datetime | None = None) -> str:
     return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+_renderer = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable("table")
+_renderer.disable("image")  # ![x](url) stays text: no image of a document is fetched by a reader's browser
+
+
+def _link_as_text(renderer, tokens, idx, options, env) -> str:
+    """A link in untrusted text is shown, not followed: its label, then where it points, as plain text."""
+    href = tokens[idx].attrGet("href") or ""
+    target = urlsplit(href).netloc or href
+    env.setdefault("links", []).append(target)
+    return ""
+
+
+def _link_close(renderer, tokens, idx, options, env) -> str:
+    target = env["links"].pop() if env.get("links") else ""
+    return f' <span class="kbchat-link">({html.escape(target)})</span>' if target else ""
+
+
+_renderer.add_render_rule("link_open", _link_as_text)
+_renderer.add_render_rule("link_close", _link_close)
+
+
 def safe_markdown(text: str) -> str:
-    """Document text as inert Markdown: no raw HTML (Streamlit escapes it) and no remote images or links."""
-    text = re.sub(r"!\[([^\]]*)\]\([^)]*\)", r"[image: \1]", text)
-    text = re.sub(r"\[([^\]]+)\]\((?:https?|ftp|data):[^)]*\)", r"\1", text)
-    # Reference definitions ("[1]: https://…") would turn citation markers and ![x][1] into remote links.
-    text = re.sub(r"(?m)^( {0,3})\[([^\]]+)\]:", r"\1\\[\2]:", text)
-    return text.replace("<", "&lt;")
+    """Untrusted text (a document's passage, a model's answer, a file name) as inert HTML: rendered by a real
+    Markdown parser with raw HTML and images off, links shown as text; show it with ``show_untrusted``."""
+    return _renderer.render(text or "", {}).strip()
+
+
+def show_untrusted(text: str, container=st) -> None:
+    """Render untrusted text inertly (see ``safe_markdown``) in ``container`` (``st`` or a placeholder)."""
+    container.markdown(safe_markdown(text), unsafe_allow_html=True)
+
+
+def plain(text: str) -> str:
+    """Untrusted text to put inside a Markdown string of the page's own: every character Markdown (and GFM's
+    autolinks) would act on is escaped, so it shows literally (no links, images, emphasis, HTML or maths)."""
+    text = (text or "").replace("\n", " ")
+    escaped = "".join("\\" + ch if ch in _ACTIVE else ch for ch in text)
+    return re.sub(r"(?i)(:)(?=//)|(?<=www)(\.)", lambda m: "\\" + m.group(0), escaped)
+
+
+_ACTIVE = set("\\`*_[]()<>!|~$&#{}")
 
 
 def citation_cards(citations: list[dict]) -> None:
@@ -109,10 +149,13 @@ def citation_cards(citations: list[dict]) -> None:
     st.caption("Passages given to the model; the answer cites none" if uncited else "Sources")
     for citation in citations:
         with st.expander(f"[{citation['n']}] {citation_label(citation)} · score {citation['score']:.2f}"):
-            st.markdown(safe_markdown(citation["text"]))
+            show_untrusted(citation["text"])
 
 
-def sidebar() -> None:
+def sidebar(actor: Actor | None = None) -> None:
     settings = get_settings()
     with st.sidebar:
+        if actor is not None:
+            st.caption(f"Signed in as **{plain(actor.username)}** ({actor.role})")
+            st.link_button("Sign out", "/logout", icon=":material/logout:")
         st.caption(f"Task backend: **{settings.task_backend}** · embeddings: **{settings.embedding_model or 'all-MiniLM-L6-v2'}**")

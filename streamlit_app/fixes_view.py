@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from streamlit_app import auth
 from streamlit_app.monitoring_view import ago, plain, status_link
 from tasks import monitoring
 from tasks.backend import get_backend
@@ -25,7 +26,7 @@ def show_note() -> None:
 
 def _retry(task_id: str, name: str) -> None:
     try:
-        new_id = fixes.retry_task(get_backend(), task_id)
+        new_id = fixes.retry_task(get_backend(), auth.actor(), task_id)
     except (LookupError, ValueError) as exc:
         note(str(exc), ":material/error:")
     else:
@@ -33,14 +34,14 @@ def _retry(task_id: str, name: str) -> None:
 
 
 def _retry_ingests() -> None:
-    ids = fixes.retry_failed_ingests(get_backend())
+    ids = fixes.retry_failed_ingests(get_backend(), auth.actor())
     note(f"{len(ids)} failed document(s) queued again.")
 
 
 def _requeue(ids: list[int]) -> None:
     ids = st.session_state.get("mon_stalled_pick") or ids
     try:
-        fixes.requeue_documents(get_backend(), ids)
+        fixes.requeue_documents(get_backend(), auth.actor(), ids)
         note(f"{len(ids)} document(s) queued again.")
     except LookupError as exc:
         note(str(exc), ":material/error:")

@@ -11,6 +11,7 @@ import streamlit as st
 from db.repositories import evaluations as eval_repo
 from infra.database import session_scope
 from rag import golden
+from streamlit_app import auth
 from streamlit_app.fixes_view import note
 from streamlit_app.monitoring_view import plain, status_link
 from tasks.backend import get_backend
@@ -26,7 +27,7 @@ def _start(kb_id: int, kb_name: str) -> None:
         st.session_state["mon_golden_error"] = "Choose a CSV or JSONL file of questions first."
         return
     try:
-        count, task_id = upkeep.request_golden_evaluation(get_backend(), kb_id=kb_id, data=upload.getvalue(),
+        count, task_id = upkeep.request_golden_evaluation(get_backend(), auth.actor(), kb_id=kb_id, data=upload.getvalue(),
                                                           filename=upload.name)
     except golden.QuestionFileError as exc:
         st.session_state["mon_golden_error"] = f"{upload.name}: {exc}"

@@ -16,6 +16,7 @@ from infra.database import session_scope
 from infra.settings import get_settings
 from infra.urls import shown_url
 from rag.citations import citation_label
+from streamlit_app import auth
 from streamlit_app.fixes_view import note
 from streamlit_app.golden_view import golden_questions
 from streamlit_app.monitoring_view import plain, status_link
@@ -26,7 +27,7 @@ METRICS = {"hit_at_1": "hit@1", "hit_at_5": "hit@5", "hit_at_10": "hit@10", "mrr
 
 
 def _enqueue(request: Callable[..., str], what: str, **kwargs) -> None:
-    task_id = request(get_backend(), **kwargs)
+    task_id = request(get_backend(), auth.actor(), **kwargs)
     note(f"{what} queued as task [{task_id}]({status_link(task_id)}).", ":material/schedule:")
 
 

@@ -3,17 +3,33 @@ JSON. Follow-up work goes out through the backend running the task (``current_ba
 
 from __future__ import annotations
 
-from rag import alerts, cleanup, evaluation, ingestion, page_ranges
+from rag import alerts, cleanup, ingestion, page_ranges
+from rag.access import Actor, NotFound
 from tasks.context import current_backend, current_task_id, current_worker
 from tasks.queues import is_transient
 from telemetry.answer_streams import StopFlag, StreamPublisher
-from usecases import asking, documents, upkeep
+from usecases import accounts, asking, audit, documents, upkeep
+
+# A task queued for a person carries their id last (``usecases.asking.PERSONAL_TASKS``); the body acts as them,
+# checked again now. None: the operator or a scheduled job, who act as admin.
+OPERATOR = Actor.operator("kbchat")
 
 
-def ingest_document(document_id: int) -> dict:
+def _actor(actor_id: int | None) -> Actor:
+    """Who the task acts for; NotFound when that user is gone or disabled (nothing is done for them)."""
+    if actor_id is None:
+        return OPERATOR
+    actor = accounts.actor_for_user_id(int(actor_id))
+    if actor is None:
+        raise NotFound(f"User {actor_id} no longer exists or is disabled.")
+    return actor
+
+
+def ingest_document(document_id: int, actor_id: int | None = None) -> dict:
     """ingest.document: parse, chunk, embed and store one uploaded document; a large PDF is split into
     ``ingest.pages`` tasks that other workers share (this task's id is their run)."""
     return documents.ingest_document(current_backend(), document_id=int(document_id), task_id=current_task_id(),
+                                     actor_id=int(actor_id) if actor_id is not None else None,
                                      worker=current_worker())
 
 
@@ -24,7 +40,8 @@ def ingest_pages(document_id: int, run: str, first_page: int, last_page: int) ->
 
 
 def chat_answer(
-    kb_id: int, question: str, conversation_id: int | None = None, document_ids: list[int] | None = None
+    kb_id: int, question: str, conversation_id: int | None = None, document_ids: list[int] | None = None,
+    actor_id: int | None = None,
 ) -> dict:
     """chat.answer: retrieve and answer, streaming the answer into the task's Redis stream."""
     task_id = current_task_id()
@@ -34,8 +51,14 @@ def chat_answer(
         emit("done", {"mode": "llm", "citations": [], "interrupted": True})
         return {"interrupted": True}
     try:
+        try:
+            actor = _actor(actor_id)
+        except NotFound:
+            emit("error", f"Knowledge base {kb_id} not found.")
+            return {"error": "the asker no longer exists or is disabled"}
         return asking.answer(
             current_backend(),
+            actor,
             kb_id=int(kb_id),
             question=str(question),
             conversation_id=int(conversation_id) if conversation_id is not None else None,
@@ -58,9 +81,9 @@ def chat_summarize(conversation_id: int) -> dict:
     return asking.summarize(conversation_id=int(conversation_id))
 
 
-def chat_search(kb_id: int, question: str, k: int = 10) -> dict:
+def chat_search(kb_id: int, question: str, k: int = 10, actor_id: int | None = None) -> dict:
     """chat.search: the passages closest to a question (the knowledge bases page's retrieval preview)."""
-    return {"hits": asking.search_passages(kb_id=int(kb_id), question=str(question), k=int(k))}
+    return {"hits": asking.search_passages(_actor(actor_id), kb_id=int(kb_id), question=str(question), k=int(k))}
 
 
 def maintenance_reconcile() -> dict:
@@ -70,21 +93,23 @@ def maintenance_reconcile() -> dict:
 
 
 def maintenance_evaluate(
-    kb_id: int | None = None, seed: int | None = None, sample_size: int | None = None, trigger: str = "scheduled"
+    kb_id: int | None = None, seed: int | None = None, sample_size: int | None = None, trigger: str = "scheduled",
+    actor_id: int | None = None,
 ) -> dict:
     """maintenance.evaluate: retrieval evaluation of one knowledge base; without one, a task per base is queued."""
-    return upkeep.evaluate(current_backend(), kb_id=int(kb_id) if kb_id is not None else None, seed=seed,
-                           sample_size=sample_size, trigger=trigger)
+    return upkeep.evaluate(current_backend(), _actor(actor_id), kb_id=int(kb_id) if kb_id is not None else None,
+                           seed=seed, sample_size=sample_size, trigger=trigger)
 
 
-def maintenance_evaluate_golden(run_id: int) -> dict:
+def maintenance_evaluate_golden(run_id: int, actor_id: int | None = None) -> dict:
     """maintenance.evaluate_golden: ask a recorded golden question set (uploaded on the Quality tab) of its base."""
-    return evaluation.evaluate_golden(int(run_id))
+    return upkeep.run_golden(_actor(actor_id), run_id=int(run_id))
 
 
 def maintenance_consistency(kb_id: int | None = None) -> dict:
     """maintenance.consistency: documents, chunks and stored files agree; what does not is fixed."""
-    return upkeep.check_consistency(current_backend(), kb_id=int(kb_id) if kb_id is not None else None, fix=True)
+    return upkeep.check_consistency(current_backend(), OPERATOR, kb_id=int(kb_id) if kb_id is not None else None,
+                                    fix=True)
 
 
 def maintenance_alerts() -> dict:
@@ -93,8 +118,9 @@ def maintenance_alerts() -> dict:
 
 
 def maintenance_cleanup() -> dict:
-    """maintenance.cleanup: old events, streams, evaluation details, alerts and stray stored files removed."""
-    return cleanup.cleanup()
+    """maintenance.cleanup: old events, streams, evaluation details, alerts, stray stored files, ended web
+    sessions and audit entries past their retention removed."""
+    return {**cleanup.cleanup(), "sessions": accounts.end_expired_sessions(), "audit": audit.trim()}
 
 
 def give_up_ingest(args: list, error: str, task_id: str) -> None:

@@ -19,6 +19,15 @@ DEMO = ROOT / "demo"
 BACKENDS = ("celery", "dramatiq")
 
 
+def _operator():
+    from rag.access import Actor
+
+    return Actor.operator("tests")
+
+
+OPERATOR = _operator()  # what the tests act as when access is not what they test: the operator (admin)
+
+
 def pytest_configure(config) -> None:
     # One ONNX export of the embedding model per test run, shared by every process and data dir the tests make.
     if "KBCHAT_MODEL_CACHE_DIR" not in os.environ:
@@ -198,7 +207,7 @@ def upload(kb_id: int, filename: str, data: bytes):
     from tasks.backend import get_backend
     from usecases.documents import upload_files
 
-    return upload_files(get_backend(), kb_id=kb_id, files=[(filename, data)])[0]
+    return upload_files(get_backend(), OPERATOR, kb_id=kb_id, files=[(filename, data)])[0]
 
 
 class RecordingQueue:
@@ -342,3 +351,86 @@ def backdate_document(document_id: int, seconds: int) -> None:
 def stop_worker_gracefully(handle: WorkerHandle, timeout: float = 30) -> None:
     """Stop a worker the way a supervisor or ``docker stop`` does (``stop_worker`` does exactly that)."""
     stop_worker(handle, timeout)
+
+
+_SIGNED_IN: dict[str, str] = {}
+
+
+def session_token(username: str = "ui-admin", role: str = "admin") -> str:
+    """A real web session of a real account (made once per run), for tests that act as a signed-in user."""
+    from usecases import accounts
+
+    if username not in _SIGNED_IN:
+        password = f"pw-{uuid.uuid4().hex}"
+        try:
+            accounts.add_user(OPERATOR, username=username, role=role, password=password)
+        except ValueError:  # made by an earlier test under another password: set this one
+            accounts.set_password(OPERATOR, username=username, password=password)
+        _SIGNED_IN[username] = accounts.login(username, password).token
+    return _SIGNED_IN[username]
+
+
+def app_test(entrypoint: Path | None = None, *, username: str = "ui-admin", role: str = "admin"):
+    """AppTest of the entrypoint as a signed-in user (AppTest has no browser cookie: the page reads the token
+    the test puts where ``streamlit_app.auth`` looks for it)."""
+    from streamlit.testing.v1 import AppTest
+
+    from streamlit_app.auth import TEST_TOKEN_KEY
+
+    at = AppTest.from_file(str(entrypoint or ROOT / "streamlit_app" / "app.py"), default_timeout=60)
+    at.session_state[TEST_TOKEN_KEY] = session_token(username, role)
+    return at
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class WebHandle:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_web(log_path: Path, extra_env: dict[str, str] | None = None, port: int | None = None) -> WebHandle:
+    """A web process as ``kbchat web`` runs it (uvicorn, the ASGI app), on a free port; waits for /healthz."""
+    import requests
+
+    from infra.settings import get_settings
+    from kbchat.runner import web_argv, web_env
+
+    port = port or free_port()
+    env = {**os.environ, **web_env(get_settings()), **(extra_env or {})}
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(web_argv("127.0.0.1", port, get_settings()), env=env, cwd=ROOT, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    handle = WebHandle(f"http://127.0.0.1:{port}", process, log_path)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if requests.get(f"{handle.url}/healthz", timeout=2).status_code == 200:
+                return handle
+        except requests.ConnectionError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_web(handle)
+            raise RuntimeError(f"the web process did not come up:\n{handle.log()[-3000:]}")
+        time.sleep(0.2)
+
+
+def stop_web(handle: WebHandle) -> None:
+    if handle.process.poll() is None:
+        handle.process.terminate()
+        try:
+            handle.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            handle.process.kill()
+            handle.process.wait()

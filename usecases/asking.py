@@ -1,4 +1,9 @@
-"""Asking: a question goes to a chat worker, whose answer streams back; conversations are kept per base."""
+"""Asking: a question goes to a chat worker, whose answer streams back; conversations are kept per user and base.
+
+Asking and searching take ``viewer`` on the base; the base id the search runs on comes from the check. The task
+carries the asker's id and checks again when it runs. An answer stream, a task's record and a conversation are
+readable only by whoever started them (and admins).
+"""
 
 from __future__ import annotations
 
@@ -9,19 +14,27 @@ from typing import Any
 from db.repositories import conversations as conversation_repo
 from infra.database import session_scope
 from rag import answering, conversation
+from rag.access import Actor, NotFound
 from rag.retrieval import hit_to_dict, search
 from telemetry import events
+from usecases.access import require_conversation, require_kb
+from usecases.audit import record, record_now
 from usecases.ports import TaskQueue
+
+# Tasks queued for a person carry the person's id as their last argument (None: the operator or a job).
+PERSONAL_TASKS = ("ingest.document", "chat.answer", "chat.search", "maintenance.evaluate",
+                  "maintenance.evaluate_golden")
 
 
 @dataclass(frozen=True)
 class Asked:
-    task_id: str  # follow the answer with ``telemetry.answer_streams.read_answer``
+    task_id: str  # follow the answer with ``telemetry.answer_streams.read_answer`` after ``check_task``
     conversation_id: int | None
 
 
 def ask(
     queue: TaskQueue,
+    actor: Actor,
     *,
     kb_id: int,
     question: str,
@@ -31,18 +44,24 @@ def ask(
 ) -> Asked:
     """Queue an answer to ``question``. With ``save_question`` it is added to the conversation first (a new one,
     titled after it, when ``conversation_id`` is None); the worker saves the answer next to it."""
-    if save_question:
-        with session_scope() as session:
+    with session_scope() as session:
+        kb_id = require_kb(session, actor, kb_id).id
+        if conversation_id is not None:
+            if require_conversation(session, actor, conversation_id).kb_id != kb_id:
+                raise NotFound(f"Conversation {conversation_id} not found.")
+        if save_question:
             if conversation_id is None:
-                conversation_id = conversation_repo.create(session=session, kb_id=kb_id, title=question[:80]).id
+                conversation_id = conversation_repo.create(session=session, kb_id=kb_id, title=question[:80],
+                                                           user_id=actor.user_id).id
             conversation_repo.add_message(session=session, conversation_id=conversation_id, role="user",
                                           content=question)
-    task_id = queue.enqueue("chat.answer", kb_id, question, conversation_id, document_ids or None)
+    task_id = queue.enqueue("chat.answer", kb_id, question, conversation_id, document_ids or None, actor.user_id)
     return Asked(task_id, conversation_id)
 
 
 def answer(
     queue: TaskQueue,
+    actor: Actor | None,
     *,
     kb_id: int,
     question: str,
@@ -52,38 +71,103 @@ def answer(
     emit: Callable[[str, Any], None],
     should_stop: Callable[[], bool],
 ) -> dict:
-    """Retrieve and answer, streaming through ``emit``; a conversation grown long is queued for a summary."""
+    """Retrieve and answer, streaming through ``emit`` (the asker's access checked again first); a conversation
+    grown long is queued for a summary; the question is audited with the chunks retrieved."""
+    actor = actor or Actor.operator()
+    try:
+        with session_scope() as session:
+            kb_id = require_kb(session, actor, kb_id).id
+    except (NotFound, PermissionError) as exc:
+        emit("error", str(exc))
+        return {"error": str(exc)}
     result = answering.answer_question(kb_id=kb_id, question=question, conversation_id=conversation_id,
                                        task_id=task_id, emit=emit, should_stop=should_stop,
                                        document_ids=document_ids)
+    record_now(actor, "question", kb_id=kb_id, target=question[:300], task_id=task_id, mode=result.get("mode"),
+               chunk_ids=[c.get("chunk_id") for c in result.get("citations", [])])
     if result.get("summarize") and conversation_id is not None:
         queue.enqueue("chat.summarize", conversation_id)
     return result
 
 
 def summarize(*, conversation_id: int) -> dict:
-    """Condense a conversation's older turns into the summary later prompts use."""
+    """Condense a conversation's older turns into the summary later prompts use (queued by ``answer``)."""
     return conversation.summarize_conversation(conversation_id)
 
 
-def search_passages(*, kb_id: int, question: str, k: int = 10, mode: str | None = None) -> list[dict]:
+def search_passages(actor: Actor, *, kb_id: int, question: str, k: int = 10, mode: str | None = None,
+                    audit: bool = True) -> list[dict]:
     """The ``k`` passages closest to a question, as JSON-ready dicts (``mode``: see ``rag.retrieval.search``)."""
     with session_scope() as session:
-        hits = search(session=session, kb_id=kb_id, question=question, k=k, mode=mode)
-        return [hit_to_dict(h) for h in hits]
+        kb_id = require_kb(session, actor, kb_id).id
+        hits = [hit_to_dict(h) for h in search(session=session, kb_id=kb_id, question=question, k=k, mode=mode)]
+        if audit:
+            record(session, actor, "question", kb_id=kb_id, target=question[:300], search=True,
+                   chunk_ids=[h["chunk_id"] for h in hits])
+        return hits
 
 
-def preview_search(queue: TaskQueue, *, kb_id: int, question: str, k: int = 10, timeout: float = 30) -> list[dict]:
+def preview_search(queue: TaskQueue, actor: Actor, *, kb_id: int, question: str, k: int = 10,
+                   timeout: float = 30) -> list[dict]:
     """``search_passages`` run by a chat worker (which has the model loaded); TimeoutError or RuntimeError when
     none answers or the search fails."""
-    return events.wait_for_result(queue.enqueue("chat.search", kb_id, question, k), timeout=timeout)["hits"]
-
-
-def rename_conversation(*, conversation_id: int, title: str) -> None:
     with session_scope() as session:
+        kb_id = require_kb(session, actor, kb_id).id
+    return events.wait_for_result(queue.enqueue("chat.search", kb_id, question, k, actor.user_id),
+                                  timeout=timeout)["hits"]
+
+
+# --- tasks and answer streams: their starter's -------------------------------------------------------------
+
+
+def task_owner(record_: dict) -> int | None:
+    """The user a task was queued for (its last argument), or None (the operator, a job, an internal task)."""
+    if record_.get("name") not in PERSONAL_TASKS:
+        return None
+    args = events.decode_args(record_.get("args")) or []
+    owner = args[-1] if args else None
+    return int(owner) if isinstance(owner, int) else None
+
+
+def get_task(actor: Actor, *, task_id: str) -> dict:
+    """A task's record, when the actor started it (or is an admin); NotFound otherwise, as for an unknown id."""
+    found = events.get_task(task_id)
+    if found is None or (not actor.is_admin and (actor.user_id is None or task_owner(found) != actor.user_id)):
+        raise NotFound(f"Task {task_id} is unknown or its record expired.")
+    return found
+
+
+def check_answer_stream(actor: Actor, *, task_id: str) -> None:
+    """The answer stream of ``task_id`` may be read by the actor: their own question (or they are an admin)."""
+    found = get_task(actor, task_id=task_id)
+    if found.get("name") != "chat.answer":
+        raise NotFound(f"Task {task_id} is unknown or its record expired.")
+
+
+# --- conversations -----------------------------------------------------------------------------------------
+
+
+def list_conversations(actor: Actor, *, kb_id: int, limit: int = 50) -> list[dict]:
+    """The actor's own conversations in the base, most recently active first."""
+    with session_scope() as session:
+        kb_id = require_kb(session, actor, kb_id).id
+        rows = conversation_repo.list_for_kb(session=session, kb_id=kb_id, limit=limit, user_id=actor.user_id)
+        return [{"id": c.id, "title": c.title, "updated_at": c.updated_at, "created_at": c.created_at} for c in rows]
+
+
+def conversation_messages(actor: Actor, *, conversation_id: int) -> list:
+    with session_scope() as session:
+        require_conversation(session, actor, conversation_id)
+        return conversation_repo.messages(session=session, conversation_id=conversation_id)
+
+
+def rename_conversation(actor: Actor, *, conversation_id: int, title: str) -> None:
+    with session_scope() as session:
+        require_conversation(session, actor, conversation_id)
         conversation_repo.rename(session=session, conversation_id=conversation_id, title=title)
 
 
-def delete_conversation(*, conversation_id: int) -> None:
+def delete_conversation(actor: Actor, *, conversation_id: int) -> None:
     with session_scope() as session:
+        require_conversation(session, actor, conversation_id)
         conversation_repo.delete_conversation(session=session, conversation_id=conversation_id)

@@ -11,18 +11,21 @@ from db.repositories import documents as document_repo
 from db.repositories import knowledge_bases as kb_repo
 from db.repositories import monitoring as monitoring_repo
 from infra.database import session_scope
+from rag.access import Actor
 from telemetry import events
 from telemetry.events import decode_args
+from usecases.access import require_admin
 from usecases.documents import enqueue_ingest
 from usecases.ports import TaskQueue
 
 
-def retry_task(queue: TaskQueue, task_id: str) -> str:
+def retry_task(queue: TaskQueue, actor: Actor, task_id: str) -> str:
     """Enqueue the task again with the same name and arguments; returns the new task id.
 
     An ingest is retried through its document (put back to queued, its attempts reset), so the document's page
     follows the new task. Raises LookupError when the record expired, ValueError when it cannot be replayed.
     """
+    require_admin(actor, "Running a task again")
     record = events.get_task(task_id)
     if record is None:
         raise LookupError(f"task {task_id} is unknown or its record expired")
@@ -30,15 +33,16 @@ def retry_task(queue: TaskQueue, task_id: str) -> str:
     if args is None or not record.get("name"):
         raise ValueError(f"task {task_id} has no stored arguments to run it again with")
     if record["name"] in ("ingest.document", "ingest.pages"):  # a part alone would stand down: redo the document
-        new_id = requeue_documents(queue, [int(args[0])])[0]
+        new_id = requeue_documents(queue, actor, [int(args[0])])[0]
     else:
         new_id = queue.enqueue(record["name"], *args)
     events.link_retry(task_id, new_id)
     return new_id
 
 
-def requeue_documents(queue: TaskQueue, document_ids: list[int]) -> list[str]:
-    """Put documents back to queued (attempts reset) and enqueue their ingest; returns the task ids."""
+def requeue_documents(queue: TaskQueue, actor: Actor, document_ids: list[int]) -> list[str]:
+    """Put documents back to queued (attempts reset) and enqueue their ingest; returns the task ids. Admins."""
+    require_admin(actor, "Re-enqueueing documents")
     with session_scope() as session:
         existing = [d.id for d in document_repo.list_by_ids(session=session, document_ids=document_ids)]
         if len(existing) != len(set(document_ids)):
@@ -48,12 +52,13 @@ def requeue_documents(queue: TaskQueue, document_ids: list[int]) -> list[str]:
     return [enqueue_ingest(queue, document_id) for document_id in existing]
 
 
-def retry_failed_ingests(queue: TaskQueue) -> list[int]:
-    """Re-enqueue every failed document in every knowledge base; returns their ids."""
+def retry_failed_ingests(queue: TaskQueue, actor: Actor) -> list[int]:
+    """Re-enqueue every failed document in every knowledge base; returns their ids. Admins."""
+    require_admin(actor, "Retrying every failed ingest")
     with session_scope() as session:
         ids = monitoring_repo.failed_document_ids(session=session)
     if ids:
-        requeue_documents(queue, ids)
+        requeue_documents(queue, actor, ids)
     return ids
 
 

@@ -8,8 +8,8 @@ from sqlalchemy.orm import Session
 from db.models import Conversation, ConversationSummary, Message
 
 
-def create(*, session: Session, kb_id: int, title: str) -> Conversation:
-    conversation = Conversation(kb_id=kb_id, title=title[:200] or "New conversation")
+def create(*, session: Session, kb_id: int, title: str, user_id: int | None = None) -> Conversation:
+    conversation = Conversation(kb_id=kb_id, title=title[:200] or "New conversation", user_id=user_id)
     session.add(conversation)
     session.flush()
     return conversation
@@ -19,13 +19,12 @@ def get(*, session: Session, conversation_id: int) -> Conversation | None:
     return session.get(Conversation, conversation_id)
 
 
-def list_for_kb(*, session: Session, kb_id: int, limit: int = 50) -> list[Conversation]:
-    """The base's conversations, most recently active first."""
-    return list(
-        session.scalars(
-            select(Conversation).where(Conversation.kb_id == kb_id).order_by(Conversation.updated_at.desc()).limit(limit)
-        )
-    )
+def list_for_kb(*, session: Session, kb_id: int, limit: int = 50, user_id: int | None = None) -> list[Conversation]:
+    """The base's conversations (one user's, when ``user_id`` is given), most recently active first."""
+    query = select(Conversation).where(Conversation.kb_id == kb_id)
+    if user_id is not None:
+        query = query.where(Conversation.user_id == user_id)
+    return list(session.scalars(query.order_by(Conversation.updated_at.desc()).limit(limit)))
 
 
 def add_message(

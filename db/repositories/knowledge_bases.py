@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Chunk, Document, KnowledgeBase
 
 
-def list_knowledge_bases(*, session: Session) -> list[KnowledgeBase]:
-    return list(session.scalars(select(KnowledgeBase).order_by(KnowledgeBase.name)))
+def list_knowledge_bases(*, session: Session, only: Select | None = None) -> list[KnowledgeBase]:
+    """Every base by name, or those whose id is in ``only`` (a subquery of ids: the bases a user may read)."""
+    query = select(KnowledgeBase).order_by(KnowledgeBase.name)
+    if only is not None:
+        query = query.where(KnowledgeBase.id.in_(only))
+    return list(session.scalars(query))
 
 
 def get_by_name(*, session: Session, name: str) -> KnowledgeBase | None:
@@ -73,8 +77,8 @@ def delete_kb(*, session: Session, kb_id: int) -> None:
     session.execute(delete(KnowledgeBase).where(KnowledgeBase.id == kb_id))
 
 
-def overview(*, session: Session) -> list[dict]:
-    """Every base with its document counts by status and its chunk count, for the knowledge bases page."""
+def overview(*, session: Session, only: Select | None = None) -> list[dict]:
+    """Every base (or those whose id is in ``only``) with its document counts by status and its chunk count, for the knowledge bases page."""
     docs = (
         select(
             Document.kb_id,
@@ -87,11 +91,14 @@ def overview(*, session: Session) -> list[dict]:
         .group_by(Document.kb_id)
         .subquery()
     )
-    rows = session.execute(
+    query = (
         select(KnowledgeBase, docs.c.documents, docs.c.ready, docs.c.failed, docs.c.bytes, docs.c.chunks)
         .outerjoin(docs, docs.c.kb_id == KnowledgeBase.id)
         .order_by(KnowledgeBase.name)
-    ).all()
+    )
+    if only is not None:
+        query = query.where(KnowledgeBase.id.in_(only))
+    rows = session.execute(query).all()
     return [
         {
             "id": kb.id,

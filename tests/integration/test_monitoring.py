@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from tests.conftest import (
+    OPERATOR,
     _reset_caches,
     backdate_document,
     start_worker,
@@ -288,7 +289,7 @@ def test_a_failed_task_is_listed_with_its_traceback_and_a_retry_reruns_it(worker
     finally:
         refusal.remove()  # the cause is fixed
 
-    new_id = fixes.retry_task(get_backend(), task_id)
+    new_id = fixes.retry_task(get_backend(), OPERATOR, task_id)
     assert new_id != task_id
     assert events.get_task(task_id)["retried_as"] == new_id
     record = wait_for_state(new_id, "succeeded")
@@ -303,7 +304,7 @@ def test_retry_of_an_expired_task_says_so(services):
     from usecases import fixes
 
     with pytest.raises(LookupError, match="expired"):
-        fixes.retry_task(get_backend(), f"gone-{uuid.uuid4()}")
+        fixes.retry_task(get_backend(), OPERATOR, f"gone-{uuid.uuid4()}")
 
 
 def test_retry_all_failed_ingests_requeues_them_through_their_documents(worker, kb):
@@ -316,7 +317,7 @@ def test_retry_all_failed_ingests_requeues_them_through_their_documents(worker, 
     outcome = upload(kb[0], "corrupt.pdf", b"%PDF-1.4 garbage")  # a damaged PDF: fails for good
     first = wait_for_documents([outcome.document_id])[outcome.document_id]
     assert first.status == "failed"
-    retried = fixes.retry_failed_ingests(get_backend())
+    retried = fixes.retry_failed_ingests(get_backend(), OPERATOR)
     assert outcome.document_id in retried
     with session_scope() as session:
         documents = {d.id: d for d in document_repo.list_by_ids(session=session, document_ids=retried)}
@@ -344,11 +345,11 @@ def test_stalled_documents_are_listed_with_age_and_can_be_requeued(worker, kb):
     assert row["task_state"] == "none" and time.time() - row["updated_at"].timestamp() >= 3500
     assert outcome.document_id not in {r["id"] for r in monitoring.stalled_documents(7200)}
 
-    (task_id,) = fixes.requeue_documents(get_backend(), [outcome.document_id])
+    (task_id,) = fixes.requeue_documents(get_backend(), OPERATOR, [outcome.document_id])
     assert wait_for_documents([outcome.document_id])[outcome.document_id].status == "ready"
     wait_for_state(task_id, "succeeded")
     with pytest.raises(LookupError):
-        fixes.requeue_documents(get_backend(), [10**12])
+        fixes.requeue_documents(get_backend(), OPERATOR, [10**12])
 
 
 # --- the Prometheus exporter ---------------------------------------------------------------------------------------

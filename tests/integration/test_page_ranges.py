@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import make_pdf, upload, wait_until
+from tests.conftest import OPERATOR, make_pdf, upload, wait_until
 from tests.integration import test_reliability as reliability
 from tests.integration.test_reliability import (
     DEAD_WORKER_RULE,
@@ -183,7 +183,7 @@ def test_a_large_pdf_is_split_shared_by_two_workers_and_stored_once(backend, own
 
     # Re-index: a new run replaces every chunk; a part of the old run delivered late stands down.
     old_ids = {c.id for c in chunks}
-    new_run = requeue_documents(get_backend(), [document_id])[0]
+    new_run = requeue_documents(get_backend(), OPERATOR, [document_id])[0]
     document = _final(document_id, 400)
     assert document.status == "ready", document.error
     assert document.task_id == new_run != run

@@ -20,6 +20,7 @@ from sqlalchemy import text
 
 from tests.conftest import (
     DEMO,
+    OPERATOR,
     _reset_caches,
     backdate_document,
     run_cli,
@@ -158,11 +159,12 @@ def test_nightly_job_without_a_base_queues_one_evaluation_per_knowledge_base(ser
     from usecases import upkeep
 
     queue = RecordingQueue()
-    result = upkeep.evaluate(queue)  # what maintenance.evaluate does without a base
+    result = upkeep.evaluate(queue, OPERATOR)  # what maintenance.evaluate does without a base
     with session_scope() as session:
         ids = {k.id for k in kb_repo.list_knowledge_bases(session=session)}
     assert {q[1] for q in queue.sent} == ids and kb[0] in ids
-    assert all(q[0] == "maintenance.evaluate" and q[2:] == (None, None, "scheduled") for q in queue.sent)
+    # (kb_id, seed, sample, trigger, actor id): the nightly job acts as the operator, who has no user id
+    assert all(q[0] == "maintenance.evaluate" and q[2:] == (None, None, "scheduled", None) for q in queue.sent)
     assert set(result["enqueued"]) == {str(i) for i in ids}
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import make_pdf, run_cli, upload, wait_for_documents
+from tests.conftest import OPERATOR, make_pdf, run_cli, upload, wait_for_documents
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +60,7 @@ def test_an_outdated_chunk_recipe_is_reindexed_once(kb, reports):
         session.execute(text("UPDATE documents SET context = NULL WHERE kb_id = :kb"), {"kb": kb_id})
         before = dict(session.execute(text("SELECT id, task_id FROM documents WHERE kb_id = :kb"), {"kb": kb_id}).all())
 
-    report = check_consistency(get_backend(), kb_id=kb_id, fix=True)
+    report = check_consistency(get_backend(), OPERATOR, kb_id=kb_id, fix=True)
     assert report["counts"].get("recipe_outdated") == 1, report
     documents = wait_for_documents(ids)
     assert all(d.status == "ready" for d in documents.values())
@@ -74,7 +74,7 @@ def test_an_outdated_chunk_recipe_is_reindexed_once(kb, reports):
     assert all("Harbour Authority Annual Report" in (row.context or "") for row in rows)
     assert lexemes == len(ids)
 
-    again = check_consistency(get_backend(), kb_id=kb_id, fix=True)
+    again = check_consistency(get_backend(), OPERATOR, kb_id=kb_id, fix=True)
     assert "recipe_outdated" not in again["counts"], again
     with session_scope() as session:
         after = dict(session.execute(text("SELECT id, task_id FROM documents WHERE kb_id = :kb"), {"kb": kb_id}).all())

@@ -13,7 +13,15 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import ROOT, _reset_caches, backdate_document, upload, wait_for_documents, wait_until
+from tests.conftest import (
+    ROOT,
+    _reset_caches,
+    app_test,
+    backdate_document,
+    upload,
+    wait_for_documents,
+    wait_until,
+)
 from tests.monitoring_support import RefusedMessages, failed_chat_answer, ingest_ready, wait_for_state
 
 pytestmark = pytest.mark.ui
@@ -59,7 +67,7 @@ def activity(worker) -> Iterator[Activity]:
 def open_page(page: str, **query: str) -> AppTest:
     """The entrypoint (so navigation is registered), then ``page``."""
     st.cache_data.clear()  # the page caches slow figures for 30 s; each test wants today's
-    at = AppTest.from_file(str(ENTRYPOINT), default_timeout=60)
+    at = app_test(ENTRYPOINT)
     at.run()
     for key, value in query.items():
         at.query_params[key] = value

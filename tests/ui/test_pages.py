@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import DEMO, ROOT, _reset_caches, make_pdf, upload, wait_for_documents
+from tests.conftest import DEMO, ROOT, _reset_caches, app_test, make_pdf, upload, wait_for_documents
 
 pytestmark = pytest.mark.ui
 
@@ -78,7 +78,7 @@ def library(worker) -> Library:
 
 def open_app() -> AppTest:
     """The entrypoint, run once so that its navigation is registered (switch_page needs it)."""
-    at = AppTest.from_file(str(ENTRYPOINT), default_timeout=60)
+    at = app_test(ENTRYPOINT)
     at.run()
     assert not at.exception, at.exception
     return at

@@ -210,10 +210,10 @@ def test_workers_can_scale(services: dict, name: str) -> None:
     assert not svc.get("ports"), f"{name}: host ports block --scale"
 
 
-def test_web_publishes_streamlit_port(services: dict) -> None:
+def test_web_publishes_its_port_and_is_checked_for_readiness(services: dict) -> None:
     web = services["web"]
     assert any(_interpolate(str(p)).endswith(":8501") for p in web["ports"])
-    assert "/_stcore/health" in " ".join(_argv(web["healthcheck"]["test"]))
+    assert "/readyz" in " ".join(_argv(web["healthcheck"]["test"]))  # PostgreSQL and Redis answer
 
 
 def test_every_kbchat_command_is_a_real_subcommand(
