@@ -183,6 +183,18 @@ class Settings(BaseSettings):
         default="127.0.0.1", description="Addresses whose X-Forwarded-For/-Proto are believed (the load balancer)."
     )
     audit_retention_days: int = Field(default=365, ge=1, description="Audit log entries older than this are removed.")
+    oidc_issuer: str = Field(default="", description="OpenID Connect issuer URL (single sign-on); empty = off.")
+    oidc_client_id: str = ""
+    oidc_client_secret: SecretStr | None = None
+    oidc_redirect_uri: str = Field(default="", description="This app's /login/sso/callback as the provider knows "
+                                   "it; empty = from the request (set it behind a proxy).")
+    oidc_scopes: str = "openid email profile"
+    oidc_username_claim: str = Field(default="preferred_username", description="Claim that names the account "
+                                     "(then email, then sub).")
+    oidc_role_claim: str = Field(default="groups", description="Claim whose values decide the role.")
+    oidc_admin_values: str = Field(default="kbchat-admins", description="Comma-separated values of the role claim "
+                                   "that make an admin; anyone else is an analyst.")
+    oidc_groups_claim: str = Field(default="groups", description="Claim whose values are the user's kbchat groups.")
 
     api_rate_limit_per_minute: int = Field(
         default=120, ge=1, description="HTTP API calls per key per minute; more answer 429 with Retry-After."

@@ -64,6 +64,11 @@ def add_parsers(sub) -> None:
     keys.add_parser("list", help="prefix, owner, scope, created, last used").add_argument("--json", action="store_true")
     keys.add_parser("revoke", help="revoke a key at once").add_argument("prefix")
 
+    p = sub.add_parser("feedback", help="answers rated by their askers (thumbs, comments, what was retrieved)")
+    p.add_argument("--kb", help="only this knowledge base")
+    p.add_argument("--since", default="30d", help="ISO date/time (UTC), or a span like 2h, 3d (default 30d)")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("audit", help="the audit log: sign-ins, changes, questions")
     p.add_argument("--since", help="ISO date/time (UTC), or a span like 2h, 3d (default 7d)", default="7d")
     p.add_argument("--user", help="only this user")
@@ -265,6 +270,32 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def feedback_command(args) -> int:
+    from rag.access import NotFound
+    from usecases.feedback import list_feedback
+    from usecases.knowledge_bases import find_kb
+
+    check_services()
+    actor = operator()
+    try:
+        since = parse_since(args.since)
+        kb_id = find_kb(actor, name=args.kb) if args.kb else None
+    except (ValueError, NotFound) as exc:
+        return _fail(str(exc).strip("'\""))
+    rows = list_feedback(actor, kb_id=kb_id, since=since)
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    helpful = sum(r["rating"] > 0 for r in rows)
+    print(f"{len(rows)} rating(s) since {since:%Y-%m-%d %H:%M} UTC" + (f", {helpful / len(rows):.0%} helpful" if rows
+                                                                       else ""))
+    for r in rows:
+        mark = "+" if r["rating"] > 0 else "-"
+        print(f"{mark} {r['at'][:16].replace('T', ' ')}  {r['kb'][:24]:<24} {r['user']:<16} {r['question'][:70]}"
+              + (f"\n    “{r['comment'][:200]}”" if r["comment"] else ""))
+    return 0
+
+
 def audit_command(args) -> int:
     from usecases.audit import list_events
 
@@ -294,4 +325,5 @@ COMMANDS = {
     "grants": grants_command,
     "audit": audit_command,
     "apikey": apikey_command,
+    "feedback": feedback_command,
 }

@@ -39,16 +39,9 @@ def web_argv(host: str, port: int, settings: Settings) -> list[str]:
 
 
 def web_env(settings: Settings) -> dict[str, str]:
-    """Streamlit's own settings for the web process (uvicorn runs it, so they go through its environment)."""
-    return {
-        "STREAMLIT_SERVER_HEADLESS": "true",
-        "STREAMLIT_SERVER_MAX_UPLOAD_SIZE": str(settings.max_upload_mb),
-        "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
-        "STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none",
-        "STREAMLIT_THEME_BASE": "light",
-        "STREAMLIT_CLIENT_TOOLBAR_MODE": "minimal",
-        "STREAMLIT_SERVER_SHOW_EMAIL_PROMPT": "false",
-    }
+    """What the web process needs in its environment beyond kbchat's own settings: nothing today (Streamlit's
+    options are set by ``streamlit_app.web`` itself, from the settings)."""
+    return {}
 
 
 def child_argvs(host: str, port: int, settings: Settings) -> list[Child]:

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from rag.citations import citation_label
-from streamlit_app import auth, components
+from streamlit_app import auth, components, feedback_view
 from tasks.backend import get_backend
 from usecases import asking, knowledge_bases
 from usecases.documents import delete_documents, document_chunks, list_documents, reindex_documents
@@ -51,8 +51,8 @@ is_owner = info["level"] == "owner"
 is_editor = info["level"] in ("editor", "owner")
 
 
-settings_tab, documents_tab, chunks_tab, search_tab = st.tabs(
-    ["Settings", f"Documents ({info['documents']})", "Chunk preview", "Search preview"]
+settings_tab, documents_tab, chunks_tab, search_tab, feedback_tab = st.tabs(
+    ["Settings", f"Documents ({info['documents']})", "Chunk preview", "Search preview", "Feedback"]
 )
 
 with settings_tab:
@@ -172,3 +172,10 @@ with search_tab:
                 with st.container(border=True):
                     st.markdown(f"**{components.plain(citation_label(hit))}** · score `{hit['score']:.3f}`")
                     components.show_untrusted(hit["text"])
+                    components.open_page_button(hit, key=f"search_{hit['chunk_id']}")
+
+with feedback_tab:
+    if is_owner:
+        feedback_view.feedback_panel(actor, kb_id=kb_id, key="kbs_fb")
+    else:
+        st.caption("The owners of this base read what askers said of its answers.")

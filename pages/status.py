@@ -22,7 +22,19 @@ actor = auth.actor()
 
 task_id = st.text_input("Task id", value=st.query_params.get("task", ""), placeholder="paste a task id").strip()
 if not task_id:
-    st.caption("Every upload and answer runs as a task; its id is shown on the Upload page.")
+    st.caption("Every upload and answer runs as a task. " + ("Everyone's newest tasks:" if actor.is_admin
+                                                             else "Your newest tasks:"))
+    recent = asking.recent_tasks(actor, limit=50)
+    if not recent:
+        st.info("No task yet: uploads and questions show up here.", icon=":material/info:")
+    for row in recent:
+        when = datetime.fromtimestamp(float(row["queued_at"])).strftime("%Y-%m-%d %H:%M:%S") if row["queued_at"] \
+            else ""
+        link, state, stamp = st.columns([4, 2, 2], vertical_alignment="center")
+        link.markdown(f"[`{row['name']}` {row['id'][:8]}…](/status?task={row['id']})")
+        with state:
+            components.status_badge(row["state"])
+        stamp.caption(when)
     st.stop()
 st.query_params["task"] = task_id
 

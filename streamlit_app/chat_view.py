@@ -21,6 +21,7 @@ from usecases.asking import (
     list_conversations,
     rename_conversation,
 )
+from usecases.feedback import my_ratings, rate
 
 MODE_CAPTIONS = {
     "extractive": "Extractive answer: quoted passages, no language model.",
@@ -69,16 +70,43 @@ def render_history(conversation_id: int | None) -> set[str]:
                    for m in conversation_messages(auth.actor(), conversation_id=conversation_id)]
     except LookupError:  # deleted, or not this user's
         return set()
-    for role, content, citations, mode, _ in history:
+    ratings = my_ratings(auth.actor(), task_ids=[t for r, *_, t in history if r == "assistant" and t])
+    for role, content, citations, mode, task_id in history:
         with st.chat_message(role):
             if role == "assistant":
                 components.show_untrusted(content)
                 if mode in MODE_CAPTIONS:
                     st.caption(MODE_CAPTIONS[mode])
-                components.citation_cards(citations)
+                components.citation_cards(citations, key=f"cite_{task_id}")
+                if task_id:
+                    feedback_row(task_id, ratings.get(task_id))
             else:
                 components.show_untrusted(content)
     return {task_id for role, *_, task_id in history if role == "assistant" and task_id}
+
+
+def feedback_row(task_id: str, given: dict | None) -> None:
+    """Thumbs up or down on an answer, with an optional comment; stored with what the answer was built from."""
+    key = f"chat_rate_{task_id}"
+    if given is not None and key not in st.session_state:
+        st.session_state[key] = 1 if given["rating"] > 0 else 0
+    left, right = st.columns([1, 5], vertical_alignment="center")
+    with left:
+        choice = st.feedback("thumbs", key=key)
+    if choice is None:
+        return
+    rating = 1 if choice == 1 else -1
+    comment_key = f"chat_comment_{task_id}"
+    with right.popover("Add a comment" if not (given and given["comment"]) else "Your comment",
+                       icon=":material/chat:"):
+        comment = st.text_area("What was right or wrong?", key=comment_key, value=(given or {}).get("comment", ""),
+                               max_chars=2000)
+        save = st.button("Save comment", key=f"chat_comment_save_{task_id}")
+    if given is None or given["rating"] != rating or save:
+        rate(auth.actor(), task_id=task_id, rating=rating, comment=comment if save else (given or {}).get(
+            "comment", ""))
+        if save:
+            st.toast("Thanks: your comment is saved with the answer.")
 
 
 def stream_answer(task_id: str) -> dict[str, Any]:
@@ -119,5 +147,7 @@ def stream_answer(task_id: str) -> dict[str, Any]:
         st.warning(notice, icon=":material/info:")
     if read.mode in MODE_CAPTIONS and not read.done.get("no_answer"):
         st.caption(MODE_CAPTIONS[read.mode])
-    components.citation_cards(read.citations)
+    components.citation_cards(read.citations, key=f"cite_{task_id}")
+    if read.text and not read.done.get("no_answer"):
+        feedback_row(task_id, None)
     return {"state": "done"}

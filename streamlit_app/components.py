@@ -14,7 +14,9 @@ from infra.discovery import ServiceUnavailable, service_urls
 from infra.settings import get_settings
 from rag.access import Actor
 from rag.citations import citation_label
+from rag.library import safe_filename
 from streamlit_app import auth
+from usecases.documents import document_original, page_view
 from usecases.knowledge_bases import create_kb, list_kbs
 
 STATUS_BADGES = {
@@ -141,8 +143,9 @@ def plain(text: str) -> str:
 _ACTIVE = set("\\`*_[]()<>!|~$&#{}")
 
 
-def citation_cards(citations: list[dict]) -> None:
-    """One expandable card per cited passage: document, page, score and the passage itself."""
+def citation_cards(citations: list[dict], key: str = "cite") -> None:
+    """One expandable card per cited passage: document, page, score, the passage, and a button that opens the page
+    it cites (``key`` keeps the buttons of several answers apart)."""
     if not citations:
         return
     uncited = all(c.get("cited") is False for c in citations)
@@ -150,6 +153,48 @@ def citation_cards(citations: list[dict]) -> None:
     for citation in citations:
         with st.expander(f"[{citation['n']}] {citation_label(citation)} · score {citation['score']:.2f}"):
             show_untrusted(citation["text"])
+            open_page_button(citation, key=f"{key}_{citation.get('n')}_{citation.get('chunk_id')}")
+
+
+def open_page_button(hit: dict, *, key: str) -> None:
+    """"Open page" for a citation or search hit: the cited page (or passage in context) in a dialog."""
+    if hit.get("document_id") is None:
+        return
+    label = f"Open p. {hit['page']}" if hit.get("page") else "Open in context"
+    if st.button(label, key=f"open_{key}", icon=":material/open_in_full:"):
+        cited_page(hit)
+
+
+@st.dialog("Cited page", width="large")
+def cited_page(hit: dict) -> None:
+    """The page a citation cites, the passage highlighted; and the original file (only for readers of its base)."""
+    try:
+        view = page_view(auth.actor(), document_id=int(hit["document_id"]), page=hit.get("page"),
+                         chunk_id=hit.get("chunk_id"))
+    except (LookupError, ValueError) as exc:
+        st.error(str(exc))
+        return
+    st.markdown(f"**{plain(view['filename'])}**" + (f" · page {view['page']} of {view['pages']}" if view.get("page")
+                                                   and view.get("pages") else ""))
+    if view["kind"] == "image":
+        if not view["highlighted"]:
+            st.caption("The passage could not be located on the page: the whole page is shown.")
+        st.image(view["png"], width="stretch")
+    else:
+        st.caption(view.get("locator") or "")
+        if view["before"]:
+            show_untrusted(view["before"])
+        st.markdown(f'<div class="kbchat-cited" style="background:#fff6cc;border-left:4px solid #e6a000;'
+                    f'padding:.4rem .7rem">{safe_markdown(view["passage"])}</div>', unsafe_allow_html=True)
+        if view["after"]:
+            show_untrusted(view["after"])
+    try:
+        filename, mime, data = document_original(auth.actor(), document_id=int(hit["document_id"]))
+    except LookupError as exc:
+        st.caption(str(exc))
+        return
+    st.download_button("Download original", data=data, file_name=safe_filename(filename), mime=mime,
+                       icon=":material/download:", key=f"download_{hit['document_id']}")
 
 
 def sidebar(actor: Actor | None = None) -> None:

@@ -16,7 +16,7 @@ from infra.database import session_scope
 from infra.settings import get_settings
 from infra.urls import shown_url
 from rag.citations import citation_label
-from streamlit_app import auth
+from streamlit_app import auth, feedback_view
 from streamlit_app.fixes_view import note
 from streamlit_app.golden_view import golden_questions
 from streamlit_app.monitoring_view import plain, status_link
@@ -148,5 +148,7 @@ def quality() -> None:
     if kb_id in kb_names:
         st.markdown("**Golden questions**")
         golden_questions(kb_id, kb_names[kb_id])
+    st.markdown("**Answer feedback** (every base)")
+    feedback_view.feedback_panel(auth.actor(), key="mon_fb")
     st.markdown("**Alerts**")
     alerts_panel(kb_names)

@@ -20,12 +20,14 @@ import hashlib
 import html
 import logging
 import re
+import secrets as secrets_module
 import time
 from http.cookies import SimpleCookie
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import streamlit as st
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -33,8 +35,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from streamlit.web import bootstrap
 
 from api.app import app as api_app
+from infra import oidc
 from infra.database import get_engine
 from infra.redis_client import get_redis
 from infra.secrets import token_digest
@@ -45,7 +49,9 @@ from usecases import accounts
 ROOT = Path(__file__).resolve().parent.parent
 COOKIE = "kbchat_session"
 # Reachable without a session: sign-in itself, health checks, the tab icon.
-PUBLIC_PATHS = frozenset({"/login", "/logout", "/healthz", "/readyz", "/_stcore/health", "/favicon.png"})
+PUBLIC_PATHS = frozenset({"/login", "/logout", "/healthz", "/readyz", "/_stcore/health", "/favicon.png",
+                          "/login/sso", "/login/sso/callback"})
+SSO_COOKIE = "kbchat_sso"  # signed, ten minutes: the state, nonce and PKCE verifier of a sign-on under way
 API_PREFIX = "/api/"  # the API checks its own bearer keys (api.app)
 CACHE_SECONDS = 5.0  # a session looked up in PostgreSQL is believed this long by this process's HTTP gate
 log = logging.getLogger(__name__)
@@ -227,11 +233,14 @@ button {{ margin-top: 1.3rem; width: 100%; padding: .6rem; font-size: 1rem; bord
           background: #ff4b4b; color: #fff; cursor: pointer; }}
 .error {{ background: #fdecea; color: #8a1c12; padding: .6rem .7rem; border-radius: .4rem; font-size: .9rem; }}
 .note {{ color: #5f6670; font-size: .85rem; margin-top: 1rem; }}
+.sso {{ display: block; text-align: center; padding: .6rem; border: 1px solid #c8ccd2; border-radius: .4rem;
+        color: #262730; text-decoration: none; margin-bottom: 1rem; }}
 </style></head>
 <body><main>
 <h1>💬 kbchat</h1>
 {message}
-<form method="post" action="/login">
+{sso}
+<form method="post" action="/login" {password_form}>
 <input type="hidden" name="next" value="{next}">
 <label for="username">Username</label>
 <input id="username" name="username" autocomplete="username" required autofocus value="{username}">
@@ -256,8 +265,12 @@ def _safe_next(target: str | None) -> str:
 
 def login_page(*, message: str = "", next_path: str = "/", username: str = "", status_code: int = 200) -> Response:
     notice = f'<p class="error" role="alert">{html.escape(message)}</p>' if message else ""
+    target = html.escape(quote(_safe_next(next_path), safe=""), quote=True)
+    sso = (f'<a class="sso" href="/login/sso?next={target}">Sign in with single sign-on</a>'
+           if oidc.configured() else "")
     body = LOGIN_PAGE.format(message=notice, next=html.escape(_safe_next(next_path), quote=True),
-                             username=html.escape(username, quote=True))
+                             username=html.escape(username, quote=True), sso=sso,
+                             password_form="" if get_settings().password_login else "hidden")
     return HTMLResponse(body, status_code=status_code, headers={"cache-control": "no-store"})
 
 
@@ -306,6 +319,64 @@ async def login_post(request: Request) -> Response:
     return response
 
 
+def _sso_serializer() -> URLSafeTimedSerializer:
+    settings = get_settings()
+    secret = (settings.oidc_client_secret.get_secret_value() if settings.oidc_client_secret
+              else token_digest(f"{settings.oidc_client_id}|{settings.database_url or settings.data_dir}"))
+    return URLSafeTimedSerializer(secret, salt="kbchat-sso")
+
+
+def _redirect_uri(request: Request) -> str:
+    return get_settings().oidc_redirect_uri or str(request.url_for("sso_callback"))
+
+
+async def sso_start(request: Request) -> Response:
+    if not oidc.configured():
+        return login_page(message="Single sign-on is not set up here.", status_code=404)
+    try:
+        url, pending = await run_in_threadpool(oidc.start, _redirect_uri(request),
+                                               _safe_next(request.query_params.get("next")))
+    except oidc.SignOnFailed as exc:
+        return login_page(message=str(exc), status_code=502)
+    response = RedirectResponse(url, status_code=303)
+    response.set_cookie(SSO_COOKIE, _sso_serializer().dumps(pending.__dict__), max_age=600, path="/login/sso",
+                        httponly=True, samesite="lax", secure=_secure(request))
+    return response
+
+
+async def sso_callback(request: Request) -> Response:
+    if not oidc.configured():
+        return login_page(message="Single sign-on is not set up here.", status_code=404)
+    try:
+        saved = _sso_serializer().loads(request.cookies.get(SSO_COOKIE, ""), max_age=600)
+        pending = oidc.Pending(**saved)
+    except (BadSignature, TypeError):
+        return login_page(message="The sign-on took too long or came from elsewhere. Try again.", status_code=400)
+    if request.query_params.get("error"):
+        return login_page(message="The sign-on provider did not sign you in.", status_code=401)
+    if not secrets_module.compare_digest(request.query_params.get("state", ""), pending.state):
+        return login_page(message="The sign-on came back with the wrong state. Try again.", status_code=400)
+    settings = get_settings()
+    try:
+        claims = await run_in_threadpool(oidc.finish, request.query_params.get("code", ""), _redirect_uri(request),
+                                         pending)
+        identity = accounts.map_claims(
+            claims, issuer=settings.oidc_issuer, username_claim=settings.oidc_username_claim,
+            role_claim=settings.oidc_role_claim, admin_values=settings.oidc_admin_values,
+            groups_claim=settings.oidc_groups_claim)
+        signed_in = await run_in_threadpool(accounts.sso_sign_in, identity, client_addr=client_addr(request.scope),
+                                            user_agent=request.headers.get("user-agent", ""))
+    except (oidc.SignOnFailed, ValueError) as exc:
+        return login_page(message=str(exc), status_code=401)
+    except accounts.LoginRefused as exc:
+        return login_page(message=str(exc), status_code=401)
+    response = RedirectResponse(pending.next_path, status_code=303)
+    response.set_cookie(COOKIE, signed_in.token, max_age=int(settings.session_lifetime_days * 86400), path="/",
+                        httponly=True, samesite="lax", secure=_secure(request))
+    response.delete_cookie(SSO_COOKIE, path="/login/sso")
+    return response
+
+
 async def logout(request: Request) -> Response:
     token = session_token(request.scope)
     if token:
@@ -345,13 +416,30 @@ ROUTES = [
     Route("/login", login_get, methods=["GET"]),
     Route("/login", login_post, methods=["POST"]),
     Route("/logout", logout, methods=["GET", "POST"]),
+    Route("/login/sso", sso_start, methods=["GET"]),
+    Route("/login/sso/callback", sso_callback, methods=["GET"], name="sso_callback"),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Mount("/api/v1", app=api_app),
 ]
 
 
+def streamlit_options(settings) -> dict[str, object]:
+    """Streamlit's own options for this app, given the way ``streamlit run`` takes its flags (uvicorn reads no
+    ``STREAMLIT_*`` variables for them)."""
+    return {
+        "server_headless": True,
+        "server_maxUploadSize": settings.max_upload_mb,
+        "browser_gatherUsageStats": False,  # nothing leaves the organisation's machines
+        "server_fileWatcherType": "none",
+        "server_showEmailPrompt": False,
+        "theme_base": "light",
+        "client_toolbarMode": "minimal",
+    }
+
+
 def create_app() -> st.App:
+    bootstrap.load_config_options(streamlit_options(get_settings()))
     return st.App(str(ROOT / "streamlit_app" / "app.py"), routes=ROUTES,
                   middleware=[Middleware(SecurityHeaders), Middleware(SessionGate)])
 

@@ -134,6 +134,14 @@ def get_task(task_id: str) -> dict[str, Any] | None:
     return data
 
 
+def get_tasks(task_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Several tasks' records in one round trip (unknown or expired ones left out)."""
+    pipe = get_redis().pipeline()
+    for task_id in task_ids:
+        pipe.hgetall(TASK_KEY.format(task_id))
+    return {task_id: data for task_id, data in zip(task_ids, pipe.execute(), strict=True) if data}
+
+
 def recent_events(count: int = 100) -> list[dict[str, str]]:
     return [fields for _, fields in get_redis().xrevrange(EVENTS_KEY, count=count)]
 

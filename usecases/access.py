@@ -73,3 +73,12 @@ def readable_kb_ids(actor: Actor) -> Select | None:
 def visible_kb_id_list(session: Session, actor: Actor) -> list[int] | None:
     subquery = readable_kb_ids(actor)
     return None if subquery is None else list(session.scalars(subquery))
+
+
+def owned_kb_ids(actor: Actor) -> Select | None:
+    """A subquery of the base ids the actor owns (what an owner oversees: feedback); None means every base."""
+    if actor.is_admin:
+        return None if actor.scope is None else identity_repo.kb_ids_in(actor.scope)
+    if actor.user_id is None:
+        raise Forbidden("No user is signed in.")
+    return identity_repo.owned_kb_ids(actor.user_id, scope=actor.scope)

@@ -333,6 +333,91 @@ def login(username: str, password: str, *, client_addr: str = "", user_agent: st
     return signed_in
 
 
+@dataclass(frozen=True)
+class SignOnIdentity:
+    subject: str  # issuer + subject: stable across renames at the provider
+    username: str
+    display_name: str
+    role: str
+    groups: tuple[str, ...]
+
+
+def _values(claim: object) -> list[str]:
+    if claim is None:
+        return []
+    if isinstance(claim, str):
+        return [v for v in (p.strip() for p in claim.replace(",", " ").split()) if v]
+    if isinstance(claim, list | tuple | set):
+        return [str(v).strip() for v in claim if str(v).strip()]
+    return [str(claim)]
+
+
+def map_claims(claims: dict, *, issuer: str, username_claim: str, role_claim: str, admin_values: str,
+               groups_claim: str) -> SignOnIdentity:
+    """An ID token's claims as a kbchat account: its name (the username claim, then email, then sub, made a valid
+    name), role (admin when the role claim holds one of ``admin_values``) and groups (the groups claim's values,
+    made valid names)."""
+    sub = str(claims.get("sub") or "")
+    if not sub:
+        raise ValueError("The ID token names no subject.")
+    raw = str(claims.get(username_claim) or claims.get("email") or sub)
+    username = re.sub(r"[^A-Za-z0-9._@-]", "-", raw.strip()).strip("-.@_")[:64] or f"user-{sub[:20]}"
+    if not username[0].isalnum():
+        username = "u" + username[:63]
+    admins = {v.strip().lower() for v in admin_values.split(",") if v.strip()}
+    role = ADMIN if any(v.lower() in admins for v in _values(claims.get(role_claim))) else "analyst"
+    groups = []
+    for value in _values(claims.get(groups_claim)):
+        name = re.sub(r"[^A-Za-z0-9._@-]", "-", value.strip("/").split("/")[-1]).strip("-.@_")[:64]
+        if name and name[0].isalnum() and name.lower() not in {g.lower() for g in groups}:
+            groups.append(name)
+    display = str(claims.get("name") or claims.get("email") or username)[:200]
+    return SignOnIdentity(f"{issuer}|{sub}", username, display, role, tuple(groups))
+
+
+def sso_sign_in(identity: SignOnIdentity, *, client_addr: str = "", user_agent: str = "") -> SignedIn:
+    """Sign in (creating or updating the account) someone the sign-on provider vouched for: role and group
+    memberships follow the provider on every sign-in. LoginRefused for a disabled account."""
+    now = datetime.now(UTC)
+    refusal = None
+    with session_scope() as session:
+        user = identity_repo.user_by_subject(session=session, subject=identity.subject)
+        if user is None:
+            taken = identity_repo.user_by_name(session=session, username=identity.username)
+            name = identity.username if taken is None else f"{identity.username[:55]}-{secrets.random_password()[:6]}"
+            user = identity_repo.create_user(session=session, username=name, role=identity.role, password_hash=None,
+                                             display_name=identity.display_name,
+                                             external_subject=identity.subject)
+            record(session, Actor.operator("single sign-on"), "user.create", target=user.username,
+                   role=identity.role, sso=True)
+        if user.disabled:
+            record(session, Actor(None, user.username, "analyst", client_addr), "login.failure",
+                   target=user.username, reason="disabled", sso=True)
+            refusal = "Wrong username or password."
+        else:
+            if user.role != identity.role:
+                record(session, Actor.operator("single sign-on"), "user.role", target=user.username,
+                       role=identity.role)
+                user.role = identity.role
+            user.display_name = identity.display_name
+            current = set(identity_repo.groups_of(session=session, user_id=user.id))
+            for name in identity.groups:
+                group = identity_repo.group_by_name(session=session, name=name) or identity_repo.create_group(
+                    session=session, name=name)
+                if group.name not in current:
+                    identity_repo.add_member(session=session, group_id=group.id, user_id=user.id)
+            wanted = {g.lower() for g in identity.groups}
+            for name in current:
+                if name.lower() not in wanted:
+                    group = identity_repo.group_by_name(session=session, name=name)
+                    identity_repo.remove_member(session=session, group_id=group.id, user_id=user.id)
+            signed_in = _open_session(session, user, now, client_addr, user_agent)
+            record(session, signed_in.actor, "login.success", target=user.username, sso=True)
+    if refusal is not None:
+        raise LoginRefused(refusal)
+    return signed_in
+
+
 def _open_session(session, user: User, now: datetime, client_addr: str, user_agent: str) -> SignedIn:
     settings = get_settings()
     token = secrets.new_token()

@@ -137,6 +137,27 @@ def get_task(actor: Actor, *, task_id: str) -> dict:
     return found
 
 
+def recent_tasks(actor: Actor, *, limit: int = 50, scan: int = 5000) -> list[dict]:
+    """The newest tasks the actor started (admins: everyone's), newest first: {"id", "name", "state", ...}."""
+    seen: list[str] = []
+    for event in events.recent_events(scan):
+        task_id = event.get("task_id")
+        if task_id and task_id not in seen:
+            seen.append(task_id)
+    records = events.get_tasks(seen)
+    mine = []
+    for task_id in seen:
+        found = records.get(task_id)
+        if found is None or (not actor.is_admin and (actor.user_id is None or task_owner(found) != actor.user_id)):
+            continue
+        mine.append({"id": task_id, "name": found.get("name", ""), "state": found.get("state", ""),
+                     "queued_at": found.get("queued_at"), "finished_at": found.get("finished_at"),
+                     "error": found.get("error", "")})
+        if len(mine) >= limit:
+            break
+    return mine
+
+
 def check_answer_stream(actor: Actor, *, task_id: str) -> None:
     """The answer stream of ``task_id`` may be read by the actor: their own question (or they are an admin)."""
     found = get_task(actor, task_id=task_id)

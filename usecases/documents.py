@@ -6,6 +6,7 @@ for a person carries their id and checks again when it runs: a grant revoked in 
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable
 
@@ -13,9 +14,12 @@ from db.models import FAILED
 from db.repositories import chunks as chunk_repo
 from db.repositories import documents as document_repo
 from infra.database import session_scope
+from infra.settings import get_settings
 from rag import ingestion, library, page_ranges
 from rag.access import EDITOR, Actor, NotFound
 from rag.library import UploadOutcome
+from rag.page_view import cached_render, render_pdf_page
+from rag.page_view import surrounding as page_view_text
 from usecases.access import require_document, require_kb
 from usecases.accounts import actor_for_user_id
 from usecases.audit import record
@@ -80,6 +84,37 @@ def document_original(actor: Actor, *, document_id: int, kb_id: int | None = Non
         if data is None:
             raise NotFound(f"The original file of document {document_id} is no longer stored.")
         return document.filename, document.mime or "application/octet-stream", data
+
+
+def page_view(actor: Actor, *, document_id: int, page: int | None = None, chunk_id: int | None = None,
+              width: int = 1000) -> dict:
+    """What a citation opens: for a PDF {"kind": "image", "png", "page", "pages"} (the page rendered, the cited
+    chunk's passage highlighted, cached); otherwise {"kind": "text", "before", "passage", "after"}."""
+    with session_scope() as session:
+        document = require_document(session, actor, document_id)
+        chunk = chunk_repo.get(session=session, chunk_id=int(chunk_id)) if chunk_id is not None else None
+        if chunk is not None and chunk.document_id != document.id:
+            raise NotFound(f"Passage {chunk_id} is not in document {document_id}.")
+        is_pdf = (document.mime or "") == "application/pdf"
+        if not is_pdf:
+            if chunk is None:
+                raise ValueError("Which passage? A citation of this document names one.")
+            around = chunk_repo.neighbours(session=session, document_id=document.id, ordinal=chunk.ordinal, radius=1)
+            texts = [c.text for c in around]
+            index = next(i for i, c in enumerate(around) if c.id == chunk.id)
+            return {"kind": "text", "filename": document.filename, "locator": chunk.locator,
+                    **page_view_text(texts, index)}
+        data = document_repo.get_blob(session=session, document_id=document.id)
+        number = page or (chunk.page if chunk is not None else 1) or 1
+        filename, sha, pages = document.filename, document.sha256, document.pages
+        passage = chunk.text if chunk is not None and chunk.page == number else None
+    if data is None:
+        raise NotFound(f"The original file of document {document_id} is no longer stored.")
+    key = f"{sha}|{number}|{width}|{hashlib.sha256((passage or '').encode()).hexdigest()}"
+    png = cached_render(get_settings().data_dir / "page-cache", key,
+                        lambda: render_pdf_page(data, number, width=width, passage=passage))
+    return {"kind": "image", "png": png, "page": number, "pages": pages, "filename": filename,
+            "highlighted": passage is not None}
 
 
 def document_chunks(actor: Actor, *, document_id: int, limit: int = 50, offset: int = 0) -> list:

@@ -340,3 +340,7 @@ def list_for_document(*, session: Session, document_id: int, limit: int = 50, of
             select(Chunk).where(Chunk.document_id == document_id).order_by(Chunk.ordinal).limit(limit).offset(offset)
         )
     )
+
+
+def get(*, session: Session, chunk_id: int) -> Chunk | None:
+    return session.get(Chunk, chunk_id)

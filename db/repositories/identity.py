@@ -112,6 +112,13 @@ def readable_kb_ids(user_id: int, scope: frozenset[int] | None = None) -> Select
     return query.where(grants.c.kb_id.in_(list(scope))) if scope is not None else query
 
 
+def owned_kb_ids(user_id: int, scope: frozenset[int] | None = None) -> Select:
+    """The ids of the bases a user owns (own grant or a group's), as a subquery for ``IN``."""
+    grants = _grants_of(user_id)
+    query = select(grants.c.kb_id).where(grants.c.level == "owner").distinct()
+    return query.where(grants.c.kb_id.in_(list(scope))) if scope is not None else query
+
+
 def kb_ids_in(ids: frozenset[int]) -> Select:
     return select(KnowledgeBase.id).where(KnowledgeBase.id.in_(list(ids)))
 

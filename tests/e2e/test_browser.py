@@ -223,6 +223,7 @@ def test_upload_a_report_and_ask_about_it_in_the_browser(chromium, app, tmp_path
             expect(citation.first).to_be_visible(timeout=ANSWER_TIMEOUT * 1000)
             expect(page.get_by_test_id("stChatMessage").last).to_contain_text("utility wires")
             page.screenshot(path=str(tmp_path / "answer.png"), full_page=True)
+            _the_cited_page_opens_and_feedback_is_stored(page, app, citation.first, tmp_path)
             _exfiltration_document_stays_inert(page, app, kb_name, tmp_path)
             _analyst_sees_only_what_is_shared(browser, app, kb_name, tmp_path)
             assert not blocked, f"the page needed something its own policy forbids: {blocked[:5]}"
@@ -327,3 +328,33 @@ def _analyst_sees_only_what_is_shared(browser, app: App, kb_name: str, tmp_path:
         raise
     finally:
         context.close()
+
+
+def _the_cited_page_opens_and_feedback_is_stored(page, app: App, citation, tmp_path: Path) -> None:
+    import json
+
+    from playwright.sync_api import expect
+
+    citation.click()  # the expander
+    citation.get_by_role("button", name=re.compile(r"Open p\. \d")).click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog.get_by_text(REPORT.name)).to_be_visible(timeout=60_000)
+    expect(dialog.locator("img")).to_be_visible(timeout=60_000)  # the page, rendered by pdfium
+    expect(dialog.get_by_text("could not be located")).to_have_count(0)  # the passage is highlighted on it
+    expect(dialog.get_by_role("button", name="Download original")).to_be_visible()
+    page.screenshot(path=str(tmp_path / "cited-page.png"), full_page=True)
+    page.keyboard.press("Escape")
+    expect(dialog).to_have_count(0, timeout=10_000)
+    page.get_by_test_id("stChatMessage").last.get_by_test_id("stFeedback").locator("button").last.click()
+    env = {**os.environ, "KBCHAT_DATA_DIR": str(app.data_dir)}
+    for key in ("KBCHAT_DATABASE_URL", "KBCHAT_REDIS_URL"):
+        env.pop(key, None)
+    deadline = time.monotonic() + 30
+    rows: list = []
+    while time.monotonic() < deadline and not rows:
+        done = subprocess.run([sys.executable, "-m", "kbchat.cli", "feedback", "--json"], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        rows = json.loads(done.stdout or "[]")
+        time.sleep(1)
+    assert rows and rows[0]["rating"] == -1 and rows[0]["question"] == QUESTION, rows
+    assert rows[0]["retrieved"] and rows[0]["retrieved"][0]["document"] == REPORT.name

@@ -24,6 +24,7 @@ class People:
     document_id: int
     conversation_id: int  # the viewer's conversation
     viewer_task: str  # a task record queued for the viewer
+    answer_task: str  # the task of a saved answer in the viewer's conversation
 
 
 def _person(role: str, tag: str):
@@ -70,7 +71,15 @@ def people(services) -> People:
     viewer_task = f"viewer-task-{tag}"
     events.record(viewer_task, events.QUEUED, name="chat.answer",
                   args=events.encode_args([kb_id, "q", None, None, actors["viewer"].user_id]))
-    return People(actors, kb_id, outcome.document_id, asked.conversation_id, viewer_task)
+    from db.repositories import conversations as conversation_repo
+
+    answer_task = f"answer-{tag}"
+    with session_scope() as session:
+        conversation_repo.add_message(session=session, conversation_id=asked.conversation_id, role="assistant",
+                                      content="The keeper logged a gale [1].", mode="extractive", task_id=answer_task,
+                                      citations=[{"n": 1, "chunk_id": 1, "document": "lighthouse.pdf", "page": 1,
+                                                  "score": 0.8}])
+    return People(actors, kb_id, outcome.document_id, asked.conversation_id, viewer_task, answer_task)
 
 
 def _state(kb_id: int) -> dict:
@@ -96,6 +105,10 @@ MATRIX = {
     "ask":               dict(admin=1, owner=1, editor=1, viewer=1, group_viewer=1, outsider=0),
     "read_conversation": dict(admin=1, owner=0, editor=0, viewer=1, group_viewer=0, outsider=0),
     "list_documents":    dict(admin=1, owner=1, editor=1, viewer=1, group_viewer=1, outsider=0),
+    "open_page":         dict(admin=1, owner=1, editor=1, viewer=1, group_viewer=1, outsider=0),
+    "download_original": dict(admin=1, owner=1, editor=1, viewer=1, group_viewer=1, outsider=0),
+    "read_feedback":     dict(admin=1, owner=1, editor=0, viewer=0, group_viewer=0, outsider=0),
+    "rate_answer":       dict(admin=1, owner=0, editor=0, viewer=1, group_viewer=0, outsider=0),
     "upload":            dict(admin=1, owner=1, editor=1, viewer=0, group_viewer=0, outsider=0),
     "delete":            dict(admin=1, owner=1, editor=1, viewer=0, group_viewer=0, outsider=0),
     "reindex":           dict(admin=1, owner=1, editor=1, viewer=0, group_viewer=0, outsider=0),
@@ -110,7 +123,7 @@ MUTATING = ("upload", "delete", "reindex", "rename", "delete_base", "manage_gran
 
 
 def _do(action: str, actor, people: People, kb_id: int, document_id: int):
-    from usecases import accounts, asking, audit, documents, fixes, knowledge_bases
+    from usecases import accounts, asking, audit, documents, feedback, fixes, knowledge_bases
 
     queue = RecordingQueue()
     match action:
@@ -122,6 +135,16 @@ def _do(action: str, actor, people: People, kb_id: int, document_id: int):
             return asking.conversation_messages(actor, conversation_id=people.conversation_id)
         case "list_documents":
             return documents.list_documents(actor, kb_id=kb_id)
+        case "open_page":
+            view = documents.page_view(actor, document_id=people.document_id, page=1)
+            assert view["kind"] == "image" and view["png"].startswith(b"\x89PNG")
+            return view
+        case "download_original":
+            return documents.document_original(actor, document_id=people.document_id)
+        case "read_feedback":
+            return feedback.list_feedback(actor, kb_id=kb_id)
+        case "rate_answer":
+            return feedback.rate(actor, task_id=people.answer_task, rating=-1, comment="wrong page")
         case "upload":
             return documents.upload_files(queue, actor, kb_id=kb_id, files=[("new.txt", b"A new note, " * 5)])
         case "delete":
@@ -275,3 +298,38 @@ def test_a_task_checks_the_asker_again_on_a_real_worker(worker, people, kind):
     assert document.status == "failed" and "no longer has editor access" in (document.error or "")
     assert document.chunk_count == 0
     wait_until(lambda: True, 0.1, "")
+
+
+def test_feedback_is_stored_with_what_the_answer_was_built_from(people):
+    from usecases import feedback
+
+    feedback.rate(people.actors["viewer"], task_id=people.answer_task, rating=1, comment="spot on")
+    feedback.rate(people.actors["viewer"], task_id=people.answer_task, rating=-1, comment="no: wrong page")
+    rows = [r for r in feedback.list_feedback(people.actors["owner"], kb_id=people.kb_id)
+            if r["task_id"] == people.answer_task and r["user"] == people.actors["viewer"].username]
+    assert len(rows) == 1, "one rating per user and answer, changed in place"
+    row = rows[0]
+    assert row["rating"] == -1 and row["comment"] == "no: wrong page" and row["question"] == "What did the keeper log?"
+    assert row["answer"].startswith("The keeper logged") and row["mode"] == "extractive"
+    assert row["retrieved"] == [{"chunk_id": 1, "document": "lighthouse.pdf", "page": 1, "score": 0.8}]
+    assert feedback.my_ratings(people.actors["viewer"], task_ids=[people.answer_task])[people.answer_task][
+        "rating"] == -1
+    assert not feedback.list_feedback(people.actors["editor"])  # an editor is no owner: nothing to read
+    with pytest.raises(ValueError):
+        feedback.rate(people.actors["viewer"], task_id=people.answer_task, rating=5)
+
+
+def test_the_cited_page_is_rendered_with_the_passage_highlighted(people):
+    from db.repositories import chunks as chunk_repo
+    from infra.database import session_scope
+    from usecases import documents
+
+    with session_scope() as session:
+        chunk = chunk_repo.list_for_document(session=session, document_id=people.document_id)[0]
+    plain = documents.page_view(people.actors["viewer"], document_id=people.document_id, page=1)
+    marked = documents.page_view(people.actors["viewer"], document_id=people.document_id, chunk_id=chunk.id)
+    assert marked["highlighted"] and not plain["highlighted"] and marked["png"] != plain["png"]
+    assert documents.page_view(people.actors["viewer"], document_id=people.document_id,
+                               chunk_id=chunk.id)["png"] == marked["png"]  # from the cache
+    with pytest.raises(ValueError, match="no page 9"):
+        documents.page_view(people.actors["viewer"], document_id=people.document_id, page=9)

@@ -229,3 +229,76 @@ def test_readiness_says_why_when_the_database_is_gone(services, tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def sso_web(services, tmp_path_factory):
+    from tests.conftest import start_web, stop_web
+    from tests.oidc_provider import Provider
+
+    with Provider() as provider:
+        web = start_web(tmp_path_factory.mktemp("sso-web") / "web.log", {
+            "KBCHAT_OIDC_ISSUER": provider.url, "KBCHAT_OIDC_CLIENT_ID": provider.client_id,
+            "KBCHAT_OIDC_CLIENT_SECRET": provider.client_secret})
+        try:
+            yield web.url, provider
+        finally:
+            stop_web(web)
+            assert provider.client_secret not in web.log()
+
+
+def _sso(url: str, next_path: str = "/upload") -> tuple[requests.Session, requests.Response]:
+    """The browser's trip: kbchat → provider → kbchat's callback (redirects followed one by one)."""
+    browser = requests.Session()
+    response = browser.get(f"{url}/login/sso", params={"next": next_path}, allow_redirects=False, timeout=30)
+    for _ in range(3):
+        if response.status_code not in (302, 303) or response.headers["location"] == next_path:
+            break
+        response = browser.get(response.headers["location"], allow_redirects=False, timeout=30)
+    return browser, response
+
+
+def test_single_sign_on_creates_the_account_with_role_and_groups(sso_web):
+    from usecases import accounts
+
+    url, provider = sso_web
+    assert "Sign in with single sign-on" in requests.get(f"{url}/login", timeout=10).text
+    tag = uuid.uuid4().hex[:6]
+    provider.claims = {"sub": f"sub-{tag}", "preferred_username": f"sso-{tag}", "name": "Sam Sign-On",
+                       "groups": ["kbchat-admins", f"desk-{tag}"]}
+    browser, done = _sso(url)
+    assert done.status_code == 303 and done.headers["location"] == "/upload", done.text
+    token = browser.cookies["kbchat_session"]
+    actor = accounts.actor_for_session(token)
+    assert actor.username == f"sso-{tag}" and actor.role == "admin"
+    users = {u["username"]: u for u in accounts.list_users(OPERATOR)}
+    assert users[f"sso-{tag}"]["groups"] == [f"desk-{tag}", "kbchat-admins"] and users[f"sso-{tag}"]["sso"]
+    assert browser.get(f"{url}/upload", timeout=10).status_code == 200
+
+    provider.claims = {**provider.claims, "groups": [f"other-{tag}"]}  # the provider changed them
+    browser, done = _sso(url)
+    users = {u["username"]: u for u in accounts.list_users(OPERATOR)}
+    assert users[f"sso-{tag}"]["role"] == "analyst" and users[f"sso-{tag}"]["groups"] == [f"other-{tag}"]
+    with pytest.raises(accounts.LoginRefused):  # a sign-on account has no password to sign in with
+        accounts.login(f"sso-{tag}", "")
+
+
+def test_single_sign_on_refuses_bad_tokens_state_and_disabled_users(sso_web):
+    from usecases import accounts
+
+    url, provider = sso_web
+    tag = uuid.uuid4().hex[:6]
+    provider.claims = {"sub": f"bad-{tag}", "preferred_username": f"bad-{tag}"}
+    for tamper in ({"aud": "someone-else"}, {"nonce": "replayed"}, {"iss": "https://evil.example"}):
+        provider.tamper = tamper
+        _, done = _sso(url)
+        assert done.status_code == 401 and "ID token is not valid" in done.text, (tamper, done.text)
+    provider.tamper = {}
+    browser = requests.Session()  # a callback nobody started (or whose state was swapped) is refused
+    forged = browser.get(f"{url}/login/sso/callback", params={"code": "x", "state": "y"}, allow_redirects=False,
+                         timeout=30)
+    assert forged.status_code == 400 and "kbchat_session" not in forged.headers.get("set-cookie", "")
+    _sso(url)
+    accounts.set_disabled(OPERATOR, username=f"bad-{tag}")
+    _, done = _sso(url)
+    assert done.status_code == 401 and "kbchat_session" not in done.headers.get("set-cookie", "")

@@ -309,3 +309,29 @@ def test_pages_without_services_say_so_plainly(no_services, page):
     errors = texts(at.error)
     assert len(errors) == 1 and errors[0].startswith("No services:"), errors
     assert "make run" in errors[0]
+
+
+def test_status_page_lists_the_viewers_own_recent_tasks(library):
+    """Without an id: an analyst sees the tasks they started; an admin sees everyone's."""
+    from tasks.backend import get_backend
+    from tests.conftest import OPERATOR, app_test, session_token
+    from usecases import accounts
+    from usecases.asking import ask
+
+    name = f"ui-analyst-{uuid.uuid4().hex[:6]}"
+    session_token(name, "analyst")
+    accounts.grant(OPERATOR, kb_id=library.kb_id, grantee=name, level="viewer")
+    analyst = next(a for a in [accounts.actor_for_session(session_token(name, "analyst"))] if a)
+    asked = ask(get_backend(), analyst, kb_id=library.kb_id, question="What did the harbour log say?")
+
+    def listed(username: str, role: str) -> str:
+        at = app_test(ENTRYPOINT, username=username, role=role)
+        at.run()
+        at.switch_page(STATUS).run()
+        assert not at.exception, at.exception
+        return " ".join(texts(at.markdown))
+
+    mine = listed(name, "analyst")
+    assert asked.task_id in mine and library.ready_task not in mine  # not the admin's ingest
+    everyone = listed("ui-admin", "admin")
+    assert asked.task_id in everyone and library.ready_task in everyone
