@@ -3,7 +3,7 @@ so the reconciler can restart the work of a worker whose heartbeat lapsed; attem
 document lost (the pages say "worker lost — retrying").
 
 Revision ID: 0007
-Revises: 0009 (after the API keys; main had 0006 → 0009 when this was merged)
+Revises: 0010 (the head of main when this was merged: 0006 → 0009 → 0010)
 Create Date: 2026-12-02
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
