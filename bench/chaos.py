@@ -1,7 +1,7 @@
 """Chaos benchmark: the real stack while documents ingest and questions are asked, one fault per round.
 
     .venv/bin/python bench/chaos.py [--backend celery] [--rounds 4] [--modes main,child,chat,redis] [--docs 3]
-                                    [--pages 40] [--reconcile-every 60]
+                                    [--pages 80] [--reconcile-every 60]
 
 It starts embedded PostgreSQL and Redis in a temporary folder, a fake generation server that streams slowly
 (``tests/tgi_server.py``, so answers take seconds), an ingest worker (``ingest,maintenance``, concurrency 2), a chat
@@ -200,6 +200,7 @@ class Askers:
             except Exception:
                 outcome = "told"  # Redis down mid-read: the page shows the error
             self.outcomes.append(outcome)
+            self._stop.wait(1.0)  # a person reads the answer before asking the next question
 
 
 def strike(mode: str, ingest: Supervised, chat: Supervised, services) -> None:
@@ -235,10 +236,11 @@ def run_round(number: int, mode: str, files, reference: dict[str, int], ask_kb: 
                 ready = any(d.status == "embedding" and d.progress_done > 0 for d in safely(lambda: documents(ids), []))
             if ready or time.monotonic() - started > 180:
                 break
-            time.sleep(0.2)
+            time.sleep(0.1)
         askers.streaming.clear()
         struck = time.monotonic()
-        strike(mode, ingest, chat, services)
+        if ready:
+            strike(mode, ingest, chat, services)
         finished: dict[int, float] = {}
         while len(finished) < len(ids) and time.monotonic() - struck < deadline:
             for document in safely(lambda: documents(ids), []):
@@ -257,7 +259,7 @@ def run_round(number: int, mode: str, files, reference: dict[str, int], ask_kb: 
                 duplicated.append(document.id)
     outcomes = askers.outcomes
     return {
-        "round": number, "mode": mode, "documents": len(ids), "lost": len(lost), "duplicated": len(duplicated),
+        "round": number, "mode": mode if ready else f"{mode} (nothing under way: no fault)", "documents": len(ids), "lost": len(lost), "duplicated": len(duplicated),
         "stuck": len(stuck), "recovered_s": max(finished.values()) if finished else None,
         "errors": [d.error for d in final if d.status == "failed"][:2],
         "asked": len(outcomes), "answered": outcomes.count("answered"), "told": outcomes.count("told"),
@@ -271,7 +273,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4, help="rounds, the modes taken in turn (default 4)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     parser.add_argument("--docs", type=int, default=3, help="documents uploaded each round")
-    parser.add_argument("--pages", type=int, default=40, help="pages per document")
+    parser.add_argument("--pages", type=int, default=80, help="pages per document")
     parser.add_argument("--reconcile-every", type=int, default=60, help="the scheduler's reconcile interval (s)")
     parser.add_argument("--deadline", type=float, default=300, help="seconds after a fault before a document counts "
                         "as stuck")
@@ -281,6 +283,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown mode(s) {', '.join(sorted(unknown))}")
     os.environ["KBCHAT_TASK_BACKEND"] = args.backend
+    os.environ["KBCHAT_ANSWER_CACHE_TTL_SECONDS"] = "0"  # every question goes to a chat worker
 
     data_dir = Path(tempfile.mkdtemp(prefix="kbchat-bench-chaos-"))
     services = tgi = None
