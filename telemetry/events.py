@@ -26,6 +26,9 @@ WORKER_PATTERN = "kbchat:worker:*"
 # Every worker seen lately (id → last beat) and its last heartbeat record, so one whose key expired shows offline.
 WORKERS_SEEN_KEY = "kbchat:workers:seen"
 WORKERS_INFO_KEY = "kbchat:workers:info"
+# The tasks a worker has started and not ended (task id → name), written with each start: a worker that dies
+# between two heartbeats still names what it held (its heartbeat record is copied only once a beat).
+HELD_KEY = "kbchat:held:{}"
 WORKERS_SEEN_SECONDS = 24 * 3600
 WORKERS_SEEN_MAX = 500
 # Task events counted per minute ("<name>|<event>" → n), kept a little over a day: exact hour and day counts.
@@ -77,6 +80,8 @@ def record_started(task_id: str, *, name: str, worker: str, queue: str = "") -> 
     _record_into(pipe, task_id, STARTED, name=name, queue=queue, worker=worker)
     pipe.eval(_UPDATE_WORKER, 1, WORKER_KEY.format(worker), f"task:{task_id}",
               json.dumps({"name": name, "started_at": _now()}), "", "")
+    pipe.hset(HELD_KEY.format(worker), task_id, name)
+    pipe.expire(HELD_KEY.format(worker), get_settings().result_ttl_seconds)
     pipe.execute()
 
 
@@ -254,7 +259,10 @@ def _update_worker(worker: str, *, set_field: str = "", value: str = "", delete:
 
 def task_ended_on(worker: str, task_id: str) -> None:
     """The attempt ended (success, failure or retry): the worker no longer runs it."""
-    _update_worker(worker, delete=f"task:{task_id}")
+    pipe = get_redis().pipeline()
+    pipe.eval(_UPDATE_WORKER, 1, WORKER_KEY.format(worker), "", "", f"task:{task_id}", "")
+    pipe.hdel(HELD_KEY.format(worker), task_id)
+    pipe.execute()
 
 
 def count_task(worker: str, ok: bool) -> None:
@@ -267,7 +275,7 @@ def forget_workers(workers: list[str]) -> None:
     if not workers:
         return
     pipe = get_redis().pipeline()
-    pipe.delete(*[WORKER_KEY.format(w) for w in workers])
+    pipe.delete(*[WORKER_KEY.format(w) for w in workers], *[HELD_KEY.format(w) for w in workers])
     pipe.zrem(WORKERS_SEEN_KEY, *workers)
     pipe.hdel(WORKERS_INFO_KEY, *workers)
     pipe.execute()
@@ -281,15 +289,11 @@ def lost_tasks(names: tuple[str, ...]) -> list[tuple[str, str]]:
     gone = sorted(set(seen) - alive_workers(seen))
     if not gone:
         return []
-    candidates = []
-    for worker, raw in zip(gone, r.hmget(WORKERS_INFO_KEY, gone), strict=True):
-        try:
-            record = json.loads(raw or "{}")
-        except ValueError:
-            continue
-        for key, value in record.items():
-            if key.startswith("task:") and (json.loads(value) if value.startswith("{") else {}).get("name") in names:
-                candidates.append((worker, key[5:]))
+    pipe = r.pipeline()
+    for worker in gone:
+        pipe.hgetall(HELD_KEY.format(worker))
+    candidates = [(worker, task_id) for worker, held in zip(gone, pipe.execute(), strict=True)
+                  for task_id, name in held.items() if name in names]
     if not candidates:
         return []
     pipe = r.pipeline()
