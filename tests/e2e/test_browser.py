@@ -84,6 +84,16 @@ def _started_by(app: App) -> list[psutil.Process]:
     return list(found.values())
 
 
+def _is_browser_side(process: psutil.Process) -> bool:
+    """Playwright's driver (node) or Chromium, not one of the app's processes (a worker may fork a new pool child
+    meanwhile)."""
+    try:
+        command = " ".join(process.cmdline()).lower()
+    except psutil.Error:
+        return False
+    return any(word in command for word in ("chrom", "playwright", "node"))
+
+
 def _left_over(processes: list[psutil.Process]) -> list[str]:
     """The ones still there (a zombie counts: nothing here reaps orphans)."""
     left = []
@@ -169,7 +179,8 @@ def test_upload_a_report_and_ask_about_it_in_the_browser(chromium, app, tmp_path
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
         # Playwright's driver and Chromium's processes: they must be gone once the browser is closed.
-        driver_and_browser = [p for p in psutil.Process().children(recursive=True) if p.pid not in ours]
+        driver_and_browser = [p for p in psutil.Process().children(recursive=True)
+                              if p.pid not in ours and _is_browser_side(p)]
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         blocked: list[str] = []  # what the Content-Security-Policy refused: kbchat's own page must need nothing
         page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
