@@ -7,6 +7,7 @@ import streamlit as st
 from db.models import ACTIVE_STATES
 from rag.parsing import supported_formats
 from streamlit_app import auth, components
+from tasks import monitoring
 from tasks.backend import get_backend
 from usecases.documents import list_documents, upload_files
 
@@ -48,14 +49,19 @@ def document_rows() -> None:
         return
     count = f"{len(documents)} document" + ("s" if len(documents) != 1 else "")
     st.caption(count + (f" · {active} in progress" if active else ""))
+    lost = monitoring.lost_documents(documents) if active else set()
     for document in documents:
         name, state, progress, detail = st.columns([4, 2, 3, 3], vertical_alignment="center")
         name.markdown(f"**{components.plain(document.filename)}**")
         with state:
             components.status_badge(document.status)
-        if document.status in ACTIVE_STATES:
+        if document.id in lost:  # not a frozen bar: the reconciler starts it again
+            progress.warning(monitoring.lost_label(document.attempts), icon=":material/heart_broken:")
+        elif document.status in ACTIVE_STATES:
             total = document.progress_total
             label = f"{document.status} {document.progress_done}/{total}" if total else document.status
+            if document.attempts > 1:
+                label += f" · attempt {document.attempts}"
             progress.progress(min(1.0, document.progress or 0.0), text=label)
         elif document.status == "ready":
             progress.caption(f"{document.pages or 0} pages · {document.chunk_count} chunks")

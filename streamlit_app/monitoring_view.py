@@ -15,9 +15,11 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from infra.settings import get_settings
 from rag import llm_breaker
 from tasks import monitoring, system_status
 from tasks.queues import QUEUES, QueueDepth
+from tasks.registry import celery_redelivery_seconds
 from telemetry import events, queue_history, retrievals
 
 WINDOWS = {"1 h": 3600, "6 h": 6 * 3600, "24 h": 24 * 3600}
@@ -137,10 +139,56 @@ def headline(depths: list[QueueDepth], workers: list[dict], hour: dict, window: 
         if depth.waiting and depth.queue not in consumed:
             st.warning(f"**{depth.waiting}** task(s) wait on the **{depth.queue}** queue and no online worker "
                        f"consumes it. Start one: `kbchat worker --queues {depth.queue}`.", icon=":material/warning:")
-    for worker in offline:
-        st.warning(f"Worker **{worker['id']}** stopped sending heartbeats {ago(worker['last_heartbeat'])} "
-                 "(killed, crashed or cut off). Tasks it held come back to the queue on their own.",
-                 icon=":material/heart_broken:")
+    lost_summary(monitoring.lost_workers([dict(w, current=list(w["current"])) for w in offline]))
+
+
+def lost_summary(lost: list[dict]) -> None:
+    """Workers whose heartbeat lapsed, in one collapsed line; inside, what each held and what becomes of it."""
+    if not lost:
+        return
+    recent = sum(time.time() - (w["last_heartbeat"] or 0) < monitoring.LOST_SHOWN_SECONDS for w in lost)
+    label = f"{recent} worker{'s' if recent != 1 else ''} lost in the last hour"
+    older = len(lost) - recent
+    if older:
+        label += f" · {older} earlier, still holding work"
+    with st.expander(label, icon=":material/heart_broken:"):
+        for worker in lost:
+            st.markdown(lost_sentence(worker))
+
+
+def lost_sentence(worker: dict) -> str:
+    """What is true about one lost worker's work: which tasks come back, and when."""
+    settings = get_settings()
+    held = worker["held"]
+    fates = {fate: sum(t["fate"] == fate for t in held) for fate in ("finished", "restarted", "taken over", "pending")}
+    text = (f"**{worker['id']}** ({worker['queues'] or 'no queues'}) stopped sending heartbeats "
+            f"{ago(worker['last_heartbeat'])}: killed, crashed or cut off. ")
+    if held:
+        done = ", ".join(f"{n} {fate}" for fate, n in fates.items() if n and fate != "pending")
+        text += f"It was running {len(held)} task(s)" + (f" ({done})" if done else "") + ". "
+    else:
+        text += "It was running no task. "
+    ingest = sum(t["fate"] == "pending" and t["name"].startswith("ingest.") for t in held)
+    if worker["claims"] or ingest:
+        text += (f"The reconciler (every {settings.reconcile_interval_seconds} s, and at every worker start) starts "
+                 f"the {worker['claims'] or ingest} document(s) or part(s) it held again once its heartbeat is "
+                 f"{settings.heartbeat_ttl_seconds} s old. ")
+    if any(t["fate"] == "pending" and t["name"] == "chat.answer" for t in held):
+        text += "Questions it was answering were told their worker stopped; ask them again. "
+    if fates["pending"]:
+        if worker["backend"] == "dramatiq":
+            text += (f"Dramatiq puts its unacknowledged messages back in the queue once its heartbeat is "
+                     f"{settings.dramatiq_heartbeat_timeout_seconds} s old; ")
+        else:
+            text += ("Celery puts its unacknowledged messages back in the queue after the visibility timeout "
+                     f"({celery_redelivery_seconds() / 60:.0f} min); ")
+        text += "a task already restarted then stands down."
+    else:
+        text += "Nothing it held is left: this line goes once it is an hour old."
+    return text
+
+
+
 
 
 # --- queues ----------------------------------------------------------------------------------------------------

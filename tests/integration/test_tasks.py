@@ -538,7 +538,8 @@ def test_scheduler_enqueues_reconcile_periodically_and_the_worker_runs_it(worker
                             30, "the first scheduled reconcile to succeed")
         assert record["name"] == "maintenance.reconcile" and record["queue"] == "maintenance"
         assert record["backend"] == worker.backend and record["worker"]
-        assert set(record["result"]) == {"requeued", "failed", "checked"}
+        assert set(record["result"]) == {"requeued", "failed", "checked", "lost_workers", "parts",
+                                         "answers_ended"}
         first_two = [float(events.get_task(i)["queued_at"]) for i in ids[:2]]
         assert 0.3 < first_two[1] - first_two[0] < 10  # periodic, about every second
     finally:

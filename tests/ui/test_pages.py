@@ -146,6 +146,31 @@ def test_upload_page_lists_documents_with_status_and_failure_reason(library):
     assert "damaged" in library.failed_error  # a reason a person can act on, not a traceback
 
 
+def test_upload_page_says_worker_lost_instead_of_a_frozen_bar(kb):
+    """A document whose worker's heartbeat is gone shows "worker lost — retrying (attempt N)", not its last bar."""
+    from sqlalchemy import text
+
+    from db.repositories import documents as document_repo
+    from infra.database import session_scope
+    from rag.library import store_upload
+
+    kb_id, kb_name = kb
+    with session_scope() as session:
+        outcome = store_upload(session=session, kb_id=kb_id, filename="orphaned.txt",
+                               data=b"The ferry to the island leaves at seven from pier four.\n")
+        session.execute(text(
+            "UPDATE documents SET status = 'embedding', progress = 0.5, progress_done = 5, progress_total = 10, "
+            "attempts = 1, worker = 'kbchat-ingest-1@gone', claimed_at = now() WHERE id = :id"),
+            {"id": outcome.document_id})
+    try:
+        at = choose_kb(open_page(UPLOAD), "upload_kb", kb_name)
+        assert "worker lost — retrying (attempt 2)" in texts(at.warning), texts(at.warning)
+        assert not at.get("progress"), "no frozen progress bar"
+    finally:  # nothing for the session worker's reconciler to pick up
+        with session_scope() as session:
+            document_repo.mark_failed(session=session, document_id=outcome.document_id, error="test over")
+
+
 def test_upload_page_creates_a_knowledge_base_in_place(services):
     from db.repositories import knowledge_bases as kb_repo
     from infra.database import session_scope

@@ -1,0 +1,173 @@
+"""The HTTP API under load, through nginx, with 1 and with 2 web instances (workers as in ``make run``).
+
+Prints, per shape: 50 concurrent searches (p50/p95, errors) and 20 concurrent streamed asks (time to the first
+token p50/p95, errors); and the API path's overhead over the same search called in-process, measured in the same
+run (target ≤ 5 ms p50). Needs Debian's nginx (``make test`` installs it). Never part of pass/fail.
+
+    .venv/bin/python bench/api.py [--searches 50] [--asks 20] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from chat_overhead import ingest_demo, start_worker, stop, wait_idle  # noqa: E402  (bench/chat_overhead.py)
+from retrieval import percentile, start_services  # noqa: E402  (bench/retrieval.py)
+
+QUESTIONS = [
+    "What did the Piper hit on final approach?", "Why did the engine lose power?", "Where did the airplane land?",
+    "What was the weather at the time of the accident?", "How many hours had the pilot flown?",
+    "What did the examination of the wreckage show?", "What was the probable cause?",
+]
+
+
+def burst(count: int, call) -> tuple[list[float], int]:
+    """``count`` calls at the same instant (a barrier); their times in ms and how many failed."""
+    barrier = threading.Barrier(count)
+    times: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        nonlocal errors
+        barrier.wait()
+        started = time.perf_counter()
+        try:
+            call(i)
+            took = (time.perf_counter() - started) * 1000
+            with lock:
+                times.append(took)
+        except Exception:
+            with lock:
+                errors += 1
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return times, errors
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--searches", type=int, default=50)
+    parser.add_argument("--asks", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    import os
+
+    import requests
+
+    from tests import nginx_support
+    from tests.conftest import OPERATOR, start_web, stop_web
+
+    data_dir = Path(tempfile.mkdtemp(prefix="kbchat-bench-api-"))
+    services = start_services(data_dir / "services")
+    os.environ["KBCHAT_API_RATE_LIMIT_PER_MINUTE"] = "100000"
+    os.environ["KBCHAT_ANSWER_CACHE_TTL_SECONDS"] = "0"  # every ask goes to a worker
+    from infra.settings import get_settings
+
+    get_settings.cache_clear()
+    env = dict(os.environ)
+    workers = [start_worker("ingest,maintenance", 2, env, data_dir / "ingest.log"),
+               start_worker("chat", 10, env, data_dir / "chat-1.log"),
+               start_worker("chat", 10, env, data_dir / "chat-2.log")]
+    webs, nginx = [], None
+    try:
+        from usecases import accounts, api_keys
+        from usecases.asking import search_passages
+
+        kb_id = ingest_demo("bench-api")
+        wait_idle(kb_id)
+        accounts.add_user(OPERATOR, username="bench-api", role="analyst")
+        accounts.grant(OPERATOR, kb_id=kb_id, grantee="bench-api", level="viewer")
+        key = api_keys.create_key(OPERATOR, username="bench-api")["key"]
+        headers = {"authorization": f"Bearer {key}"}
+
+        in_process = []
+        for i in range(30):
+            started = time.perf_counter()
+            search_passages(OPERATOR, kb_id=kb_id, question=QUESTIONS[i % len(QUESTIONS)], k=5, audit=False)
+            in_process.append((time.perf_counter() - started) * 1000)
+
+        for instances in (1, 2):
+            while len(webs) < instances:
+                webs.append(start_web(data_dir / f"web-{len(webs)}.log"))
+            if nginx is not None:
+                nginx_support.stop(nginx)
+            prefix = data_dir / f"nginx-{instances}"
+            prefix.mkdir()
+            nginx = nginx_support.start(prefix, [w.url.removeprefix("http://") for w in webs])
+            api = f"{nginx.url}/api/v1/knowledge-bases/{kb_id}"
+
+            def search(i: int, api: str = api) -> None:
+                response = requests.post(f"{api}/search", json={"question": QUESTIONS[i % len(QUESTIONS)], "k": 5},
+                                         headers=headers, timeout=120)
+                response.raise_for_status()
+
+            def ask(i: int, api: str = api) -> None:
+                response = requests.post(f"{api}/ask", json={"question": QUESTIONS[i % len(QUESTIONS)]},
+                                         headers={**headers, "accept": "text/event-stream"}, stream=True,
+                                         timeout=300)
+                response.raise_for_status()
+                for line in response.iter_lines(decode_unicode=True):
+                    if line.startswith("event: token"):
+                        return
+                    if line.startswith("event: error"):
+                        raise RuntimeError("error event")
+                raise RuntimeError("no token")
+
+            search(0)  # warm: each web process loads the embedder on its first search
+            sequential = []
+            for i in range(30):
+                started = time.perf_counter()
+                search(i)
+                sequential.append((time.perf_counter() - started) * 1000)
+            search_times, search_errors, ask_times, ask_errors = [], 0, [], 0
+            for _ in range(args.rounds):
+                times, errors = burst(args.searches, search)
+                search_times += times
+                search_errors += errors
+                times, errors = burst(args.asks, ask)
+                ask_times += times
+                ask_errors += errors
+            overhead = statistics.median(sequential) - statistics.median(in_process)
+            print(json.dumps({
+                "web_instances": instances,
+                "search_in_process_p50_ms": round(statistics.median(in_process), 1),
+                "search_api_sequential_p50_ms": round(statistics.median(sequential), 1),
+                "api_overhead_p50_ms": round(overhead, 1),
+                f"burst_{args.searches}_searches_p50_ms": round(percentile(search_times, 50), 1),
+                f"burst_{args.searches}_searches_p95_ms": round(percentile(search_times, 95), 1),
+                "search_errors": search_errors,
+                f"burst_{args.asks}_asks_first_token_p50_ms": round(percentile(ask_times, 50), 1),
+                f"burst_{args.asks}_asks_first_token_p95_ms": round(percentile(ask_times, 95), 1),
+                "ask_errors": ask_errors,
+            }), flush=True)
+    finally:
+        if nginx is not None:
+            nginx_support.stop(nginx)
+        for web in webs:
+            stop_web(web)
+        for worker in workers:
+            stop(worker)
+        if services is not None:
+            services.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
