@@ -39,8 +39,9 @@ QUEUED, PARSING, CHUNKING, EMBEDDING, STORING, READY, FAILED = (
     "ready",
     "failed",
 )
+OCR = "ocr"  # between parsing and chunking: pages without a text layer being read by OCR
 FINAL_STATES = (READY, FAILED)
-ACTIVE_STATES = (QUEUED, PARSING, CHUNKING, EMBEDDING, STORING)
+ACTIVE_STATES = (QUEUED, PARSING, OCR, CHUNKING, EMBEDDING, STORING)
 
 
 class Base(DeclarativeBase):
@@ -92,6 +93,13 @@ class Document(Base):
     context: Mapped[str | None] = mapped_column(Text)
     task_id: Mapped[str | None] = mapped_column(String(64))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The worker (its heartbeat identity) running the current task, since when: when its heartbeat lapses the
+    # reconciler starts the document over as a new run. Cleared when the document is split into parts (those carry
+    # their own) and when it is queued again.
+    worker: Mapped[str | None] = mapped_column(String(255))
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The worker whose loss last sent the document back to the queue ("worker lost — retrying (attempt N)").
+    lost_worker: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
@@ -257,6 +265,11 @@ class IngestPart(Base):
     pages_done: Mapped[int] = mapped_column(Integer, default=0)
     chunk_count: Mapped[int] = mapped_column(Integer, default=0)
     done: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The delivery running the part (task id, worker, since when) and how many deliveries started it.
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    worker: Mapped[str | None] = mapped_column(String(255))
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )

@@ -80,6 +80,12 @@ class Settings(BaseSettings):
         description="Who extracts a PDF page's text: pdfium (pypdfium2, ~20x faster, same words) or pypdf. pypdf always "
         "opens and checks the file (encryption, limits, page count) and reads any page pdfium cannot.",
     )
+    ocr_enabled: bool = Field(
+        default=True,
+        description="PDF pages without a text layer (scans) are read by OCR (RapidOCR, models from its wheel); "
+        "false = such a PDF fails saying it has no text layer.",
+    )
+    ocr_dpi: int = Field(default=150, description="Resolution scanned pages are rendered at for OCR.")
     ingest_split_pages: int = Field(
         default=200,
         description="A PDF with more pages than this is split into page-range parts of at most this many pages, "

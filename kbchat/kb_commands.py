@@ -103,7 +103,7 @@ def ingest_command(args) -> int:
     return 1 if bad or unfinished else 0
 
 
-_STAGE_WEIGHT = {"queued": 0.0, "parsing": 0.05, "chunking": 0.3, "embedding": 0.35, "storing": 0.95}
+_STAGE_WEIGHT = {"queued": 0.0, "parsing": 0.05, "ocr": 0.05, "chunking": 0.3, "embedding": 0.35, "storing": 0.95}
 
 
 def _wait_for_documents(document_ids: list[int], timeout: float, quiet: bool) -> dict[int, object]:
@@ -126,7 +126,7 @@ def _wait_for_documents(document_ids: list[int], timeout: float, quiet: bool) ->
                     done += 1
                 else:
                     base = _STAGE_WEIGHT.get(document.status, 0.0)
-                    span = 0.6 if document.status == "embedding" else 0.25 if document.status == "parsing" else 0.0
+                    span = 0.6 if document.status == "embedding" else 0.25 if document.status in ("parsing", "ocr") else 0.0
                     done += base + span * (document.progress or 0.0)
             bar.n = round(done, 2)
             active = [d for d in documents.values() if d.status not in FINAL_STATES]
@@ -174,6 +174,7 @@ def search_command(args) -> int:
 
 def ask_command(args) -> int:
     from rag.citations import citation_json, citation_label
+    from rag.extractive import best_excerpt
     from tasks.backend import get_backend
     from telemetry.answer_streams import read_answer, request_stop
     from usecases.asking import ask
@@ -214,7 +215,7 @@ def ask_command(args) -> int:
     else:
         print()
         if mode == "extractive" and not done.get("no_answer"):
-            print("(extractive answer: quoted passages, no language model)", file=sys.stderr)
+            print("(extractive answer: sentences quoted from the passages, no language model)", file=sys.stderr)
         elif mode == "cache":
             print("(answered from the cache: the same question was asked before)", file=sys.stderr)
         if citations:
@@ -222,6 +223,8 @@ def ask_command(args) -> int:
                   else "Sources:")
             for c in citations:
                 print(f"  [{c['n']}] {citation_label(c)} (score {c['score']:.2f})")
+                if mode == "extractive":  # the passages the sentences above are from, shortened
+                    print(f"      {best_excerpt(args.question, c['text'] or '', max_chars=300)}")
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from streamlit_app import auth, chat_view, components
+from streamlit_app import auth, chat_view, components, export
 from tasks.backend import get_backend
 from usecases.asking import ask
 from usecases.documents import list_documents
@@ -22,6 +22,7 @@ pending_key = f"chat_pending_{kb_id}"  # the answer streaming now: {task_id, que
 kept_key = f"chat_kept_{kb_id}"  # a question no answer started for, offered again
 with st.sidebar:
     listed = chat_view.conversation_sidebar(kb_id, conversation_key)
+    export.export_button(kb_id, kb_name, st.session_state.get(conversation_key))
 
 ready = [(d.id, d.filename) for d in list_documents(auth.actor(), kb_id=kb_id, ready_only=True)]
 chosen: list[int] = []

@@ -43,11 +43,11 @@ def live() -> None:
     with queues_tab:
         view.queues(depths, backend, window)
     with workers_tab:
-        show_stopped = st.checkbox("Show workers that were shut down", key="mon_show_stopped")
-        view.workers_table(workers, show_stopped)
+        view.workers_table(workers, show_stopped=False)
         st.caption(f"A worker is offline when its heartbeat (every {get_settings().heartbeat_interval_seconds} s) "
-                   f"has not been renewed for {get_settings().heartbeat_ttl_seconds} s. Workers are listed for "
-                   f"{events.WORKERS_SEEN_SECONDS // 3600} h after they were last seen.")
+                   f"has not been renewed for {get_settings().heartbeat_ttl_seconds} s; a worker shut down cleanly "
+                   f"leaves the list. An offline worker is listed for {monitoring.LOST_SHOWN_SECONDS // 3600} h, "
+                   "and after that while work it held is unsettled.")
     with tasks_tab:
         view.task_tables(hour, day, window, window_label)
     with failures_tab:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from db.models import ACTIVE_STATES
+from rag.parsing import supported_formats
 from streamlit_app import auth, components
+from tasks import monitoring
 from tasks.backend import get_backend
 from usecases.documents import list_documents, upload_files
 
@@ -19,7 +21,7 @@ kb_id, kb_name = picked
 
 uploader_key = f"upload_files_{st.session_state.get('upload_round', 0)}"
 files = st.file_uploader(
-    "PDF, Markdown or plain text — drop several at once",
+    f"{supported_formats()} — drop several at once",
     accept_multiple_files=True,
     key=uploader_key,
 )
@@ -47,14 +49,19 @@ def document_rows() -> None:
         return
     count = f"{len(documents)} document" + ("s" if len(documents) != 1 else "")
     st.caption(count + (f" · {active} in progress" if active else ""))
+    lost = monitoring.lost_documents(documents) if active else set()
     for document in documents:
         name, state, progress, detail = st.columns([4, 2, 3, 3], vertical_alignment="center")
         name.markdown(f"**{components.plain(document.filename)}**")
         with state:
             components.status_badge(document.status)
-        if document.status in ACTIVE_STATES:
+        if document.id in lost:  # not a frozen bar: the reconciler starts it again
+            progress.warning(monitoring.lost_label(document.attempts), icon=":material/heart_broken:")
+        elif document.status in ACTIVE_STATES:
             total = document.progress_total
-            label = f"{document.progress_done}/{total}" if total else document.status
+            label = f"{document.status} {document.progress_done}/{total}" if total else document.status
+            if document.attempts > 1:
+                label += f" · attempt {document.attempts}"
             progress.progress(min(1.0, document.progress or 0.0), text=label)
         elif document.status == "ready":
             progress.caption(f"{document.pages or 0} pages · {document.chunk_count} chunks")
@@ -66,6 +73,8 @@ def document_rows() -> None:
         detail.caption(" · ".join(part for part in (timing, link) if part))
         if document.status == "failed" and document.error:
             st.error(document.error, icon=":material/error:")
+        elif document.status == "ready" and document.error:  # ready, with a note (pages OCR could not read)
+            st.warning(document.error, icon=":material/warning:")
 
 
 document_rows()

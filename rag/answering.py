@@ -5,7 +5,8 @@ The stream a reader sees (``telemetry/answer_streams.py`` carries it): ``status`
 ``notice`` when the answer ends early (stopped, interrupted), then ``done`` (mode, final citations, timings);
 or ``error`` with ``{"code", "message"}`` when no answer could start in time.
 
-Modes: ``llm`` (the generation server), ``extractive`` (quoted passages: no server configured, or it is down),
+Modes: ``llm`` (the generation server), ``extractive`` (the passages' sentences that best answer, quoted with
+their citations: no server configured, or it is down),
 ``cache`` (a repeated standalone question on an unchanged knowledge base).
 """
 
@@ -23,8 +24,8 @@ from db.repositories import knowledge_bases as kb_repo
 from db.repositories.chunks import Hit
 from infra.database import session_scope
 from infra.settings import get_settings
-from rag import answer_cache, conversation, llm, llm_client, prompts, retrieval
-from rag.citations import MarkerFilter, citation_label, cited_numbers
+from rag import answer_cache, conversation, extractive, llm, llm_client, prompts, retrieval
+from rag.citations import MarkerFilter, cited_numbers
 from rag.retrieval import hit_to_dict
 from telemetry import retrievals
 
@@ -55,47 +56,22 @@ def relevant_passages(hits: list[Hit]) -> list[dict]:
 
 
 def extractive_answer(question: str, hits: list[Hit]) -> tuple[Answer, Iterator[str]]:
-    """The most relevant passages, each quoted with its document and page, as a stream of text pieces."""
+    """The sentences of the relevant passages that best answer, each with its citation, as a stream of pieces;
+    the passages themselves are the citations (folded under the answer)."""
     citations = relevant_passages(hits)
     return Answer(mode="extractive", citations=citations), extractive_pieces(question, citations)
 
 
 def extractive_pieces(question: str, citations: list[dict], note: str | None = None) -> Iterator[str]:
-    """Quoted passages with their [n] and source, word by word; ``note`` first says why there is no model."""
+    """The lead sentences with their [n] and source, word by word (``rag.extractive``); ``note`` first says why
+    there is no model. No relevant passage: the plain no-answer text."""
     if not citations:
         yield NO_ANSWER
         return
-    yield f"*{note}*\n\n" if note else "The most relevant passages in the knowledge base:\n\n"
-    for citation in citations:
-        yield from re.findall(r"\S+\s*", f"> {_best_excerpt(question, citation['text'])}\n\n")
-        yield f"— [{citation['n']}] *{citation_label(citation)}* (score {citation['score']:.2f})\n\n"
-
-
-def _best_excerpt(question: str, text: str, max_chars: int = 600) -> str:
-    """The passage itself, cut around the sentence that shares most words with the question when it is long."""
-    text = " ".join(text.split())
-    if len(text) <= max_chars:
-        return text
-    words = {w.lower() for w in re.findall(r"\w{3,}", question)}
-    sentences = re.split(r"(?<=[.!?。！？])\s*", text)
-    scores = [len(words & {w.lower() for w in re.findall(r"\w{3,}", s)}) for s in sentences]
-    best = max(range(len(sentences)), key=lambda i: scores[i]) if sentences else 0
-    start, end, out = best, best, ""
-    while start > 0 and len(sentences[start - 1]) + len(out) < max_chars // 3:
-        start -= 1
-        out = sentences[start] + " " + out
-    for sentence in sentences[best:]:
-        if len(out) + len(sentence) > max_chars and out:
-            break
-        out += sentence + " "
-        end += 1
-    out = out.strip()
-    cut = len(out) > max_chars  # one sentence longer than the excerpt: cut it between words
-    if cut:
-        out = out[:max_chars].rsplit(" ", 1)[0]
-    prefix = "… " if start > 0 else ""
-    suffix = " …" if cut or any(s.strip() for s in sentences[end:]) else ""
-    return prefix + out + suffix
+    if note:
+        yield f"*{note}*\n\n"
+    leads = extractive.best_sentences(question, citations)
+    yield from extractive.pieces(extractive.answer_markdown(leads, citations))
 
 
 # --- the answer stream --------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
-from db.models import CHUNKING, EMBEDDING, FINAL_STATES, PARSING, READY, STORING
+from db.models import CHUNKING, EMBEDDING, FINAL_STATES, OCR, PARSING, READY, STORING
 from db.repositories import chunks as chunk_repo
 from db.repositories import documents as document_repo
 from db.repositories import ingest_parts as part_repo
@@ -58,11 +58,15 @@ class _Progress:
 
 
 def ingest_document(
-    document_id: int, task_id: str | None = None, split: Callable[[int, str, int], IngestResult] | None = None
+    document_id: int, task_id: str | None = None, split: Callable[[int, str, int], IngestResult] | None = None,
+    worker: str | None = None,
 ) -> IngestResult:
     """Run the whole pipeline for one stored document; a rerun replaces its chunks in one transaction.
 
     ``task_id`` is the delivering task's id: a task that is no longer the document's current one stands down.
+    ``worker`` (the heartbeat identity of the worker running it) is recorded on the document, so the reconciler can
+    start it over when that worker's heartbeat lapses; a document whose attempts are used up (each one ended with
+    its worker lost: a file that crashes the parser or exhausts memory) fails instead of running again.
     ``split(document_id, task_id, pages)`` (``rag.page_ranges.split_document``) takes over a PDF longer than
     ``ingest_split_pages``; without it every document is ingested whole.
     """
@@ -75,12 +79,17 @@ def ingest_document(
             return IngestResult(document_id, READY, document.pages, document.chunk_count)
         if _superseded(document, task_id):
             return IngestResult(document_id, SUPERSEDED, error=f"superseded by task {document.task_id}")
+        if document.attempts > settings.max_retries:
+            error = gave_up_message(document.attempts)
+            document_repo.mark_failed(session=session, document_id=document_id, error=error)
+            part_repo.delete_for_document(session=session, document_id=document_id)
+            return IngestResult(document_id=document_id, status="failed", error=error)
         kb = kb_repo.get(session=session, kb_id=document.kb_id)
         assert kb is not None
         kb_id, filename = kb.id, document.filename
         max_tokens, overlap = kb.chunk_tokens, kb.chunk_overlap_tokens
         data = document_repo.get_blob(session=session, document_id=document_id) or b""
-        document_repo.mark_started(session=session, document_id=document_id)
+        document_repo.mark_started(session=session, document_id=document_id, worker=worker)
         document_repo.set_stage(session=session, document_id=document_id, status=PARSING)
 
     progress = _Progress(document_id)
@@ -95,7 +104,10 @@ def ingest_document(
                     document_repo.set_context(session=session, document_id=document_id, context=context)
                 return split(document_id, task_id, total)
         parsed = parse(
-            data, filename, progress=lambda done, total: progress.stage(PARSING, done, total, force=False)
+            data,
+            filename,
+            progress=lambda done, total: progress.stage(PARSING, done, total, force=False),
+            ocr_progress=lambda done, total: progress.stage(OCR, done, total, force=done == 0),
         )
         context = document_context(parsed, filename)
         progress.stage(CHUNKING, 0, len(parsed.sections), pages=parsed.pages)
@@ -130,11 +142,27 @@ def ingest_document(
             context=context,
         )
         document_repo.set_context(session=session, document_id=document_id, context=context)
-        document_repo.mark_ready(session=session, document_id=document_id, pages=parsed.pages, chunk_count=len(rows))
+        document_repo.mark_ready(
+            session=session, document_id=document_id, pages=parsed.pages, chunk_count=len(rows),
+            note=" ".join(parsed.notes) or None,
+        )
         part_repo.delete_for_document(session=session, document_id=document_id)  # an earlier split run's leftovers
         kb_repo.bump_version(session=session, kb_id=kb_id)
     log.info("ingested document %s (%s): %d pages, %d chunks", document_id, filename, parsed.pages, len(rows))
     return IngestResult(document_id=document_id, status=READY, pages=parsed.pages, chunks=len(rows))
+
+
+def gave_up_message(attempts: int) -> str:
+    """Why a document that was started ``attempts`` times and never finished is failed, not started again."""
+    return (f"Gave up after {attempts} attempts that did not finish: its worker was lost each time (killed, out "
+            "of memory, or its host went down) or a service kept failing. A file that crashes the parser or "
+            "exhausts memory does this; use Retry once the cause is fixed.")
+
+
+def release_claim(document_id: int, *, task_id: str, worker: str | None) -> None:
+    """The splitting task is done with the document: the claims of its parts stand for it from now on."""
+    with session_scope() as session:
+        document_repo.release_claim(session=session, document_id=document_id, task_id=task_id, worker=worker)
 
 
 def fail_document(document_id: int, error: str, task_id: str | None = None) -> bool:

@@ -22,7 +22,7 @@ from db.repositories import ingest_parts as part_repo
 from db.repositories import knowledge_bases as kb_repo
 from infra.database import session_scope
 from infra.settings import get_settings
-from rag.ingestion import SUPERSEDED, IngestResult, chunk, embed_rows, fail_document
+from rag.ingestion import SUPERSEDED, IngestResult, chunk, embed_rows, fail_document, gave_up_message
 from rag.parsing import ParseError, parse_pdf_pages
 
 log = logging.getLogger(__name__)
@@ -68,21 +68,32 @@ def split_document(document_id: int, run: str, total_pages: int) -> IngestResult
     return IngestResult(document_id, SPLIT, pages=total_pages, parts=[[first, last] for first, last in pending])
 
 
-def ingest_pages(document_id: int, run: str, first_page: int, last_page: int) -> IngestResult:
-    """Parse, chunk and embed one page range of a split PDF and stage its chunks; the run's last part stores them."""
+def ingest_pages(
+    document_id: int, run: str, first_page: int, last_page: int, task_id: str | None = None, worker: str | None = None
+) -> IngestResult:
+    """Parse, chunk and embed one page range of a split PDF and stage its chunks; the run's last part stores them.
+
+    The delivery (``task_id``) and its ``worker`` are recorded on the part, so the reconciler can send the part
+    again when that worker's heartbeat lapses (an older delivery of the part then stands down); a part whose
+    attempts are used up fails its document instead of running again."""
     settings = get_settings()
     with session_scope() as session:
-        document = document_repo.get(session=session, document_id=document_id)
-        stale = _stale(session, document, document_id, run, first_page)
+        document = document_repo.lock(session=session, document_id=document_id)
+        stale = _stale(session, document, document_id, run, first_page, task_id)
         if stale is not None:
             return stale
+        before = part_repo.claim_part(session=session, document_id=document_id, run=run, first_page=first_page,
+                                      task_id=task_id, worker=worker)
+        gave_up = before > settings.max_retries
         kb = kb_repo.get(session=session, kb_id=document.kb_id)
         assert kb is not None
         kb_id, filename, context = kb.id, document.filename, document.context
         max_tokens, overlap = kb.chunk_tokens, kb.chunk_overlap_tokens
-        data = document_repo.get_blob(session=session, document_id=document_id) or b""
+        data = b"" if gave_up else document_repo.get_blob(session=session, document_id=document_id) or b""
+    if gave_up:
+        return fail_run(document_id, run, f"Pages {first_page}–{last_page}: " + gave_up_message(before))
 
-    report = _PartProgress(document_id, run, first_page)
+    report = _PartProgress(document_id, run, first_page, task_id)
     try:
         parsed = parse_pdf_pages(data, first_page, last_page)
         drafts = chunk(parsed, filename, max_tokens, overlap)
@@ -101,7 +112,7 @@ def ingest_pages(document_id: int, run: str, first_page: int, last_page: int) ->
     with session_scope() as session:
         # The document's row lock orders the parts' last steps: exactly one of them sees every part done.
         document = document_repo.lock(session=session, document_id=document_id)
-        stale = _stale(session, document, document_id, run, first_page)
+        stale = _stale(session, document, document_id, run, first_page, task_id)
         if stale is not None:
             return stale
         part_repo.replace_staged(session=session, document_id=document_id, run=run, first_page=first_page, rows=rows)
@@ -136,16 +147,21 @@ def fail_run(document_id: int, run: str, error: str) -> IngestResult:
     return IngestResult(document_id=document_id, status="failed", error=error)
 
 
-def _stale(session, document, document_id: int, run: str, first_page: int) -> IngestResult | None:
-    """Why this part must not run (document gone, newer run, run finished or failed), or None."""
+def _stale(session, document, document_id: int, run: str, first_page: int,
+           task_id: str | None = None) -> IngestResult | None:
+    """Why this part must not run (document gone, newer run, run finished or failed, the part sent again as
+    another delivery), or None."""
     if document is None:
         return IngestResult(document_id=document_id, status="missing", error="document no longer exists")
     if document.task_id != run:
         return IngestResult(document_id, SUPERSEDED, error=f"superseded by task {document.task_id}")
     if document.status in FINAL_STATES:  # a duplicate delivery after the run finished
         return IngestResult(document_id, SUPERSEDED, error=f"run {run} already finished: {document.status}")
-    if part_repo.get_part(session=session, document_id=document_id, run=run, first_page=first_page) is None:
+    part = part_repo.get_part(session=session, document_id=document_id, run=run, first_page=first_page)
+    if part is None:
         return IngestResult(document_id, SUPERSEDED, error=f"pages from {first_page} are not a part of run {run}")
+    if task_id and part.task_id and part.task_id != task_id:
+        return IngestResult(document_id, SUPERSEDED, error=f"pages from {first_page} were sent again as {part.task_id}")
     return None
 
 
@@ -153,8 +169,10 @@ class _PartProgress:
     """Adds a part's embedded pages to the document's progress (pages done across every part), at most every
     ``interval`` s; stops the part when its run is no longer the document's."""
 
-    def __init__(self, document_id: int, run: str, first_page: int, interval: float = 0.5) -> None:
+    def __init__(self, document_id: int, run: str, first_page: int, task_id: str | None = None,
+                 interval: float = 0.5) -> None:
         self.document_id, self.run, self.first_page, self.interval = document_id, run, first_page, interval
+        self.task_id = task_id
         self._last = 0.0
 
     def __call__(self, pages_done: int, force: bool = False) -> None:
@@ -164,7 +182,7 @@ class _PartProgress:
         self._last = now
         with session_scope() as session:
             document = document_repo.lock(session=session, document_id=self.document_id)
-            stale = _stale(session, document, self.document_id, self.run, self.first_page)
+            stale = _stale(session, document, self.document_id, self.run, self.first_page, self.task_id)
             if stale is not None:
                 raise _StandDown(stale)
             total_done = part_repo.set_pages_done(

@@ -21,15 +21,19 @@ components.require_services()
 actor = auth.sign_in_page_run()
 
 PAGES = ROOT / "pages"
+ASK = st.Page(str(PAGES / "chat.py"), title="Ask", icon=":material/forum:", url_path="chat")
 sections = {
     "Knowledge": [
-        st.Page(str(PAGES / "chat.py"), title="Ask", icon=":material/forum:", default=True, url_path="chat"),
+        ASK,
         st.Page(str(PAGES / "upload.py"), title="Upload", icon=":material/upload_file:", url_path="upload"),
         st.Page(str(PAGES / "knowledge_bases.py"), title="Knowledge bases", icon=":material/library_books:",
                 url_path="knowledge-bases"),
         st.Page(str(PAGES / "sharing.py"), title="Sharing", icon=":material/group_add:", url_path="sharing"),
         st.Page(str(PAGES / "status.py"), title="Task status", icon=":material/manage_search:", url_path="status"),
         st.Page(str(PAGES / "account.py"), title="My account", icon=":material/person:", url_path="account"),
+        # The default page is served at "/" only, whatever its url_path: "/" opens Ask at /chat instead, so
+        # every page, Ask included, has one URL that a bookmark or a shared link opens.
+        st.Page(lambda: st.switch_page(ASK), title="kbchat", default=True, visibility="hidden", url_path="home"),
     ],
 }
 if actor.is_admin:  # an analyst's menu has no admin pages, and their URLs are not pages for them

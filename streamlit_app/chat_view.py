@@ -12,7 +12,7 @@ from typing import Any
 import streamlit as st
 
 from infra.settings import get_settings
-from streamlit_app import auth, components
+from streamlit_app import auth, components, export
 from telemetry.answer_streams import read_answer, request_stop
 from usecases.asking import (
     check_answer_stream,
@@ -24,7 +24,7 @@ from usecases.asking import (
 from usecases.feedback import my_ratings, rate
 
 MODE_CAPTIONS = {
-    "extractive": "Extractive answer: quoted passages, no language model.",
+    "extractive": "Extractive answer: sentences quoted from the passages below, no language model.",
     "cache": "From the answer cache: this question was answered before and the knowledge base has not changed.",
 }
 RENDER_EVERY_SECONDS = 0.05
@@ -66,23 +66,24 @@ def render_history(conversation_id: int | None) -> set[str]:
     if conversation_id is None:
         return set()
     try:
-        history = [(m.role, m.content, m.citations, m.mode, m.task_id)
+        history = [(m.role, m.content, m.citations, m.mode, m.task_id, m.id)
                    for m in conversation_messages(auth.actor(), conversation_id=conversation_id)]
     except LookupError:  # deleted, or not this user's
         return set()
-    ratings = my_ratings(auth.actor(), task_ids=[t for r, *_, t in history if r == "assistant" and t])
-    for role, content, citations, mode, task_id in history:
+    ratings = my_ratings(auth.actor(), task_ids=[t for r, *_, t, _ in history if r == "assistant" and t])
+    for role, content, citations, mode, task_id, message_id in history:
         with st.chat_message(role):
             if role == "assistant":
                 components.show_untrusted(content)
                 if mode in MODE_CAPTIONS:
                     st.caption(MODE_CAPTIONS[mode])
                 components.citation_cards(citations, key=f"cite_{task_id}")
+                export.copy_answer(content, key=f"chat_copy_{message_id}")
                 if task_id:
                     feedback_row(task_id, ratings.get(task_id))
             else:
                 components.show_untrusted(content)
-    return {task_id for role, *_, task_id in history if role == "assistant" and task_id}
+    return {task_id for role, *_, task_id, _ in history if role == "assistant" and task_id}
 
 
 def feedback_row(task_id: str, given: dict | None) -> None:
@@ -148,6 +149,8 @@ def stream_answer(task_id: str) -> dict[str, Any]:
     if read.mode in MODE_CAPTIONS and not read.done.get("no_answer"):
         st.caption(MODE_CAPTIONS[read.mode])
     components.citation_cards(read.citations, key=f"cite_{task_id}")
+    if read.text.strip():
+        export.copy_answer(read.text, key=f"chat_copy_{task_id}")
     if read.text and not read.done.get("no_answer"):
         feedback_row(task_id, None)
     return {"state": "done"}

@@ -22,6 +22,7 @@ from usecases.knowledge_bases import create_kb, list_kbs
 STATUS_BADGES = {
     "queued": ("gray", ":material/schedule:"),
     "parsing": ("blue", ":material/description:"),
+    "ocr": ("blue", ":material/document_scanner:"),
     "chunking": ("blue", ":material/segment:"),
     "embedding": ("violet", ":material/memory:"),
     "storing": ("violet", ":material/database:"),

@@ -78,12 +78,18 @@ def failures(failed_documents: int) -> None:
 def stalled_documents(minutes: int) -> None:
     rows = monitoring.stalled_documents(minutes * 60)
     if not rows:
-        st.success(f"No document has been stuck in a non-final state for more than {minutes} min.",
-                   icon=":material/task_alt:")
+        st.success(f"No document has been stuck in a non-final state for more than {minutes} min, and no "
+                   "document's worker is lost.", icon=":material/task_alt:")
         return
+    lost = sum(bool(r["worker_state"]) for r in rows)
+    if lost:
+        st.info(f"{lost} document(s) lost their worker: the reconciler starts each again within a minute or two "
+                "(or fails it once its attempts are used up). Re-enqueue starts them at once.",
+                icon=":material/heart_broken:")
     frame = pd.DataFrame([
         {"id": r["id"], "knowledge base": r["kb"], "file": r["filename"], "status": r["status"],
-         "progress": r["progress"], "attempts": r["attempts"], "unchanged for": ago(r["updated_at"].timestamp()),
+         "progress": r["progress"], "attempts": r["attempts"], "worker": r["worker_state"] or "—",
+         "unchanged for": ago(r["updated_at"].timestamp()),
          "uploaded": ago(r["created_at"].timestamp()), "task": r["task_state"],
          "task link": status_link(r["task_id"]) if r["task_id"] else None}
         for r in rows

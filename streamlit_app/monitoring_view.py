@@ -15,9 +15,11 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from infra.settings import get_settings
 from rag import llm_breaker
 from tasks import monitoring, system_status
 from tasks.queues import QUEUES, QueueDepth
+from tasks.registry import celery_redelivery_seconds
 from telemetry import events, queue_history, retrievals
 
 WINDOWS = {"1 h": 3600, "6 h": 6 * 3600, "24 h": 24 * 3600}
@@ -68,6 +70,21 @@ def status_link(task_id: str) -> str:
 
 def _utc(seconds: pd.Series) -> pd.Series:
     return pd.to_datetime(seconds, unit="s", utc=True).dt.tz_convert(None)
+
+
+# Vega's default time labels are a 12-hour clock, and without AM/PM at minute steps ("07:08" for 19:08): say the
+# 24-hour time, and the date too in tooltips.
+CLOCK = "%H:%M"
+TIMESTAMP = "%Y-%m-%d %H:%M:%S"
+
+
+def time_axis(field: str, title: str | None = "time (UTC)", label_format: str = CLOCK) -> alt.X:
+    """A time x-axis labelled on a 24-hour clock."""
+    return alt.X(f"{field}:T", title=title, axis=alt.Axis(format=label_format))
+
+
+def time_tooltip(field: str, title: str = "time (UTC)") -> alt.Tooltip:
+    return alt.Tooltip(f"{field}:T", title=title, format=TIMESTAMP)
 
 
 def _whole_numbers(title: str, top: float) -> alt.Y:
@@ -122,10 +139,56 @@ def headline(depths: list[QueueDepth], workers: list[dict], hour: dict, window: 
         if depth.waiting and depth.queue not in consumed:
             st.warning(f"**{depth.waiting}** task(s) wait on the **{depth.queue}** queue and no online worker "
                        f"consumes it. Start one: `kbchat worker --queues {depth.queue}`.", icon=":material/warning:")
-    for worker in offline:
-        st.warning(f"Worker **{worker['id']}** stopped sending heartbeats {ago(worker['last_heartbeat'])} "
-                 "(killed, crashed or cut off). Tasks it held come back to the queue on their own.",
-                 icon=":material/heart_broken:")
+    lost_summary(monitoring.lost_workers([dict(w, current=list(w["current"])) for w in offline]))
+
+
+def lost_summary(lost: list[dict]) -> None:
+    """Workers whose heartbeat lapsed, in one collapsed line; inside, what each held and what becomes of it."""
+    if not lost:
+        return
+    recent = sum(time.time() - (w["last_heartbeat"] or 0) < monitoring.LOST_SHOWN_SECONDS for w in lost)
+    label = f"{recent} worker{'s' if recent != 1 else ''} lost in the last hour"
+    older = len(lost) - recent
+    if older:
+        label += f" · {older} earlier, still holding work"
+    with st.expander(label, icon=":material/heart_broken:"):
+        for worker in lost:
+            st.markdown(lost_sentence(worker))
+
+
+def lost_sentence(worker: dict) -> str:
+    """What is true about one lost worker's work: which tasks come back, and when."""
+    settings = get_settings()
+    held = worker["held"]
+    fates = {fate: sum(t["fate"] == fate for t in held) for fate in ("finished", "restarted", "taken over", "pending")}
+    text = (f"**{worker['id']}** ({worker['queues'] or 'no queues'}) stopped sending heartbeats "
+            f"{ago(worker['last_heartbeat'])}: killed, crashed or cut off. ")
+    if held:
+        done = ", ".join(f"{n} {fate}" for fate, n in fates.items() if n and fate != "pending")
+        text += f"It was running {len(held)} task(s)" + (f" ({done})" if done else "") + ". "
+    else:
+        text += "It was running no task. "
+    ingest = sum(t["fate"] == "pending" and t["name"].startswith("ingest.") for t in held)
+    if worker["claims"] or ingest:
+        text += (f"The reconciler (every {settings.reconcile_interval_seconds} s, and at every worker start) starts "
+                 f"the {worker['claims'] or ingest} document(s) or part(s) it held again once its heartbeat is "
+                 f"{settings.heartbeat_ttl_seconds} s old. ")
+    if any(t["fate"] == "pending" and t["name"] == "chat.answer" for t in held):
+        text += "Questions it was answering were told their worker stopped; ask them again. "
+    if fates["pending"]:
+        if worker["backend"] == "dramatiq":
+            text += (f"Dramatiq puts its unacknowledged messages back in the queue once its heartbeat is "
+                     f"{settings.dramatiq_heartbeat_timeout_seconds} s old; ")
+        else:
+            text += ("Celery puts its unacknowledged messages back in the queue after the visibility timeout "
+                     f"({celery_redelivery_seconds() / 60:.0f} min); ")
+        text += "a task already restarted then stands down."
+    else:
+        text += "Nothing it held is left: this line goes once it is an hour old."
+    return text
+
+
+
 
 
 # --- queues ----------------------------------------------------------------------------------------------------
@@ -157,8 +220,8 @@ def queues(depths: list[QueueDepth], backend: str, window: int) -> None:
         long = frame.rename(columns=columns).melt(id_vars="time", value_vars=list(columns.values()),
                                                   var_name="queue", value_name="value")
         chart = alt.Chart(long).mark_line(interpolate="step-after").encode(
-            x=alt.X("time:T", title="time (UTC)"), y=_whole_numbers("waiting", long["value"].max()),
-            color=alt.Color("queue:N", sort=list(QUEUES)), tooltip=["time:T", "queue:N", "value:Q"])
+            x=time_axis("time"), y=_whole_numbers("waiting", long["value"].max()),
+            color=alt.Color("queue:N", sort=list(QUEUES)), tooltip=[time_tooltip("time"), "queue:N", "value:Q"])
         st.altair_chart(chart, width="stretch")
     else:
         st.caption("The depth history fills in as workers run (a sample every "
@@ -239,10 +302,10 @@ def task_tables(hour: dict, day: dict, window: int, window_label: str) -> None:
     frame["time"] = _utc(frame["minute"])
     long = frame.melt(id_vars="time", value_vars=list(STATE_COLOURS), var_name="state", value_name="value")
     chart = alt.Chart(long).mark_bar().encode(
-        x=alt.X("time:T", title="time (UTC)"),
+        x=time_axis("time"),
         y=alt.Y("value:Q", title="per minute", stack=True, scale=alt.Scale(domainMin=0)),
         color=alt.Color("state:N", scale=alt.Scale(domain=list(STATE_COLOURS), range=list(STATE_COLOURS.values()))),
-        tooltip=["time:T", "state:N", alt.Tooltip("value:Q", format=".1f")],
+        tooltip=[time_tooltip("time"), "state:N", alt.Tooltip("value:Q", format=".1f")],
     )
     st.altair_chart(chart, width="stretch")
 

@@ -19,7 +19,7 @@ from rag.citations import citation_label
 from streamlit_app import auth, feedback_view
 from streamlit_app.fixes_view import note
 from streamlit_app.golden_view import golden_questions
-from streamlit_app.monitoring_view import plain, status_link
+from streamlit_app.monitoring_view import plain, status_link, time_axis, time_tooltip
 from tasks.backend import get_backend
 from usecases import upkeep
 
@@ -88,10 +88,11 @@ def evaluation(kb_names: dict[int, str]) -> None:
         long = trend.melt(id_vars=["started"], value_vars=list(METRICS.values()), var_name="metric",
                           value_name="value")
         chart = (alt.Chart(long).mark_line(point=True)
-                 .encode(x=alt.X("started:T", title=None), y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1]),
-                                                                   title=None),
-                         color=alt.Color("metric:N", title=None), tooltip=["started:T", "metric:N",
-                                                                           alt.Tooltip("value:Q", format=".3f")])
+                 .encode(x=time_axis("started", title=None, label_format="%d %b %H:%M"),
+                         y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1]), title=None),
+                         color=alt.Color("metric:N", title=None),
+                         tooltip=[time_tooltip("started", "started (UTC)"), "metric:N",
+                                  alt.Tooltip("value:Q", format=".3f")])
                  .properties(height=220))
         st.altair_chart(chart, width="stretch")
     st.markdown("**Worst questions of the latest run**")

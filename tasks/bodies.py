@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rag import alerts, cleanup, ingestion, page_ranges
 from rag.access import Actor, NotFound
-from tasks.context import current_backend, current_task_id
+from tasks.context import current_backend, current_task_id, current_worker
 from tasks.queues import is_transient
 from telemetry.answer_streams import StopFlag, StreamPublisher
 from usecases import accounts, asking, audit, documents, upkeep
@@ -29,12 +29,14 @@ def ingest_document(document_id: int, actor_id: int | None = None) -> dict:
     """ingest.document: parse, chunk, embed and store one uploaded document; a large PDF is split into
     ``ingest.pages`` tasks that other workers share (this task's id is their run)."""
     return documents.ingest_document(current_backend(), document_id=int(document_id), task_id=current_task_id(),
-                                     actor_id=int(actor_id) if actor_id is not None else None)
+                                     actor_id=int(actor_id) if actor_id is not None else None,
+                                     worker=current_worker())
 
 
 def ingest_pages(document_id: int, run: str, first_page: int, last_page: int) -> dict:
     """ingest.pages: parse, chunk and embed one page range of a split PDF; the run's last part stores them all."""
-    return page_ranges.ingest_pages(int(document_id), str(run), int(first_page), int(last_page)).to_dict()
+    return page_ranges.ingest_pages(int(document_id), str(run), int(first_page), int(last_page),
+                                    task_id=current_task_id(), worker=current_worker()).to_dict()
 
 
 def chat_answer(
@@ -85,7 +87,8 @@ def chat_search(kb_id: int, question: str, k: int = 10, actor_id: int | None = N
 
 
 def maintenance_reconcile() -> dict:
-    """maintenance.reconcile: re-enqueue documents stuck in a non-final state (e.g. after Redis lost its queues)."""
+    """maintenance.reconcile: restart the documents and parts whose worker's heartbeat lapsed, and re-enqueue
+    documents stuck in a non-final state (e.g. after Redis lost its queues)."""
     return upkeep.reconcile(current_backend())
 
 

@@ -17,7 +17,16 @@ from infra.settings import get_settings
 from tasks import monitoring
 from tasks.context import reset_current_task, set_current_task
 from tasks.queues import QUEUES, TRANSIENT_ERRORS
-from tasks.registry import Periodic, TaskSpec, give_up_message, schedule, spec, task_specs
+from tasks.registry import (
+    Periodic,
+    TaskSpec,
+    celery_redelivery_seconds,
+    give_up_message,
+    heartbeat_lapse_seconds,
+    schedule,
+    spec,
+    task_specs,
+)
 from telemetry import events
 
 log = logging.getLogger(__name__)
@@ -25,7 +34,8 @@ log = logging.getLogger(__name__)
 
 def _register(app: Celery, item: TaskSpec) -> None:
     def run(self, *args, **kwargs):
-        token = set_current_task(self.request.id, CeleryBackend(self.app))
+        # The worker's node name is its heartbeat identity (the main process beats for its pool children).
+        token = set_current_task(self.request.id, CeleryBackend(self.app), self.request.hostname or None)
         try:
             return item.fn(*args, **kwargs)
         finally:
@@ -67,18 +77,25 @@ class CeleryBackend:
     def __init__(self, app: Celery) -> None:
         self.app = app
 
-    def enqueue(self, name: str, *args: Any, task_id: str | None = None) -> str:
-        """Send task ``name`` with JSON arguments to its queue; returns the task id. Call after the commit."""
+    def enqueue(self, name: str, *args: Any, task_id: str | None = None, delay: float | None = None) -> str:
+        """Send task ``name`` with JSON arguments to its queue (due in ``delay`` seconds); returns the task id.
+        Call after the commit."""
         item = spec(name)
         # Chat tasks keep no Celery result (see _register): then the client need not subscribe to one either.
         result = self.app.send_task(
-            name, args=list(args), queue=item.queue, task_id=task_id, ignore_result=item.queue == "chat"
+            name, args=list(args), queue=item.queue, task_id=task_id, ignore_result=item.queue == "chat",
+            countdown=delay,
         )
         return result.id
 
     def waiting_ingest_runs(self) -> set[str]:
         """Task ids whose ingestion still waits in this backend's ingest queue."""
         return monitoring.waiting_ingest_runs(self.name)
+
+    def release_lost_messages(self) -> None:
+        """Nothing to do: Celery's Redis transport gives a dead worker's unacknowledged messages back after its
+        visibility timeout, and a worker holds only what it runs (prefetch 1), which the documents' and parts'
+        claims cover."""
 
     def close(self) -> None:
         """Close the connections to Redis."""
@@ -88,8 +105,7 @@ class CeleryBackend:
 def create_app(redis_url: str) -> Celery:
     """A Celery app on ``redis_url`` with every task of the registry registered."""
     settings = get_settings()
-    # An unacknowledged task (its worker died) comes back after this; by default it outlasts the longest task.
-    redelivery = settings.redelivery_timeout_seconds or max(item.time_limit for item in task_specs()) + 300
+    redelivery = celery_redelivery_seconds()
     app = Celery("kbchat", broker=redis_url, backend=redis_url)
     app.conf.update(
         task_serializer="json",
@@ -201,7 +217,11 @@ def _on_ready(sender=None, **_):
     )
     heartbeat.start()
     _worker["heartbeat"] = heartbeat
-    CeleryBackend(app).enqueue("maintenance.reconcile")  # catch up on whatever was stuck while no worker ran
+    # Catch up on whatever was stuck while no worker ran, and once more when the heartbeat of a worker this one
+    # replaced (restarted at once by a supervisor) has lapsed, so the work it held resumes now, not at the next tick.
+    backend = CeleryBackend(app)
+    backend.enqueue("maintenance.reconcile")
+    backend.enqueue("maintenance.reconcile", delay=heartbeat_lapse_seconds())
 
 
 @signals.worker_shutdown.connect

@@ -1,4 +1,4 @@
-"""The task the current thread is running: its id and the backend that runs it, set by the adapter around each
+"""The task the current thread is running: its id, the backend that runs it and the worker it runs on, set by the adapter around each
 body (a body enqueues follow-up work through that backend, so no module holds one)."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from typing import Any
 
 from usecases.ports import TaskQueue
 
-_current: ContextVar[tuple[str, TaskQueue] | None] = ContextVar("kbchat_task", default=None)
+_current: ContextVar[tuple[str, TaskQueue, str | None] | None] = ContextVar("kbchat_task", default=None)
 
 
-def _get() -> tuple[str, TaskQueue]:
+def _get() -> tuple[str, TaskQueue, str | None]:
     current = _current.get()
     if current is None:
         raise RuntimeError("not inside a kbchat task")
@@ -27,8 +27,13 @@ def current_backend() -> TaskQueue:
     return _get()[1]
 
 
-def set_current_task(task_id: str | None, backend: TaskQueue) -> Token[Any]:
-    return _current.set((task_id, backend) if task_id is not None else None)
+def current_worker() -> str | None:
+    """The heartbeat identity of the worker running this task (what a document or part it starts records)."""
+    return _get()[2]
+
+
+def set_current_task(task_id: str | None, backend: TaskQueue, worker: str | None = None) -> Token[Any]:
+    return _current.set((task_id, backend, worker) if task_id is not None else None)
 
 
 def reset_current_task(token: Token[Any]) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import current_millis
 from dramatiq.middleware import (
     AgeLimit,
     Callbacks,
@@ -27,8 +28,8 @@ from infra.database import dispose_engine, set_application_name
 from infra.settings import get_settings
 from tasks import monitoring
 from tasks.context import reset_current_task, set_current_task
-from tasks.queues import DRAMATIQ_NAMESPACE, is_transient
-from tasks.registry import TaskSpec, give_up_message, spec, task_specs
+from tasks.queues import DRAMATIQ_NAMESPACE, QUEUES, is_transient
+from tasks.registry import TaskSpec, give_up_message, heartbeat_lapse_seconds, spec, task_specs
 from telemetry import events
 
 log = logging.getLogger(__name__)
@@ -87,13 +88,16 @@ class KbchatEvents(Middleware):
             on_beat=monitoring.maybe_sample_queues,  # whichever worker beats first in an interval samples the queues
         )
         self._heartbeat.start()
-        DramatiqBackend(broker).enqueue("maintenance.reconcile")  # catch up on what was stuck while no worker ran
-
-    def before_worker_shutdown(self, broker, worker):
-        if self._heartbeat is not None:
-            self._heartbeat.stop()
+        # Catch up on what was stuck while no worker ran, and once more when the heartbeat of a worker this one
+        # replaced (restarted at once by a supervisor) has lapsed, so its work resumes now, not at the next tick.
+        backend = DramatiqBackend(broker)
+        backend.enqueue("maintenance.reconcile")
+        backend.enqueue("maintenance.reconcile", delay=heartbeat_lapse_seconds())
 
     def after_worker_shutdown(self, broker, worker):
+        # Only now, when the messages in hand are finished: until then the worker is alive and its claims stand.
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         dispose_engine()
 
 
@@ -107,7 +111,7 @@ def _retry_when(max_retries: int):
 def _register(broker: RedisBroker, item: TaskSpec) -> dramatiq.Actor:
     def run(*args, **kwargs):
         message = CurrentMessage.get_current_message()
-        token = set_current_task(message.message_id if message else None, DramatiqBackend(broker))
+        token = set_current_task(message.message_id if message else None, DramatiqBackend(broker), events.worker_id())
         try:
             return item.fn(*args, **kwargs)
         finally:
@@ -166,19 +170,32 @@ class DramatiqBackend:
     def __init__(self, broker: RedisBroker) -> None:
         self.broker = broker
 
-    def enqueue(self, name: str, *args: Any, task_id: str | None = None) -> str:
-        """Send task ``name`` with JSON arguments to its queue; returns the task id. Call after the commit."""
+    def enqueue(self, name: str, *args: Any, task_id: str | None = None, delay: float | None = None) -> str:
+        """Send task ``name`` with JSON arguments to its queue (due in ``delay`` seconds); returns the task id.
+        Call after the commit."""
         message = self.broker.get_actor(name).message(*args)
         if task_id:
             message = message.copy(message_id=task_id)
         events.record(message.message_id, events.QUEUED, name=name, queue=message.queue_name,
                       args=events.encode_args(args), backend="dramatiq")
-        self.broker.enqueue(message)
+        self.broker.enqueue(message, delay=int(delay * 1000) if delay else None)
         return message.message_id
 
     def waiting_ingest_runs(self) -> set[str]:
         """Task ids whose ingestion still waits in this backend's ingest queue."""
         return monitoring.waiting_ingest_runs(self.name)
+
+    def release_lost_messages(self) -> None:
+        """Put the messages that dead Dramatiq workers took (their broker heartbeat older than the broker's
+        ``heartbeat_timeout``) back in their queues now: the broker itself does it only on a small, random share of
+        its commands (``maintenance_chance``), so a dead worker's prefetched messages could wait minutes."""
+        broker, dispatch = self.broker, self.broker.scripts["dispatch"]
+        for queue in QUEUES:
+            for name in (queue, f"{queue}.DQ"):
+                dispatch(keys=[broker.namespace], args=[
+                    "qsize", current_millis(), name, broker.broker_id, broker.heartbeat_timeout,
+                    broker.dead_message_ttl, 1, broker._max_unpack_size(),
+                ])
 
     def close(self) -> None:
         """Close the connections to Redis."""

@@ -15,6 +15,8 @@ from collections import defaultdict
 from datetime import timedelta
 from typing import Any
 
+from db.models import ACTIVE_STATES, QUEUED
+from db.repositories import ingest_parts as part_repo
 from db.repositories import monitoring as monitoring_repo
 from infra.database import session_scope
 from infra.redis_client import get_redis
@@ -117,6 +119,46 @@ def _drop_finished_current_tasks(rows: list[dict]) -> None:
         row["current"] = [t for t in row["current"] if states.get(t["id"]) in (events.STARTED, None)]
 
 
+LOST_SHOWN_SECONDS = 3600  # a lost worker is summarised this long, and after it while what it held is unsettled
+
+
+def lost_workers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The offline workers (rows of ``workers()``) worth a line: lost in the last hour, or holding work nobody has
+    taken over yet. Each gets ``held`` (its last tasks, each with ``fate``: finished, restarted, taken over or
+    pending) and ``claims`` (unfinished documents or parts still naming it). A worker lost longer ago whose work is
+    all accounted for is forgotten (taken out of the registry)."""
+    offline = [row for row in rows if row["status"] == "offline"]
+    if not offline:
+        return []
+    pipe = get_redis().pipeline()
+    tasks = [(row, task) for row in offline for task in row["current"]]
+    for _, task in tasks:
+        pipe.hmget(events.TASK_KEY.format(task["id"]), "state", "retried_as", "worker")
+    for (row, task), (state, retried_as, worker) in zip(tasks, pipe.execute(), strict=True):
+        if retried_as:
+            task["fate"] = "restarted"
+        elif state in (events.SUCCEEDED, events.FAILED):
+            task["fate"] = "finished"
+        elif worker and worker != row["id"]:
+            task["fate"] = "taken over"
+        else:
+            task["fate"] = "pending" if state else "finished"  # an expired record: long settled
+    with session_scope() as session:
+        claimed = monitoring_repo.claimed_documents(session=session)
+    now = time.time()
+    shown, forget = [], []
+    for row in offline:
+        row["held"] = row.pop("current")
+        row["claims"] = sum(row["id"] in c["workers"] for c in claimed)
+        settled = row["claims"] == 0 and all(t["fate"] != "pending" for t in row["held"])
+        if now - (row["last_heartbeat"] or 0) < LOST_SHOWN_SECONDS or not settled:
+            shown.append(row)
+        else:
+            forget.append(row["id"])
+    events.forget_workers(forget)
+    return shown
+
+
 # --- tasks -----------------------------------------------------------------------------------------------------
 
 
@@ -193,13 +235,12 @@ def waiting_messages(queue: str, backend: str | None = None) -> list[tuple[str, 
 
 def waiting_ingest_runs(backend: str | None = None) -> set[str]:
     """Task ids whose ingestion waits in the ingest queue: ``ingest.document`` messages, and the run id (the
-    document's task id) of every waiting ``ingest.pages`` part. Reconciliation leaves their documents alone."""
+    document's task id) and own id of every waiting ``ingest.pages`` part. Reconciliation leaves those alone."""
     runs = set()
     for task_id, name, args in waiting_messages("ingest", backend):
+        runs.add(task_id)
         if name == "ingest.pages" and len(args) >= 2:
             runs.add(str(args[1]))
-        else:
-            runs.add(task_id)
     return runs
 
 
@@ -207,12 +248,42 @@ def waiting_ingest_runs(backend: str | None = None) -> set[str]:
 
 
 def stalled_documents(older_than_seconds: float) -> list[dict[str, Any]]:
-    """Documents in a non-final state that have not moved for ``older_than_seconds``, with their task's state."""
+    """Documents in a non-final state that have not moved for ``older_than_seconds``, and those whose worker is
+    lost (however recently), with their task's state and what their worker is doing (``worker``)."""
     with session_scope() as session:
         rows = monitoring_repo.stalled_documents(session=session, older_than=timedelta(seconds=older_than_seconds))
+        claimed = monitoring_repo.claimed_documents(session=session)
+    alive = events.alive_workers(set().union(*(row["workers"] for row in claimed)) if claimed else set())
+    lost = {row["id"]: row for row in claimed if _lost(row, row["workers"], alive)}
+    seen = {row["id"] for row in rows}
+    rows += [row for row in lost.values() if row["id"] not in seen]
     pipe = get_redis().pipeline()
     for row in rows:
         pipe.hget(events.TASK_KEY.format(row["task_id"] or "-"), "state")
     for row, state in zip(rows, pipe.execute(), strict=True):
         row["task_state"] = state or ("expired" if row["task_id"] else "none")
+        row["worker_state"] = lost_label(row["attempts"]) if row["id"] in lost else ""
     return rows
+
+
+def lost_documents(documents: list) -> set[int]:
+    """Of these documents (models), the ones in a non-final state whose worker, or the worker of a part of their
+    current run, has no live heartbeat, or that wait in the queue for the attempt after a lost worker's."""
+    active = [d for d in documents if d.status in ACTIVE_STATES]
+    if not active:
+        return set()
+    with session_scope() as session:
+        parts = part_repo.workers_of(session=session, document_ids=[d.id for d in active if not d.worker])
+    claims = {d.id: ({d.worker} if d.worker else set()) | parts.get(d.id, set()) for d in active}
+    alive = events.alive_workers(set().union(*claims.values()))
+    return {d.id for d in active
+            if _lost({"status": d.status, "lost_worker": d.lost_worker}, claims[d.id], alive)}
+
+
+def _lost(row: dict, workers: set[str], alive: set[str]) -> bool:
+    return bool(workers - alive) or (row["status"] == QUEUED and bool(row["lost_worker"]) and not workers)
+
+
+def lost_label(attempts: int) -> str:
+    """What the pages say about a document whose worker is gone: the reconciler starts the next attempt."""
+    return f"worker lost — retrying (attempt {attempts + 1})"

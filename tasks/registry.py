@@ -51,6 +51,19 @@ def task_specs() -> list[TaskSpec]:
     ]
 
 
+def heartbeat_lapse_seconds() -> int:
+    """When a worker's heartbeat that was renewed just now is certainly lapsed: its time-to-live and one beat."""
+    settings = get_settings()
+    return settings.heartbeat_ttl_seconds + settings.heartbeat_interval_seconds
+
+
+def celery_redelivery_seconds() -> int:
+    """Celery's visibility timeout: an unacknowledged task (its worker died) comes back after this; by default it
+    outlasts the longest task, so a running task is never handed out twice."""
+    settings = get_settings()
+    return settings.redelivery_timeout_seconds or max(item.time_limit for item in task_specs()) + 300
+
+
 def spec(name: str) -> TaskSpec:
     for item in task_specs():
         if item.name == name:

@@ -62,6 +62,16 @@ class StreamPublisher:
         return bool(get_redis().exists(self.started_key))
 
 
+def end_with_error(task_id: str, message: str) -> None:
+    """End a stream whose worker is gone with an error its reader shows (a late redelivery finds it streamed)."""
+    ttl = get_settings().stream_ttl_seconds
+    pipe = get_redis().pipeline()
+    pipe.xadd(STREAM_KEY.format(task_id), {"kind": "error", "data": message})
+    pipe.expire(STREAM_KEY.format(task_id), ttl)
+    pipe.set(STARTED_KEY.format(task_id), 1, ex=ttl)
+    pipe.execute()
+
+
 def request_stop(task_id: str) -> None:
     """Ask the worker answering ``task_id`` to stop; it ends the stream with a notice."""
     get_redis().set(STOP_KEY.format(task_id), 1, ex=get_settings().stream_ttl_seconds)

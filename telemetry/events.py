@@ -26,6 +26,9 @@ WORKER_PATTERN = "kbchat:worker:*"
 # Every worker seen lately (id → last beat) and its last heartbeat record, so one whose key expired shows offline.
 WORKERS_SEEN_KEY = "kbchat:workers:seen"
 WORKERS_INFO_KEY = "kbchat:workers:info"
+# The tasks a worker has started and not ended (task id → name), written with each start: a worker that dies
+# between two heartbeats still names what it held (its heartbeat record is copied only once a beat).
+HELD_KEY = "kbchat:held:{}"
 WORKERS_SEEN_SECONDS = 24 * 3600
 WORKERS_SEEN_MAX = 500
 # Task events counted per minute ("<name>|<event>" → n), kept a little over a day: exact hour and day counts.
@@ -77,6 +80,8 @@ def record_started(task_id: str, *, name: str, worker: str, queue: str = "") -> 
     _record_into(pipe, task_id, STARTED, name=name, queue=queue, worker=worker)
     pipe.eval(_UPDATE_WORKER, 1, WORKER_KEY.format(worker), f"task:{task_id}",
               json.dumps({"name": name, "started_at": _now()}), "", "")
+    pipe.hset(HELD_KEY.format(worker), task_id, name)
+    pipe.expire(HELD_KEY.format(worker), get_settings().result_ttl_seconds)
     pipe.execute()
 
 
@@ -198,13 +203,8 @@ class Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        try:
-            r = get_redis()
-            last = r.hgetall(WORKER_KEY.format(self.worker))
-            r.delete(WORKER_KEY.format(self.worker))
-            if last:  # a clean stop: the monitoring page says "stopped", not "offline"
-                last["stopped_at"] = _now()
-                r.hset(WORKERS_INFO_KEY, self.worker, json.dumps(last))
+        try:  # a clean stop deregisters: the worker is gone, not lost, and nothing it held is left behind
+            forget_workers([self.worker])
         except Exception:
             pass
 
@@ -259,12 +259,59 @@ def _update_worker(worker: str, *, set_field: str = "", value: str = "", delete:
 
 def task_ended_on(worker: str, task_id: str) -> None:
     """The attempt ended (success, failure or retry): the worker no longer runs it."""
-    _update_worker(worker, delete=f"task:{task_id}")
+    pipe = get_redis().pipeline()
+    pipe.eval(_UPDATE_WORKER, 1, WORKER_KEY.format(worker), "", "", f"task:{task_id}", "")
+    pipe.hdel(HELD_KEY.format(worker), task_id)
+    pipe.execute()
 
 
 def count_task(worker: str, ok: bool) -> None:
     """Count a processed or failed task on the worker's heartbeat record."""
     _update_worker(worker, count="processed" if ok else "failed")
+
+
+def forget_workers(workers: list[str]) -> None:
+    """Take workers out of the registry: their heartbeat key, the seen set and their last record."""
+    if not workers:
+        return
+    pipe = get_redis().pipeline()
+    pipe.delete(*[WORKER_KEY.format(w) for w in workers], *[HELD_KEY.format(w) for w in workers])
+    pipe.zrem(WORKERS_SEEN_KEY, *workers)
+    pipe.hdel(WORKERS_INFO_KEY, *workers)
+    pipe.execute()
+
+
+def lost_tasks(names: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(worker, task id) of the tasks named ``names`` that workers whose heartbeat lapsed were running, by the
+    worker's last heartbeat record, and that their records still show started on that worker."""
+    r = get_redis()
+    seen = r.zrange(WORKERS_SEEN_KEY, 0, -1)
+    gone = sorted(set(seen) - alive_workers(seen))
+    if not gone:
+        return []
+    pipe = r.pipeline()
+    for worker in gone:
+        pipe.hgetall(HELD_KEY.format(worker))
+    candidates = [(worker, task_id) for worker, held in zip(gone, pipe.execute(), strict=True)
+                  for task_id, name in held.items() if name in names]
+    if not candidates:
+        return []
+    pipe = r.pipeline()
+    for _, task_id in candidates:
+        pipe.hmget(TASK_KEY.format(task_id), "state", "worker")
+    return [(worker, task_id) for (worker, task_id), (state, ran_on) in zip(candidates, pipe.execute(), strict=True)
+            if state == STARTED and ran_on == worker]
+
+
+def alive_workers(workers: set[str] | list[str]) -> set[str]:
+    """Which of these heartbeat identities still have a live heartbeat key."""
+    names = sorted(workers)
+    if not names:
+        return set()
+    pipe = get_redis().pipeline()
+    for name in names:
+        pipe.exists(WORKER_KEY.format(name))
+    return {name for name, found in zip(names, pipe.execute(), strict=True) if found}
 
 
 def live_workers() -> list[dict[str, str]]:

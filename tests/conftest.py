@@ -225,6 +225,9 @@ class RecordingQueue:
     def waiting_ingest_runs(self) -> set[str]:
         return set()
 
+    def release_lost_messages(self) -> None:
+        pass
+
 
 def enqueue(name: str, *args, task_id: str | None = None) -> str:
     """Send a task through this process's backend now (a test running a job without waiting for its schedule)."""

@@ -153,9 +153,12 @@ def reindex_documents(
     return ids
 
 
-def ingest_document(queue: TaskQueue, *, document_id: int, task_id: str, actor_id: int | None = None) -> dict:
-    """Parse, chunk, embed and store one document; a large PDF is split into ``ingest.pages`` parts, queued
-    after the commit that recorded them (a redelivery re-sends those not done).
+def ingest_document(
+    queue: TaskQueue, *, document_id: int, task_id: str, actor_id: int | None = None, worker: str | None = None
+) -> dict:
+    """Parse, chunk, embed and store one document on ``worker`` (its heartbeat identity, recorded on the document);
+    a large PDF is split into ``ingest.pages`` parts, queued after the commit that recorded them (a redelivery
+    re-sends those not done), and then the parts' own claims stand for the document.
 
     ``actor_id``: whoever queued it, checked again now (None: the operator or a scheduled job)."""
     if actor_id is not None:
@@ -170,7 +173,9 @@ def ingest_document(queue: TaskQueue, *, document_id: int, task_id: str, actor_i
             reason = f"Stopped: {who} no longer has editor access to this knowledge base; re-index it to try again."
             ingestion.fail_document(document_id, reason, task_id=task_id)
             return {"document_id": document_id, "status": FAILED, "error": reason}
-    result = ingestion.ingest_document(document_id, task_id=task_id, split=page_ranges.split_document)
+    result = ingestion.ingest_document(document_id, task_id=task_id, split=page_ranges.split_document, worker=worker)
     for first_page, last_page in result.parts:
         queue.enqueue("ingest.pages", document_id, task_id, first_page, last_page)
+    if result.parts:
+        ingestion.release_claim(document_id, task_id=task_id, worker=worker)
     return result.to_dict()

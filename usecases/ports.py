@@ -17,3 +17,8 @@ class TaskQueue(Protocol):
     def waiting_ingest_runs(self) -> set[str]:
         """Task ids whose ingestion still waits in the ingest queue (reconciliation leaves those alone)."""
         ...
+
+    def release_lost_messages(self) -> None:
+        """Hand the messages that dead workers took but never acknowledged back to their queues, where the broker
+        can tell (Dramatiq); the reconciler calls it first."""
+        ...

@@ -11,17 +11,37 @@ from db.repositories import knowledge_bases as kb_repo
 from infra.database import session_scope
 from rag import consistency, evaluation, golden, maintenance
 from rag.access import OWNER, Actor, NotFound
-from telemetry import events
+from telemetry import answer_streams, events
 from usecases.access import readable_kb_ids, require_admin, require_kb
 from usecases.documents import enqueue_ingest
 from usecases.ports import TaskQueue
 
 
 def reconcile(queue: TaskQueue) -> dict:
-    """Re-enqueue documents stuck in a non-final state (e.g. after Redis lost its queues)."""
-    return maintenance.reconcile_stuck_documents(
+    """Start over the documents and parts whose worker's heartbeat lapsed, then re-enqueue documents stuck in a
+    non-final state (e.g. after Redis lost its queues). Runs as the system (the scheduler, a worker's start)."""
+    queue.release_lost_messages()
+    lost = maintenance.recover_lost_workers(
+        enqueue=partial(enqueue_ingest, queue), enqueue_part=partial(_enqueue_part, queue),
+        alive=events.alive_workers, waiting_runs=queue.waiting_ingest_runs, link=events.link_retry,
+    )
+    stuck = maintenance.reconcile_stuck_documents(
         enqueue=partial(enqueue_ingest, queue), task_record=events.get_task, waiting_runs=queue.waiting_ingest_runs
     )
+    answers = maintenance.end_lost_answers(
+        lost_tasks=partial(events.lost_tasks, ("chat.answer",)), alive=events.alive_workers,
+        end_stream=answer_streams.end_with_error, record_failed=_record_lost,
+    )
+    return {**stuck, "requeued": stuck["requeued"] + lost["requeued"], "failed": stuck["failed"] + lost["failed"],
+            "lost_workers": lost["lost_workers"], "parts": lost["parts"], "answers_ended": answers}
+
+
+def _record_lost(task_id: str, worker: str, error: str) -> None:
+    events.record(task_id, events.FAILED, error=error, worker=worker)
+
+
+def _enqueue_part(queue: TaskQueue, document_id: int, run: str, first_page: int, last_page: int, task_id: str) -> str:
+    return queue.enqueue("ingest.pages", document_id, run, first_page, last_page, task_id=task_id)
 
 
 def check_consistency(queue: TaskQueue, actor: Actor, *, kb_id: int | None = None, fix: bool = False) -> dict:

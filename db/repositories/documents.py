@@ -87,11 +87,31 @@ def set_stage(
     session.execute(update(Document).where(Document.id == document_id).values(**values))
 
 
-def mark_started(*, session: Session, document_id: int) -> None:
+def mark_started(*, session: Session, document_id: int, worker: str | None = None) -> None:
+    """An attempt starts: counted, and claimed by ``worker`` (its heartbeat identity) when known."""
     session.execute(
         update(Document)
         .where(Document.id == document_id)
-        .values(started_at=func.now(), attempts=Document.attempts + 1, error=None, finished_at=None)
+        .values(started_at=func.now(), attempts=Document.attempts + 1, error=None, finished_at=None,
+                worker=worker, claimed_at=func.now() if worker else None)
+    )
+
+
+def release_claim(*, session: Session, document_id: int, task_id: str, worker: str | None) -> None:
+    """The task that split the document is done with it (its parts carry their own claims)."""
+    session.execute(
+        update(Document)
+        .where(Document.id == document_id, Document.task_id == task_id, Document.worker == worker)
+        .values(worker=None, claimed_at=None)
+    )
+
+
+def list_claimed(*, session: Session) -> list[Document]:
+    """Documents in a non-final state that a worker has claimed (the dead-worker rule looks at these)."""
+    return list(
+        session.scalars(
+            select(Document).where(Document.status.in_(ACTIVE_STATES), Document.worker.is_not(None)).order_by(Document.id)
+        )
     )
 
 
@@ -106,12 +126,16 @@ def set_context(*, session: Session, document_id: int, context: str | None) -> N
     session.execute(update(Document).where(Document.id == document_id).values(context=context))
 
 
-def mark_ready(*, session: Session, document_id: int, pages: int, chunk_count: int) -> None:
+def mark_ready(
+    *, session: Session, document_id: int, pages: int, chunk_count: int, note: str | None = None
+) -> None:
+    """Ready; ``note`` (kept in ``error``, shown beside the ready row) says what a person should know, e.g. pages
+    OCR could not read."""
     session.execute(
         update(Document)
         .where(Document.id == document_id)
         .values(
-            status=READY, pages=pages, chunk_count=chunk_count, progress=1.0, error=None, finished_at=func.now()
+            status=READY, pages=pages, chunk_count=chunk_count, progress=1.0, error=note, finished_at=func.now()
         )
     )
 
@@ -134,13 +158,16 @@ def list_stuck(*, session: Session, older_than: timedelta) -> list[Document]:
     )
 
 
-def touch_queued(*, session: Session, document_id: int) -> None:
-    """Put a document back to queued (before it is re-enqueued)."""
-    session.execute(
-        update(Document)
-        .where(Document.id == document_id)
-        .values(status=QUEUED, progress=0.0, progress_done=0, progress_total=0, error=None, updated_at=func.now())
-    )
+def touch_queued(*, session: Session, document_id: int, lost_worker: str | None = None) -> None:
+    """Put a document back to queued (before it is re-enqueued); ``lost_worker`` is the worker whose loss sent it."""
+    values: dict = {"status": QUEUED, "progress": 0.0, "progress_done": 0, "progress_total": 0, "error": None,
+                    "updated_at": func.now(), "worker": None, "claimed_at": None, "lost_worker": lost_worker}
+    session.execute(update(Document).where(Document.id == document_id).values(**values))
+
+
+def set_lost_worker(*, session: Session, document_id: int, worker: str) -> None:
+    """Note the worker whose loss sent (a part of) the document back to the queue."""
+    session.execute(update(Document).where(Document.id == document_id).values(lost_worker=worker))
 
 
 def delete_document(*, session: Session, document_id: int) -> None:
@@ -162,7 +189,7 @@ def requeue(*, session: Session, document_ids: list[int]) -> None:
             update(Document)
             .where(Document.id.in_(document_ids))
             .values(status=QUEUED, progress=0.0, progress_done=0, progress_total=0, error=None, attempts=0,
-                    finished_at=None, updated_at=func.now())
+                    finished_at=None, updated_at=func.now(), worker=None, claimed_at=None, lost_worker=None)
         )
 
 

@@ -8,7 +8,7 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from db.models import IngestPart, StagedChunk
+from db.models import FINAL_STATES, Document, IngestPart, StagedChunk
 from db.repositories.chunks import EMBEDDING, ChunkRow, row_values
 
 
@@ -28,6 +28,67 @@ def get_part(*, session: Session, document_id: int, run: str, first_page: int) -
             IngestPart.document_id == document_id, IngestPart.run == run, IngestPart.first_page == first_page
         )
     )
+
+
+def claim_part(
+    *, session: Session, document_id: int, run: str, first_page: int, task_id: str | None, worker: str | None
+) -> int:
+    """A delivery starts the part: it records its task id and worker; returns the part's attempts before this one."""
+    part = get_part(session=session, document_id=document_id, run=run, first_page=first_page)
+    assert part is not None
+    before = part.attempts or 0
+    part.attempts = before + 1
+    part.task_id = task_id or part.task_id
+    part.worker = worker
+    part.claimed_at = func.now() if worker else None
+    session.flush()
+    return before
+
+
+def requeue_part(*, session: Session, document_id: int, run: str, first_page: int, task_id: str) -> None:
+    """The part goes back to the queue as delivery ``task_id`` (an older delivery of it stands down)."""
+    session.execute(
+        update(IngestPart)
+        .where(IngestPart.document_id == document_id, IngestPart.run == run, IngestPart.first_page == first_page)
+        .values(task_id=task_id, worker=None, claimed_at=None, pages_done=0)
+    )
+
+
+def unclaimed_parts(*, session: Session, document_id: int, run: str) -> list[IngestPart]:
+    """The run's parts not done that no delivery has started (still queued, or held by a worker that never began)."""
+    return list(session.scalars(
+        select(IngestPart)
+        .where(IngestPart.document_id == document_id, IngestPart.run == run, IngestPart.done.is_(False),
+               IngestPart.worker.is_(None))
+        .order_by(IngestPart.first_page)
+    ))
+
+
+def list_claimed(*, session: Session) -> list[IngestPart]:
+    """Parts not done, claimed by a worker, of runs that still own an unfinished document."""
+    return list(session.scalars(
+        select(IngestPart)
+        .join(Document, Document.id == IngestPart.document_id)
+        .where(IngestPart.done.is_(False), IngestPart.worker.is_not(None), IngestPart.run == Document.task_id,
+               Document.status.not_in(FINAL_STATES))
+        .order_by(IngestPart.document_id, IngestPart.first_page)
+    ))
+
+
+def workers_of(*, session: Session, document_ids: list[int]) -> dict[int, set[str]]:
+    """The workers running unfinished parts of each document's current run."""
+    if not document_ids:
+        return {}
+    rows = session.execute(
+        select(IngestPart.document_id, IngestPart.worker)
+        .join(Document, Document.id == IngestPart.document_id)
+        .where(IngestPart.document_id.in_(document_ids), IngestPart.done.is_(False), IngestPart.worker.is_not(None),
+               IngestPart.run == Document.task_id)
+    ).all()
+    found: dict[int, set[str]] = {}
+    for document_id, worker in rows:
+        found.setdefault(int(document_id), set()).add(worker)
+    return found
 
 
 def pending_parts(*, session: Session, document_id: int, run: str) -> list[tuple[int, int]]:

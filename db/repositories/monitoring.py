@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.orm import Session
 
-from db.models import ACTIVE_STATES, FAILED, Document, KnowledgeBase
+from db.models import ACTIVE_STATES, FAILED, Document, IngestPart, KnowledgeBase
 
 # The tables whose size an admin asks about; the rest are small.
 SIZED_TABLES = ("chunks", "documents", "document_blobs", "messages", "conversations", "knowledge_bases")
@@ -65,21 +65,53 @@ def stalled_documents(*, session: Session, older_than: timedelta, limit: int = 2
         .order_by(Document.updated_at)
         .limit(limit)
     ).all()
-    return [
-        {
-            "id": document.id,
-            "kb_id": document.kb_id,
-            "kb": kb_name,
-            "filename": document.filename,
-            "status": document.status,
-            "progress": document.progress,
-            "attempts": document.attempts,
-            "task_id": document.task_id,
-            "created_at": document.created_at,
-            "updated_at": document.updated_at,
-        }
-        for document, kb_name in rows
-    ]
+    return [_stalled_row(document, kb_name) for document, kb_name in rows]
+
+
+def claimed_documents(*, session: Session, limit: int = 500) -> list[dict]:
+    """Documents in a non-final state that a worker claimed (or a part of their current run), or that went back to
+    the queue because a worker was lost; each with the workers of its claims (``workers``)."""
+    part_workers = (
+        select(IngestPart.document_id, IngestPart.worker)
+        .join(Document, Document.id == IngestPart.document_id)
+        .where(IngestPart.done.is_(False), IngestPart.worker.is_not(None), IngestPart.run == Document.task_id,
+               Document.status.in_(ACTIVE_STATES))
+    )
+    by_document: dict[int, set[str]] = {}
+    for document_id, worker in session.execute(part_workers):
+        by_document.setdefault(int(document_id), set()).add(worker)
+    rows = session.execute(
+        select(Document, KnowledgeBase.name)
+        .join(KnowledgeBase, KnowledgeBase.id == Document.kb_id)
+        .where(Document.status.in_(ACTIVE_STATES),
+               or_(Document.worker.is_not(None), Document.lost_worker.is_not(None),
+                   Document.id.in_(list(by_document) or [-1])))
+        .order_by(Document.updated_at)
+        .limit(limit)
+    ).all()
+    found = []
+    for document, kb_name in rows:
+        row = _stalled_row(document, kb_name)
+        row["workers"] = ({document.worker} if document.worker else set()) | by_document.get(document.id, set())
+        found.append(row)
+    return found
+
+
+def _stalled_row(document: Document, kb_name: str) -> dict:
+    return {
+        "id": document.id,
+        "kb_id": document.kb_id,
+        "kb": kb_name,
+        "filename": document.filename,
+        "status": document.status,
+        "progress": document.progress,
+        "attempts": document.attempts,
+        "task_id": document.task_id,
+        "worker": document.worker,
+        "lost_worker": document.lost_worker,
+        "created_at": document.created_at,
+        "updated_at": document.updated_at,
+    }
 
 
 def failed_document_ids(*, session: Session) -> list[int]:

@@ -28,6 +28,7 @@ class ParsedDocument:
     sections: list[Section] = field(default_factory=list)
     pages: int = 0
     title: str | None = None
+    notes: list[str] = field(default_factory=list)  # what the uploader should know (pages OCR could not read)
 
 
 ProgressFn = Callable[[int, int], None]

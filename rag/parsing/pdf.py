@@ -1,5 +1,6 @@
 """PDF: pypdf opens and checks every file (encryption, safety limits, page limit); pdfium reads page text where
-it can, pypdf where it cannot."""
+it can, pypdf where it cannot; pages without a text layer (scans) are rendered by pdfium and read by OCR
+(``rag.parsing.ocr``) unless ``KBCHAT_OCR_ENABLED`` is off."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pypdf.errors import DependencyError, FileNotDecryptedError, LimitReachedErr
 
 from infra.settings import get_settings
 from rag.parsing.document import ParsedDocument, ParseError, ProgressFn, Section
+from rag.parsing.ocr import OcrUnavailable, needs_ocr, ocr_pages
 from rag.parsing.sniffing import sniff
 
 log = logging.getLogger(__name__)
@@ -55,8 +57,8 @@ def parse_pdf_pages(data: bytes, first: int, last: int) -> ParsedDocument:
     return _with_pdf_limits(lambda: _read_pdf(data, None, first=first, last=last))
 
 
-def parse_pdf(data: bytes, progress: ProgressFn | None) -> ParsedDocument:
-    return _with_pdf_limits(lambda: _read_pdf(data, progress))
+def parse_pdf(data: bytes, progress: ProgressFn | None, ocr_progress: ProgressFn | None = None) -> ParsedDocument:
+    return _with_pdf_limits(lambda: _read_pdf(data, progress, ocr_progress=ocr_progress))
 
 
 def _with_pdf_limits(read: Callable[[], T]) -> T:
@@ -102,7 +104,11 @@ def _check_page_limit(total: int) -> None:
 
 
 def _read_pdf(
-    data: bytes, progress: ProgressFn | None, first: int = 1, last: int | None = None
+    data: bytes,
+    progress: ProgressFn | None,
+    first: int = 1,
+    last: int | None = None,
+    ocr_progress: ProgressFn | None = None,
 ) -> ParsedDocument:
     reader = _open_pdf(data)  # pypdf opens and checks the file, whichever engine reads the pages
     total = len(reader.pages)
@@ -122,7 +128,48 @@ def _read_pdf(
             sections.append(Section(text=_clean(text), page=index + 1))
             if progress:
                 progress(index + 1 - first_index, last_index - first_index)
-    return ParsedDocument(kind="pdf", mime="application/pdf", sections=sections, pages=total, title=title)
+    notes = _ocr_scanned_pages(data, sections, ocr_progress) if get_settings().ocr_enabled else []
+    return ParsedDocument(
+        kind="pdf", mime="application/pdf", sections=sections, pages=total, title=title, notes=notes
+    )
+
+
+def _ocr_scanned_pages(data: bytes, sections: list[Section], progress: ProgressFn | None) -> list[str]:
+    """Replace the text of the sections whose page has no text layer by what OCR reads on it, in place; page
+    numbers stay. Returns what a person should know (pages OCR could not read, or did not get to)."""
+    scanned = [position for position, section in enumerate(sections) if needs_ocr(section.text)]
+    if not scanned:
+        return []
+    try:
+        with _pdfium_lock:
+            document = pypdfium2.PdfDocument(data)
+    except Exception as exc:
+        return [f"Pages without a text layer could not be rendered for OCR ({exc})."]
+    by_page = {sections[position].page - 1: position for position in scanned}
+
+    def page_size(index: int) -> tuple[float, float]:
+        with _pdfium_lock, closing(document[index]) as page:
+            return page.get_size()
+
+    def render(index: int, scale: float):
+        with _pdfium_lock, closing(document[index]) as page:
+            bitmap = page.render(scale=scale)
+            try:
+                return bitmap.to_numpy().copy()
+            finally:
+                bitmap.close()
+
+    try:
+        report = ocr_pages(list(by_page), render, page_size, progress)
+    except OcrUnavailable as exc:
+        raise ParseError(f"The PDF has pages without a text layer, and OCR is not available here: {exc}.") from exc
+    finally:
+        with _pdfium_lock:
+            document.close()
+    for index, text in report.pages.items():
+        position = by_page[index]
+        sections[position] = Section(text=_clean(text), page=sections[position].page)
+    return report.notes
 
 
 def _pypdf_page_text(reader, index: int) -> str:

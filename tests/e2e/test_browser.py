@@ -24,6 +24,7 @@ import psutil
 import pytest
 
 from tests.conftest import DEMO, ROOT
+from tests.scans import image_only_pdf
 
 pytestmark = pytest.mark.e2e
 
@@ -204,6 +205,8 @@ def test_upload_a_report_and_ask_about_it_in_the_browser(chromium, app, tmp_path
             page.get_by_label("Name of the new knowledge base").fill(kb_name)
             page.get_by_role("button", name="Create").click()
             expect(page.get_by_text(f"Documents in “{kb_name}”")).to_be_visible(timeout=60_000)
+            # The upload box names every format the parser reads, not only PDF, Markdown and plain text.
+            expect(page.get_by_text("Word (.docx), HTML, Markdown, CSV or plain text", exact=False)).to_be_visible()
 
             page.locator("input[type=file]").set_input_files(str(REPORT))
             add = page.get_by_role("button", name="Add to knowledge base")
@@ -212,6 +215,17 @@ def test_upload_a_report_and_ask_about_it_in_the_browser(chromium, app, tmp_path
             row = page.get_by_test_id("stHorizontalBlock").filter(has_text=REPORT.name)
             expect(row).to_contain_text("ready", timeout=READY_TIMEOUT * 1000)  # the status badge
             expect(row).to_contain_text("4 pages")
+
+            # The same report scanned (its pages as images only): read by OCR, ready with the same pages.
+            scan = tmp_path / "scanned-report.pdf"
+            scan.write_bytes(image_only_pdf(REPORT.read_bytes()))
+            page.locator("input[type=file]").set_input_files(str(scan))
+            add = page.get_by_role("button", name="Add to knowledge base")
+            expect(add).to_be_enabled(timeout=60_000)
+            add.click()
+            scanned_row = page.get_by_test_id("stHorizontalBlock").filter(has_text=scan.name)
+            expect(scanned_row).to_contain_text("ready", timeout=READY_TIMEOUT * 1000)
+            expect(scanned_row).to_contain_text("4 pages")
             page.screenshot(path=str(tmp_path / "upload.png"), full_page=True)
 
             # The row links to its ingest task's record (Streamlit opens Markdown links in a new tab).
@@ -234,7 +248,24 @@ def test_upload_a_report_and_ask_about_it_in_the_browser(chromium, app, tmp_path
             expect(citation.first).to_be_visible(timeout=ANSWER_TIMEOUT * 1000)
             expect(page.get_by_test_id("stChatMessage").last).to_contain_text("utility wires")
             page.screenshot(path=str(tmp_path / "answer.png"), full_page=True)
+
+            # Export the conversation as Markdown: the question, the answer, its numbered sources.
+            with page.expect_download(timeout=60_000) as download:
+                page.get_by_role("button", name="Export conversation").click()
+            exported = Path(download.value.path()).read_text(encoding="utf-8")
+            assert f"## 1. {QUESTION}" in exported and "utility wires" in exported, exported
+            assert re.search(rf"- \[\d+\] ({re.escape(REPORT.name)}|scanned-report\.pdf), pp?\. \d", exported), exported
+
             _the_cited_page_opens_and_feedback_is_stored(page, app, citation.first, tmp_path)
+
+            # Every page's URL opens that page, Ask's too (it was only at "/"; /chat said "Page not found").
+            page.goto(f"{app.url}/chat")
+            expect(page.get_by_role("heading", name="Ask your documents")).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("Page not found")).to_have_count(0)
+            page.goto(app.url)
+            expect(page.get_by_role("heading", name="Ask your documents")).to_be_visible(timeout=60_000)
+            page.wait_for_url(re.compile(r"/chat$"), timeout=30_000)
+
             _exfiltration_document_stays_inert(page, app, kb_name, tmp_path)
             _analyst_sees_only_what_is_shared(browser, app, kb_name, tmp_path)
             assert not blocked, f"the page needed something its own policy forbids: {blocked[:5]}"

@@ -25,7 +25,7 @@ def encrypted_pdf(user_password: str, text: str) -> bytes:
 
 
 def image_only_pdf() -> bytes:
-    """A page with only a drawn picture: no text layer, like a scan without OCR."""
+    """A page with only a drawn picture: no text layer, and nothing OCR can read."""
     from fpdf import FPDF
 
     pdf = FPDF()

@@ -143,8 +143,8 @@ def test_zero_byte_file_is_refused_at_upload_and_not_stored(batch):
     assert "empty (0 bytes)" in outcome.error
 
 
-def test_image_only_pdf_fails_saying_ocr_is_not_enabled(batch):
-    _failed(batch, "image_only_pdf", "no text layer", "OCR is not enabled")
+def test_image_only_pdf_without_words_fails_saying_ocr_found_none(batch):
+    _failed(batch, "image_only_pdf", "no text layer", "OCR found no readable text")
 
 
 def test_pdf_named_txt_is_read_as_a_pdf(batch):

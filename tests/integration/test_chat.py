@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -303,7 +304,7 @@ def test_model_down_falls_back_to_a_labelled_extractive_answer(stack, fresh_beha
     assert len(run.of("status")) == 3
     assert run.meta["mode"] == "extractive" and "unavailable" in run.meta["note"]
     assert run.text.startswith("*The language model is unavailable") and "most relevant passages" in run.text
-    assert "[1]" in run.text and stack.document in run.text
+    assert re.search(r"\[\d+\]", run.text) and stack.document in run.text  # its lead sentences, cited
     assert run.done["mode"] == "extractive" and run.done["citations"]
 
 
@@ -324,7 +325,7 @@ def test_after_questions_in_a_row_fail_the_breaker_answers_at_once_then_tries_th
     assert run.meta["mode"] == "extractive" and "tried again in" in run.meta["note"], run.meta
     assert not run.of("status"), "no retries while the breaker is open"
     assert len(stack.tgi.chat_requests()) == asked_before, "the server was not asked"
-    assert run.done["citations"] and "[1]" in run.text
+    assert run.done["citations"] and re.search(r"\[\d+\]", run.text)
 
     fresh_behaviour.fail_statuses = []
     wait_until(lambda: not llm_breaker.circuit_state()["open"], 15, "the breaker to let the next question through")

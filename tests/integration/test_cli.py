@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import uuid
 
@@ -162,7 +163,8 @@ def test_ask_json_answers_with_citations(ingested):
         assert citation["document"] == pdf.name
         assert 1 <= citation["page"] <= row["pages"]
         assert isinstance(citation["chunk_id"], int) and citation["score"] > 0 and citation["text"].strip()
-    assert "[1]" in data["answer"] and pdf.name in data["answer"]
+    cited = {int(n) for n in re.findall(r"\[(\d+)\]", data["answer"])}
+    assert cited and cited <= {c["n"] for c in data["citations"]} and pdf.name in data["answer"]
     assert {"retrieval_ms", "first_token_ms", "total_ms", "end_to_end_ms"} <= set(data["timings"])
     assert data["timings"]["end_to_end_ms"] >= data["timings"]["total_ms"] >= 0
 

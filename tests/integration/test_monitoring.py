@@ -182,7 +182,7 @@ def _worker_id_of(handle) -> str:
         30, "the worker's heartbeat")
 
 
-def test_heartbeat_expiry_turns_a_worker_offline_and_a_clean_stop_shows_stopped(backend, services, tmp_path):
+def test_heartbeat_expiry_turns_a_worker_offline_and_a_clean_stop_deregisters(backend, services, tmp_path):
     ttl = 2
     env = {"KBCHAT_HEARTBEAT_TTL_SECONDS": str(ttl), "KBCHAT_HEARTBEAT_INTERVAL_SECONDS": "1"}
     killed = start_worker(backend, tmp_path / "killed.log", queues="maintenance", extra_env=env)
@@ -206,9 +206,9 @@ def test_heartbeat_expiry_turns_a_worker_offline_and_a_clean_stop_shows_stopped(
 
     stopped = start_worker(backend, tmp_path / "stopped.log", queues="maintenance", extra_env=env)
     worker_id = _worker_id_of(stopped)
+    assert _row(worker_id)["status"] == "online"
     stop_worker_gracefully(stopped)
-    row = _row(worker_id)
-    assert row is not None and row["status"] == "stopped" and row["stopped_at"]
+    assert _row(worker_id) is None, "a clean stop takes the worker off the page: it is not lost"
 
 
 def test_worker_shows_the_task_it_is_running_then_counts_it(worker, kb):
@@ -452,3 +452,34 @@ def test_what_the_task_layer_writes_to_redis_is_bounded(worker, kb, monkeypatch)
         r.delete(events.WORKER_KEY.format("retention-test"))
         r.zrem(events.WORKERS_SEEN_KEY, "retention-test", *[f"recent-{i}" for i in range(events.WORKERS_SEEN_MAX + 50)])
         r.hdel(events.WORKERS_INFO_KEY, "retention-test", *[f"recent-{i}" for i in range(events.WORKERS_SEEN_MAX + 50)])
+
+
+def test_an_answer_whose_chat_worker_died_ends_with_a_notice_not_silence(services):
+    """A chat worker killed mid-answer (between two heartbeats): the reconciler's pass ends the answer's stream with
+    an error its reader shows at once, and the task record says failed; an answer of a live worker is left alone."""
+    from rag import maintenance
+    from telemetry import answer_streams, events
+
+    dead, alive = f"ghost-{uuid.uuid4().hex[:6]}@gone", f"alive-{uuid.uuid4().hex[:6]}@here"
+    lost_id, live_id = str(uuid.uuid4()), str(uuid.uuid4())
+    events.get_redis().zadd(events.WORKERS_SEEN_KEY, {dead: time.time() - 60, alive: time.time()})
+    events.get_redis().hset(events.WORKER_KEY.format(alive), mapping={"backend": "test"})
+    events.get_redis().expire(events.WORKER_KEY.format(alive), 60)
+    try:
+        events.record_started(lost_id, name="chat.answer", worker=dead)
+        events.record_started(live_id, name="chat.answer", worker=alive)
+        told = maintenance.end_lost_answers(
+            lost_tasks=lambda: events.lost_tasks(("chat.answer",)), alive=events.alive_workers,
+            end_stream=answer_streams.end_with_error,
+            record_failed=lambda task_id, worker, error: events.record(task_id, events.FAILED, error=error,
+                                                                       worker=worker),
+            confirm_seconds=0,
+        )
+        assert told == [lost_id]
+        kind, message = next(answer_streams.follow(lost_id, timeout=5))
+        assert kind == "error" and "stopped" in message and "Ask it again" in message
+        assert events.get_task(lost_id)["state"] == "failed"
+        assert events.get_task(live_id)["state"] == "started"
+        assert events.lost_tasks(("chat.answer",)) == [], "told once"
+    finally:
+        events.forget_workers([dead, alive])

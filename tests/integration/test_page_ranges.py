@@ -7,12 +7,14 @@ low ``KBCHAT_INGEST_SPLIT_PAGES``, take its tasks.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from tests.conftest import OPERATOR, make_pdf, upload, wait_until
 from tests.integration import test_reliability as reliability
 from tests.integration.test_reliability import (
+    DEAD_WORKER_RULE,
     FAST_REDELIVERY,
     _final,
     _kill_hard,
@@ -219,4 +221,58 @@ def test_worker_killed_mid_part_the_part_is_redelivered_and_the_document_complet
     assert document.pages == 60 and document.progress_total == 60
     assert_chunks_intact(document)
     assert {c.page for c in _chunks(document_id)} == set(range(1, 61))
+    assert _leftovers(document_id) == (0, 0)
+
+
+@pytest.mark.timeout(600)
+def test_worker_killed_mid_part_the_reconciler_sends_the_part_again_in_the_same_run(
+    backend, own_redis, kb, workers, tmp_path
+):
+    """kill -9 of the only worker while it embeds a part, the broker's redelivery out of reach: the part names its
+    worker; the next worker's reconciliation sends that part again (a new delivery of the same run, the parts
+    already done kept) and the document ends ready, every chunk once."""
+    from sqlalchemy import select
+
+    from db.models import IngestPart
+    from infra.database import session_scope
+    from tests.conftest import enqueue
+
+    def claimed_parts():  # parts under way: claimed, some pages embedded, not done
+        with session_scope() as session:
+            return [(p.first_page, p.worker, p.task_id, p.attempts) for p in session.scalars(
+                select(IngestPart).where(IngestPart.document_id == document_id, IngestPart.worker.is_not(None),
+                                         IngestPart.done.is_(False), IngestPart.pages_done > 0))]
+
+    kb_id, _ = kb
+    env = {**DEAD_WORKER_RULE, "KBCHAT_INGEST_SPLIT_PAGES": "50"}
+    first = _start(workers, backend, tmp_path / "first.log", "ingest", env)
+    outcome = upload(kb_id, "lost-part.pdf", long_pdf())
+    document_id = outcome.document_id
+    wait_until(claimed_parts, 240, "the first worker to be embedding a part", interval=0.1)
+    _kill_hard(first)
+    run = _document(document_id).task_id
+    claims = claimed_parts()
+    assert claims, "the part under way when its worker was killed is still not done"
+    assert _document(document_id).worker is None, "the split document's parts carry the claims"
+
+    _start(workers, backend, tmp_path / "second.log", "ingest,maintenance", env)
+
+    def resent():
+        with session_scope() as session:
+            part = session.scalar(select(IngestPart).where(IngestPart.document_id == document_id,
+                                                           IngestPart.first_page == claims[0][0]))
+        if part is None or part.done or part.task_id != claims[0][2]:
+            return True
+        enqueue("maintenance.reconcile")
+        time.sleep(3)
+        return False
+
+    wait_until(resent, 120, "the reconciler to send the lost part again")
+    document = _final(document_id, 400)
+    assert document.status == "ready", document.error
+    assert document.task_id == run, "the same run finished: only the lost part was sent again"
+    assert document.lost_worker == claims[0][1]
+    assert document.pages == 150
+    assert_chunks_intact(document)
+    assert {c.page for c in _chunks(document_id)} == set(range(1, 151))
     assert _leftovers(document_id) == (0, 0)

@@ -173,6 +173,70 @@ def test_worker_killed_mid_ingest_task_is_redelivered_and_document_completes_onc
     print(f"{backend}: redelivered and finished {time.monotonic() - killed_at:.1f} s after the kill")
 
 
+# The dead-worker rule alone: heartbeats that lapse in seconds, and the brokers' own redelivery and the stuck rule
+# pushed out of reach, so a document that finishes was restarted by the reconciler.
+DEAD_WORKER_RULE = {
+    "KBCHAT_HEARTBEAT_INTERVAL_SECONDS": "1",
+    "KBCHAT_HEARTBEAT_TTL_SECONDS": "3",
+    "KBCHAT_STUCK_AFTER_SECONDS": "3600",
+    "KBCHAT_REDELIVERY_TIMEOUT_SECONDS": "3600",
+    "KBCHAT_DRAMATIQ_HEARTBEAT_TIMEOUT_SECONDS": "3600",
+}
+
+
+@pytest.mark.timeout(480)
+def test_worker_main_process_killed_mid_ingest_the_reconciler_restarts_the_document(backend, own_redis, kb,
+                                                                                     workers, tmp_path):
+    """kill -9 of the worker (its main process and children) while it embeds: the document names that worker, the
+    page says "worker lost — retrying" instead of a frozen bar, and the next worker's start-up reconciliation (or
+    the scheduler's next tick) starts it over as a new run, which ends ready with every chunk once — long before
+    the stuck rule or the broker's redelivery would have looked at it."""
+    from tasks import monitoring
+    from telemetry import events
+    from tests.conftest import enqueue
+
+    kb_id, _ = kb
+    first = _start(workers, backend, tmp_path / "first.log", "ingest", DEAD_WORKER_RULE)
+    outcome = upload(kb_id, "lost-worker.pdf", long_pdf())
+    assert outcome.status == "queued", outcome
+    document_id = outcome.document_id
+    document = _wait_document(document_id, lambda d: d.status == "embedding" and d.progress_done > 0, 180,
+                              "the first worker to be embedding")
+    first_run, dead = document.task_id, document.worker
+    assert dead in {w["id"] for w in events.live_workers()}, "the claim is the worker's heartbeat identity"
+    assert document.attempts == 1 and document.claimed_at is not None
+
+    _kill_hard(first)
+    killed_at = time.monotonic()
+    wait_until(lambda: document_id in monitoring.lost_documents([_document(document_id)]), 30,
+               "the page to see that the document's worker is gone")
+    assert monitoring.lost_label(_document(document_id).attempts) == "worker lost — retrying (attempt 2)"
+    lost_rows = [r for r in monitoring.stalled_documents(3600) if r["id"] == document_id]
+    assert lost_rows and lost_rows[0]["worker_state"].startswith("worker lost"), "the Stuck documents tab shows it"
+
+    _start(workers, backend, tmp_path / "second.log", "ingest,maintenance", DEAD_WORKER_RULE)
+
+    def restarted():  # the start-up reconciliation should do it; otherwise what the scheduler sends every minute
+        document = _document(document_id)
+        if document.task_id != first_run:
+            return document
+        enqueue("maintenance.reconcile")
+        time.sleep(3)
+        return None
+
+    requeued = wait_until(restarted, 120, "the reconciler to start the document over as a new run")
+    assert requeued.lost_worker == dead
+    assert (events.get_task(first_run) or {}).get("retried_as") == requeued.task_id
+    document = _final(document_id, 300)
+    assert document.status == "ready", document.error
+    assert_chunks_intact(document)
+    assert document.pages == 150 and document.attempts == 2 and document.worker != dead
+    recovered = time.monotonic() - killed_at
+    assert recovered < 420 < 3600  # bounded by the test's own timeout; the stuck rule's clock is an hour
+    assert document_id not in monitoring.lost_documents([document])
+    print(f"{backend}: restarted by the dead-worker rule, ready {recovered:.1f} s after the kill")
+
+
 @pytest.mark.timeout(420)
 def test_redis_flushed_mid_backlog_reconcile_requeues_and_every_document_completes(backend, own_redis, kb,
                                                                                      workers, tmp_path):

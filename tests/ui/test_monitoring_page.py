@@ -4,6 +4,7 @@ retry a failed task, retry every failed ingest, re-enqueue a stalled document.""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -129,6 +130,11 @@ def test_monitoring_page_shows_queues_workers_tasks_and_services(activity, worke
     tables = frame_with(at, "table")
     assert {"chunks", "documents"} <= set(tables["table"])
 
+    # Times on a 24-hour clock (Vega's default labels minutes on a 12-hour one without AM/PM: 19:08 as "07:08").
+    specs = [json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")]
+    time_axes = [spec["encoding"]["x"] for spec in specs if spec["encoding"]["x"].get("type") == "temporal"]
+    assert time_axes and all(x["axis"]["format"] == "%H:%M" for x in time_axes), time_axes
+
 
 def test_pause_switch_stops_the_refresh(services):
     at = open_page(MONITORING)
@@ -241,3 +247,35 @@ def test_status_page_shows_a_failure_and_retries_it(worker, kb):
         wait_for_state(new_id, "failed")  # the cause is still there: it fails again, as a new task
     finally:
         refusal.remove()
+
+
+def test_lost_workers_are_one_collapsed_line_that_says_what_comes_back(services):
+    """A worker whose heartbeat lapsed while it ran an ingest: one collapsed summary line, not a warning per worker;
+    inside, what it held and when that comes back. A clean stop leaves no line at all."""
+    import json
+    import time
+
+    from telemetry import events
+
+    ghost = f"kbchat-ingest-{uuid.uuid4().hex[:6]}@gone"
+    task_id = str(uuid.uuid4())
+    now = time.time()
+    redis = events.get_redis()
+    redis.zadd(events.WORKERS_SEEN_KEY, {ghost: now - 90})
+    redis.hset(events.WORKERS_INFO_KEY, ghost, json.dumps({
+        "backend": "celery", "queues": "ingest", "host": "gone", "pid": 4242, "concurrency": 2,
+        "last_heartbeat": now - 90, f"task:{task_id}": json.dumps({"name": "ingest.document", "started_at": now - 100}),
+    }))
+    events.record(task_id, events.STARTED, name="ingest.document", worker=ghost)
+    try:
+        at = open_page(MONITORING)
+        lost = [e for e in at.expander if "lost in the last hour" in e.label]
+        assert len(lost) == 1, [e.label for e in at.expander]
+        (line,) = [m for m in texts(lost[0].markdown) if ghost in m]
+        assert "stopped sending heartbeats" in line and "It was running 1 task(s)" in line
+        assert "reconciler" in line and "visibility timeout" in line, line
+        assert not any(ghost in w for w in texts(at.warning)), "no warning of its own above the tabs"
+    finally:
+        events.forget_workers([ghost])
+    at = open_page(MONITORING)
+    assert not any(ghost in m for e in at.expander for m in texts(e.markdown))

@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -109,7 +110,15 @@ def texts(elements) -> list[str]:
 def test_entrypoint_renders_the_navigation_and_opens_on_ask(services):
     at = open_app()
     # AppTest keeps what st.navigation registered (the browser draws the menu from it).
-    registered = {info["page_name"]: Path(info["script_path"]) for info in at._registered_pages.values()}
+    pages = list(at._registered_pages.values())
+    # Every page has its own URL, Ask included: "/" is a hidden page that opens Ask at /chat (a default page is
+    # served at "/" only, so /chat used to say "Page not found").
+    home = [p for p in pages if p["url_pathname"] == ""]
+    assert [p["page_name"] for p in home] == ["kbchat"], home
+    pages = [p for p in pages if p["url_pathname"]]
+    paths = {p["page_name"]: p["url_pathname"] for p in pages}
+    assert paths["Ask"] == "chat" and len(set(paths.values())) == len(paths), paths
+    registered = {info["page_name"]: Path(info["script_path"]) for info in pages}
     assert list(registered)[:3] == ["Ask", "Upload", "Knowledge bases"]
     assert registered["Task status"] == ROOT / "pages" / "status.py"
     assert texts(at.title) == ["Ask your documents"]
@@ -135,6 +144,31 @@ def test_upload_page_lists_documents_with_status_and_failure_reason(library):
     errors = texts(at.error)
     assert library.failed_error in errors, errors
     assert "damaged" in library.failed_error  # a reason a person can act on, not a traceback
+
+
+def test_upload_page_says_worker_lost_instead_of_a_frozen_bar(kb):
+    """A document whose worker's heartbeat is gone shows "worker lost — retrying (attempt N)", not its last bar."""
+    from sqlalchemy import text
+
+    from db.repositories import documents as document_repo
+    from infra.database import session_scope
+    from rag.library import store_upload
+
+    kb_id, kb_name = kb
+    with session_scope() as session:
+        outcome = store_upload(session=session, kb_id=kb_id, filename="orphaned.txt",
+                               data=b"The ferry to the island leaves at seven from pier four.\n")
+        session.execute(text(
+            "UPDATE documents SET status = 'embedding', progress = 0.5, progress_done = 5, progress_total = 10, "
+            "attempts = 1, worker = 'kbchat-ingest-1@gone', claimed_at = now() WHERE id = :id"),
+            {"id": outcome.document_id})
+    try:
+        at = choose_kb(open_page(UPLOAD), "upload_kb", kb_name)
+        assert "worker lost — retrying (attempt 2)" in texts(at.warning), texts(at.warning)
+        assert not at.get("progress"), "no frozen progress bar"
+    finally:  # nothing for the session worker's reconciler to pick up
+        with session_scope() as session:
+            document_repo.mark_failed(session=session, document_id=outcome.document_id, error="test over")
 
 
 def test_upload_page_creates_a_knowledge_base_in_place(services):
@@ -181,6 +215,8 @@ def test_upload_page_adds_files_and_reports_duplicates(worker, kb):
     pdf = sorted(DEMO.glob("*.pdf"))[0]
     at = choose_kb(open_page(UPLOAD), "upload_kb", kb_name)
     assert at.button(key="upload_add").disabled  # nothing chosen yet
+    label = at.file_uploader[0].label  # every format the parser reads, not only PDF, Markdown and text
+    assert all(kind in label for kind in ("PDF", "OCR", "Word", "HTML", "Markdown", "CSV", "plain text")), label
     at.file_uploader[0].set_value([(pdf.name, pdf.read_bytes(), "application/pdf"),
                                    ("empty.txt", b"", "text/plain")]).run()
     at.button(key="upload_add").click().run()
@@ -239,6 +275,17 @@ def test_chat_answers_with_the_passage_and_a_page_citation_and_keeps_the_convers
     # The conversation is listed in the sidebar, titled by its question (shortened, whole in the tooltip).
     listed = [b for b in at.sidebar.button if b.key == f"chat_open_{conversation_id}"]
     assert listed and question.startswith(listed[0].label.rstrip("…")) and question in listed[0].help
+
+    # Export (the sidebar's download button) and copy (the answer's popover with its text in a code block).
+    from streamlit_app import export
+
+    downloads = at.sidebar.get("download_button")
+    assert len(downloads) == 1 and downloads[0].proto.label == "Export conversation", downloads
+    assert any(str(c.value).strip() == saved[1][1].strip() for c in at.code), ([c.value for c in at.code], saved[1][1])
+    title, conversation = export.load(at.session_state["_kbchat_actor"], library.kb_id, conversation_id)
+    markdown = export.conversation_markdown(title, library.kb_name, conversation, datetime.now(UTC))
+    assert f"## 1. {question}" in markdown and "took the divers four days" in markdown
+    assert f"- [1] {library.ready_name}, p. 2" in markdown
 
 
 # --- task status ------------------------------------------------------------------------------------------------

@@ -124,11 +124,12 @@ def test_damaged_pdf_is_refused(data: bytes):
         parse(data, "broken.pdf")
 
 
-def test_pdf_without_text_layer_says_ocr_is_off():
+def test_pdf_without_text_layer_says_ocr_is_off(settings_env):
+    settings_env(ocr_enabled="false")  # with OCR on: tests/unit/test_ocr.py
     pdf = FPDF()
     pdf.add_page()
     pdf.rect(20, 20, 100, 60, style="F")
-    with pytest.raises(ParseError, match="no text layer.*OCR is not enabled"):
+    with pytest.raises(ParseError, match="no text layer.*OCR is turned off"):
         parse(bytes(pdf.output()), "scan.pdf")
 
 
