@@ -378,8 +378,14 @@ def _the_cited_page_opens_and_feedback_is_stored(page, app: App, citation, tmp_p
     from playwright.sync_api import expect
 
     citation.click()  # the expander
-    citation.get_by_role("button", name=re.compile(r"Open p\. \d")).click()
     dialog = page.get_by_role("dialog")
+    for _ in range(3):  # a click that lands while the page re-renders is dropped by Streamlit: click again
+        citation.get_by_role("button", name=re.compile(r"Open p\. \d")).click()
+        try:
+            dialog.wait_for(state="visible", timeout=20_000)
+            break
+        except Exception:
+            continue
     expect(dialog.get_by_text(REPORT.name)).to_be_visible(timeout=60_000)
     expect(dialog.locator("img")).to_be_visible(timeout=60_000)  # the page, rendered by pdfium
     expect(dialog.get_by_text("could not be located")).to_have_count(0)  # the passage is highlighted on it
