@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from swagger_ui_bundle import swagger_ui_path
@@ -30,7 +31,7 @@ from rag.citations import citation_json
 from rag.library import safe_filename
 from tasks.backend import get_backend
 from telemetry.answer_streams import follow, read_answer
-from usecases import api_keys, asking, audit, documents, knowledge_bases
+from usecases import api_keys, asking, audit, documents, knowledge_bases, searching
 
 PROBLEM = "application/problem+json"
 
@@ -176,9 +177,10 @@ async def _audit(request: Request, call_next):
     """Every call that got past the key check is in the audit log (method, path, status, key prefix)."""
     response = await call_next(request)
     actor = getattr(request.state, "actor", None)
-    if actor is not None:
-        await run_in_threadpool(audit.record_now, actor, "api.call", target=f"{request.method} {request.url.path}",
-                                status=response.status_code, key=getattr(request.state, "key_prefix", ""))
+    if actor is not None:  # written after the response is sent: not on the caller's time
+        response.background = BackgroundTask(
+            audit.record_now, actor, "api.call", target=f"{request.method} {request.url.path}",
+            status=response.status_code, key=getattr(request.state, "key_prefix", ""))
     return response
 
 
@@ -259,9 +261,8 @@ def original(kb_id: KbId, document_id: DocumentId, actor: Caller) -> Response:
 
 @app.post("/knowledge-bases/{kb_id}/search", summary="The passages closest to a question (`kbchat search --json`)")
 def search(kb_id: KbId, body: SearchRequest, actor: Caller) -> dict:
-    hits = asking.search_passages(actor, kb_id=kb_id, question=body.question, k=body.k)
-    kb = knowledge_bases.get_kb(actor, kb_id=kb_id)
-    return {"question": body.question, "kb": kb["name"], "hits": hits}
+    name, hits = searching.search_base(actor, kb_id=kb_id, question=body.question, k=body.k)
+    return {"question": body.question, "kb": name, "hits": hits}
 
 
 def _sse(kind: str, data: Any) -> str:

@@ -109,12 +109,12 @@ def _cmd_web(args) -> int:
 
     from infra.discovery import service_urls
     from infra.settings import get_settings
-    from kbchat.runner import web_argv, web_env
+    from kbchat.runner import web_argv
 
     settings = get_settings()
     service_urls()  # fail early with a plain message
     argv = web_argv(args.host or settings.web_host, args.port or settings.web_port, settings)
-    os.execve(argv[0], argv, {**os.environ, **web_env(settings)})
+    os.execv(argv[0], argv)
     return 0
 
 

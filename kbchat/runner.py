@@ -38,12 +38,6 @@ def web_argv(host: str, port: int, settings: Settings) -> list[str]:
     ]
 
 
-def web_env(settings: Settings) -> dict[str, str]:
-    """What the web process needs in its environment beyond kbchat's own settings: nothing today (Streamlit's
-    options are set by ``streamlit_app.web`` itself, from the settings)."""
-    return {}
-
-
 def child_argvs(host: str, port: int, settings: Settings) -> list[Child]:
     kbchat = [sys.executable, "-m", "kbchat.cli"]
     ingest_concurrency = max(1, min(2, os.cpu_count() or 1))
@@ -54,7 +48,7 @@ def child_argvs(host: str, port: int, settings: Settings) -> list[Child]:
         # (one GIL each) instead of one; with the ONNX embedder a chat process costs little memory.
         *(Child(f"worker-chat-{n}", kbchat + ["worker", "--queues", "chat", "--concurrency", "10"]) for n in (1, 2)),
         Child("scheduler", kbchat + ["scheduler"]),
-        Child("web", web_argv(host, port, settings), web_env(settings)),
+        Child("web", web_argv(host, port, settings)),
     ]
 
 

@@ -405,10 +405,10 @@ def start_web(log_path: Path, extra_env: dict[str, str] | None = None, port: int
     import requests
 
     from infra.settings import get_settings
-    from kbchat.runner import web_argv, web_env
+    from kbchat.runner import web_argv
 
     port = port or free_port()
-    env = {**os.environ, **web_env(get_settings()), **(extra_env or {})}
+    env = {**os.environ, **(extra_env or {})}
     with open(log_path, "ab") as log:
         process = subprocess.Popen(web_argv("127.0.0.1", port, get_settings()), env=env, cwd=ROOT, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)

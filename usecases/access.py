@@ -14,7 +14,7 @@ from db.models import Conversation, Document, KnowledgeBase
 from db.repositories import documents as document_repo
 from db.repositories import identity as identity_repo
 from db.repositories import knowledge_bases as kb_repo
-from rag.access import VIEWER, Actor, Forbidden, NotFound, at_least, kb_not_found
+from rag.access import OWNER, VIEWER, Actor, Forbidden, NotFound, at_least, kb_not_found
 
 
 def level_of(session: Session, actor: Actor, kb_id: int) -> str | None:
@@ -61,24 +61,19 @@ def require_admin(actor: Actor, what: str = "This") -> None:
         raise Forbidden(f"{what} is for administrators.")
 
 
-def readable_kb_ids(actor: Actor) -> Select | None:
-    """A subquery of the base ids the actor may read, for ``WHERE kb_id IN (...)``; None means every base."""
+def _granted_kb_ids(actor: Actor, level: str | None) -> Select | None:
     if actor.is_admin:
         return None if actor.scope is None else identity_repo.kb_ids_in(actor.scope)
     if actor.user_id is None:
         raise Forbidden("No user is signed in.")
-    return identity_repo.readable_kb_ids(actor.user_id, scope=actor.scope)
+    return identity_repo.granted_kb_ids(actor.user_id, scope=actor.scope, level=level)
 
 
-def visible_kb_id_list(session: Session, actor: Actor) -> list[int] | None:
-    subquery = readable_kb_ids(actor)
-    return None if subquery is None else list(session.scalars(subquery))
+def readable_kb_ids(actor: Actor) -> Select | None:
+    """A subquery of the base ids the actor may read, for ``WHERE kb_id IN (...)``; None means every base."""
+    return _granted_kb_ids(actor, None)
 
 
 def owned_kb_ids(actor: Actor) -> Select | None:
     """A subquery of the base ids the actor owns (what an owner oversees: feedback); None means every base."""
-    if actor.is_admin:
-        return None if actor.scope is None else identity_repo.kb_ids_in(actor.scope)
-    if actor.user_id is None:
-        raise Forbidden("No user is signed in.")
-    return identity_repo.owned_kb_ids(actor.user_id, scope=actor.scope)
+    return _granted_kb_ids(actor, OWNER)

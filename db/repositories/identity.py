@@ -105,17 +105,13 @@ def _grants_of(user_id: int) -> Select:
     return union_all(own, via_groups).subquery()
 
 
-def readable_kb_ids(user_id: int, scope: frozenset[int] | None = None) -> Select:
-    """The ids of the bases a user holds any grant on (within ``scope`` when given), as a subquery for ``IN``."""
+def granted_kb_ids(user_id: int, scope: frozenset[int] | None = None, level: str | None = None) -> Select:
+    """The ids of the bases a user holds a grant on (own or a group's; at ``level`` when given; within ``scope``
+    when given), as a subquery for ``IN``."""
     grants = _grants_of(user_id)
     query = select(grants.c.kb_id).distinct()
-    return query.where(grants.c.kb_id.in_(list(scope))) if scope is not None else query
-
-
-def owned_kb_ids(user_id: int, scope: frozenset[int] | None = None) -> Select:
-    """The ids of the bases a user owns (own grant or a group's), as a subquery for ``IN``."""
-    grants = _grants_of(user_id)
-    query = select(grants.c.kb_id).where(grants.c.level == "owner").distinct()
+    if level is not None:
+        query = query.where(grants.c.level == level)
     return query.where(grants.c.kb_id.in_(list(scope))) if scope is not None else query
 
 

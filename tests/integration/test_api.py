@@ -223,6 +223,11 @@ def test_every_call_is_audited(api):
     from usecases import audit
 
     api("GET", "/knowledge-bases")
-    entries = audit.list_events(OPERATOR, username=api.user, action="api.call")
-    assert any(e["target"] == "GET /api/v1/knowledge-bases" and e["details"]["status"] == 200 for e in entries)
+
+    def audited():  # written just after the response went out
+        entries = audit.list_events(OPERATOR, username=api.user, action="api.call")
+        return any(e["target"] == "GET /api/v1/knowledge-bases" and e["details"]["status"] == 200
+                   for e in entries) and entries
+
+    entries = wait_until(audited, 10, "the call to be in the audit log")
     assert all(api.key not in json.dumps(e) for e in entries)

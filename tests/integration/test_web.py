@@ -30,12 +30,12 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def web(services, tmp_path_factory) -> Iterator[str]:
     from infra.settings import get_settings
-    from kbchat.runner import web_argv, web_env
+    from kbchat.runner import web_argv
 
     port = _free_port()
     log_path = tmp_path_factory.mktemp("web") / "web.log"
     # Sign-in throttling counts failures per username; the per-address limit is high so tests don't share it.
-    env = {**os.environ, **web_env(get_settings()), "KBCHAT_LOGIN_MAX_FAILURES_PER_ADDRESS": "1000"}
+    env = {**os.environ, "KBCHAT_LOGIN_MAX_FAILURES_PER_ADDRESS": "1000"}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(web_argv("127.0.0.1", port, get_settings()), env=env, cwd=ROOT, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
@@ -206,10 +206,10 @@ def test_health_and_readiness(web):
 def test_readiness_says_why_when_the_database_is_gone(services, tmp_path):
     """A web process whose database does not answer: /healthz still answers, /readyz is 503 with the reason."""
     from infra.settings import get_settings
-    from kbchat.runner import web_argv, web_env
+    from kbchat.runner import web_argv
 
     port = _free_port()
-    env = {**os.environ, **web_env(get_settings()),
+    env = {**os.environ,
            "KBCHAT_DATABASE_URL": f"postgresql://kbchat@127.0.0.1:{_free_port()}/nothing"}
     with open(tmp_path / "web.log", "wb") as log:
         process = subprocess.Popen(web_argv("127.0.0.1", port, get_settings()), env=env, cwd=ROOT, stdout=log,
