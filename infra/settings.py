@@ -111,6 +111,11 @@ class Settings(BaseSettings):
         default=0.8, ge=0.0, description="Hybrid ranking: cosine + this x the share of the question's word weight "
         "a passage holds (rare words weigh most). 0 = the vector half alone (bench/retrieval_quality.py)."
     )
+    page_evidence_weight: float = Field(
+        default=0.0, ge=0.0, description="Hybrid ranking: + this x the share of the question's word weight that the "
+        "passage's whole page holds (all its chunks). Off by default: on FinanceBench it lowered page hit@5 while it "
+        "raised the NTSB evaluation (README, Measured)."
+    )
     context_neighbours: int = Field(default=0, description="Adjacent chunks added around each passage for context.")
     min_relevance: float = Field(default=0.2, description="Cosine similarity below which a passage is not relevant.")
     stream_ttl_seconds: int = 3600

@@ -55,6 +55,12 @@ def search(
         text_total=text_query.total if text_query else 0.0,
         text_weight={"vector": 0.0, "fulltext": None}.get(mode, settings.fulltext_weight),
     )
+    if mode == "hybrid" and text_query and settings.page_evidence_weight > 0:
+        pages = sorted({(h.document_id, h.page) for h in hits if h.page is not None})
+        matched = chunk_repo.page_matches(
+            session=session, kb_id=kb_id, pages=pages, queries=[q for q, _ in text_query.weighted]
+        )
+        hits = with_page_evidence(hits, matched, text_query, settings.page_evidence_weight)
     hits = collapse_duplicates(hits[: k * 3])[:k]
     if settings.context_neighbours > 0:
         hits = [with_neighbours(session=session, hit=hit, radius=settings.context_neighbours) for hit in hits]
@@ -106,6 +112,27 @@ def fuse(candidates: Sequence[Candidate], *, text_total: float, text_weight: flo
         scored.append(replace(c.hit, fused=round(fused, 6), text_rank=text_ranks.get(c.hit.chunk_id)))
     scored.sort(key=lambda h: (-h.fused, -h.score, h.chunk_id))
     return scored
+
+
+def with_page_evidence(
+    hits: Sequence[Hit], matched: dict[tuple[int, int], frozenset[int]], text_query: query.FullTextQuery,
+    weight: float,
+) -> list[Hit]:
+    """The hits re-ranked with the evidence of their whole page: each gains ``weight`` times the share of the
+    question's word weight that the chunks of its page hold together (``matched``: per (document, page), the
+    indexes of ``text_query.weighted`` some chunk of it matches). A table, a form or a list often answers across
+    several chunks of one page, none of which holds every word of the question alone."""
+    if weight <= 0 or text_query.total <= 0:
+        return list(hits)
+    weights = [w for _, w in text_query.weighted]
+
+    def share(hit: Hit) -> float:
+        found = matched.get((hit.document_id, hit.page), frozenset()) if hit.page is not None else frozenset()
+        return min(1.0, sum(weights[i] for i in found if i < len(weights)) / text_query.total)
+
+    ranked = [replace(h, fused=round(h.fused + weight * share(h), 6)) for h in hits]
+    ranked.sort(key=lambda h: (-h.fused, -h.score, h.chunk_id))
+    return ranked
 
 
 class _QuestionBatcher:

@@ -282,6 +282,38 @@ def hybrid_candidates(
     ]
 
 
+# Per (document, page) of the candidates: the indexes (0-based) of the weighted queries that any chunk of that
+# page matches. Only the candidates' pages are read (the (document_id, ordinal) index finds their chunks).
+_PAGE_MATCHES = text("""
+WITH wanted AS (
+    SELECT DISTINCT d AS document_id, p AS page
+    FROM unnest(CAST(:documents AS bigint[]), CAST(:pages AS int[])) AS t(d, p)
+),
+weighted AS MATERIALIZED (
+    SELECT CAST(q AS tsquery) AS query, i - 1 AS i
+    FROM unnest(CAST(:queries AS text[])) WITH ORDINALITY AS t(q, i)
+)
+SELECT c.document_id, c.page, array_agg(DISTINCT w.i) AS matched
+FROM wanted x
+JOIN chunks c ON c.document_id = x.document_id AND c.page = x.page AND c.kb_id = :kb_id
+JOIN weighted w ON c.tsv @@ w.query
+GROUP BY c.document_id, c.page
+""")
+
+
+def page_matches(
+    *, session: Session, kb_id: int, pages: Sequence[tuple[int, int]], queries: Sequence[str]
+) -> dict[tuple[int, int], frozenset[int]]:
+    """For each (document id, page): which of ``queries`` (by index) some chunk of that page matches."""
+    if not pages or not queries:
+        return {}
+    rows = session.execute(_PAGE_MATCHES, {
+        "kb_id": kb_id, "documents": [int(d) for d, _ in pages], "pages": [int(p) for _, p in pages],
+        "queries": list(queries),
+    }).all()
+    return {(int(r.document_id), int(r.page)): frozenset(int(i) for i in r.matched) for r in rows}
+
+
 def vector_search(
     *, session: Session, kb_id: int, embedding: Sequence[float], k: int, ef_search: int, exact: bool = False
 ) -> list[Hit]:

@@ -156,3 +156,23 @@ def test_a_bad_question_file_is_refused_with_the_line_to_fix(kb, tmp_path, conte
     assert result.returncode == 2 and message in result.stderr, result.stderr
     with session_scope() as session:
         assert session.scalar(text("SELECT count(*) FROM eval_runs")) == runs_before  # nothing recorded
+
+
+def test_page_matches_name_the_question_words_each_page_holds(kb, two_pdfs):
+    from db.repositories import chunks as chunk_repo
+    from infra.database import session_scope
+    from rag.retrieval import full_text_query
+
+    kb_id, _ = kb
+    with session_scope() as session:
+        lighthouse = session.execute(
+            text("SELECT id FROM documents WHERE kb_id = :kb AND filename = 'lighthouse.pdf'"), {"kb": kb_id}
+        ).scalar_one()
+        question = full_text_query(session=session, kb_id=kb_id, question="foghorn wicks glacier")
+        assert question is not None
+        lexemes = [q for q, _ in question.weighted]
+        matched = chunk_repo.page_matches(
+            session=session, kb_id=kb_id, pages=[(lighthouse, 2), (lighthouse, 3), (lighthouse, 1)], queries=lexemes
+        )
+    named = {page: {lexemes[i].strip("'") for i in found} for (_, page), found in matched.items()}
+    assert named == {2: {"wick"}, 3: {"foghorn"}}  # page 1 holds none of them; no glacier page was asked for

@@ -8,7 +8,7 @@ from db.repositories.chunks import Candidate, Hit
 from rag import query
 from rag.context import clean_title, document_date, file_label, header
 from rag.query import Term, build, content_words
-from rag.retrieval import fuse
+from rag.retrieval import fuse, with_page_evidence
 
 # --- the query builder -------------------------------------------------------------------------------------
 
@@ -104,6 +104,28 @@ def test_fusion_modes_use_one_half_alone():
     both = [_candidate(1, 0.9, 1, None), _candidate(2, 0.5, None, 5.0), _candidate(3, 0.6, 2, 9.0)]
     assert [h.chunk_id for h in fuse(both, text_total=10.0, text_weight=0.0)] == [1, 3]
     assert [h.chunk_id for h in fuse(both, text_total=10.0, text_weight=None)] == [3, 2]
+
+
+def _page_hit(chunk_id: int, page: int, fused: float) -> Hit:
+    return Hit(chunk_id=chunk_id, document_id=1, document="d.pdf", page=page, locator=None, score=fused,
+               text=f"chunk {chunk_id}", ordinal=chunk_id, fused=fused)
+
+
+def test_a_page_whose_chunks_hold_the_questions_words_together_rises():
+    question = query.FullTextQuery(match="'a' | 'b'", weighted=(("'a'", 6.0), ("'b'", 4.0)), total=10.0)
+    hits = [_page_hit(1, page=7, fused=0.60), _page_hit(2, page=3, fused=0.55)]
+    # No chunk of page 3 holds both words, but its chunks together do; page 7's hold only the weaker one.
+    matched = {(1, 3): frozenset({0, 1}), (1, 7): frozenset({1})}
+    ranked = with_page_evidence(hits, matched, question, weight=0.2)
+    assert [h.chunk_id for h in ranked] == [2, 1]
+    assert ranked[0].fused == pytest.approx(0.55 + 0.2 * 1.0) and ranked[1].fused == pytest.approx(0.60 + 0.2 * 0.4)
+
+
+def test_page_evidence_off_or_without_pages_keeps_the_order():
+    question = query.FullTextQuery(match="'a'", weighted=(("'a'", 1.0),), total=1.0)
+    hits = [_page_hit(1, page=1, fused=0.6), _page_hit(2, page=2, fused=0.5)]
+    assert with_page_evidence(hits, {(1, 2): frozenset({0})}, question, weight=0.0) == hits
+    assert [h.chunk_id for h in with_page_evidence(hits, {}, question, weight=0.5)] == [1, 2]
 
 
 # --- the context header ------------------------------------------------------------------------------------
