@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, replace
 
+import numpy as np
 from sqlalchemy.orm import Session
 
 from db.repositories import chunks as chunk_repo
@@ -145,10 +146,11 @@ class _QuestionBatcher:
         self._waiting: list[tuple[str, Future]] = []
         self._running = False
 
-    def embed(self, text: str):
+    def embed(self, texts: Sequence[str]) -> list:
+        """The vectors of ``texts``, in one model call with whatever other threads are waiting to embed."""
         future: Future = Future()
         with self._lock:
-            self._waiting.append((text, future))
+            self._waiting.append((list(texts), future))
             lead = not self._running
             self._running = True
         if lead:
@@ -163,21 +165,31 @@ class _QuestionBatcher:
                     self._running = False
                     return
             try:
-                vectors = embedding.embed([text for text, _ in batch])
+                vectors = list(embedding.embed([text for texts, _ in batch for text in texts]))
             except BaseException as exc:  # every waiter hears about it, then the next round may succeed
                 for _, future in batch:
                     future.set_exception(exc)
                 continue
-            for (_, future), vector in zip(batch, vectors, strict=True):
-                future.set_result(vector)
+            start = 0
+            for texts, future in batch:
+                future.set_result(vectors[start : start + len(texts)])
+                start += len(texts)
 
 
 _batcher = _QuestionBatcher()
 
 
 def embed_question(question: str):
-    """The question's vector (batched with questions other threads are asking at the same moment)."""
-    return _batcher.embed(question)
+    """The question's vector: the mean of the vectors of the question as asked and of its content words alone
+    (``query.content_words``), so the instructions a question carries ("answer in millions", "round to two
+    decimals", "explain why") pull it less far from the passages that answer it, while the asked form keeps its
+    sense. Batched with the questions other threads are asking at the same moment."""
+    content = query.content_words(question)
+    if not content or content == question:
+        return _batcher.embed([question])[0]
+    asked, plain = _batcher.embed([question, content])
+    mean = np.asarray(asked, dtype=np.float32) + np.asarray(plain, dtype=np.float32)
+    return mean / max(float(np.linalg.norm(mean)), 1e-12)
 
 
 def collapse_duplicates(hits: list[Hit], max_span: int = 3) -> list[Hit]:

@@ -106,6 +106,28 @@ def test_fusion_modes_use_one_half_alone():
     assert [h.chunk_id for h in fuse(both, text_total=10.0, text_weight=None)] == [3, 2]
 
 
+def test_the_question_vector_is_the_mean_of_the_asked_and_the_content_word_forms(monkeypatch):
+    import numpy as np
+
+    from rag import retrieval
+
+    calls: list[list[str]] = []
+    axis = {"What is the lamp oil? Please explain.": [1.0, 0.0], "is the lamp oil": [0.0, 1.0]}
+
+    def fake_embed(texts):
+        calls.append(list(texts))
+        return np.array([axis.get(t, [0.6, 0.8]) for t in texts], dtype=np.float32)
+
+    monkeypatch.setattr(retrieval.embedding, "embed", fake_embed)
+    assert content_words("What is the lamp oil? Please explain.") == "is the lamp oil"
+    vector = retrieval.embed_question("What is the lamp oil? Please explain.")
+    assert calls == [["What is the lamp oil? Please explain.", "is the lamp oil"]]  # one model call
+    assert np.allclose(vector, [0.7071068, 0.7071068])  # the normalised mean of both forms
+    assert np.linalg.norm(vector) == pytest.approx(1.0)
+    calls.clear()
+    assert np.allclose(retrieval.embed_question("lamp oil"), [0.6, 0.8]) and calls == [["lamp oil"]]
+
+
 def _page_hit(chunk_id: int, page: int, fused: float) -> Hit:
     return Hit(chunk_id=chunk_id, document_id=1, document="d.pdf", page=page, locator=None, score=fused,
                text=f"chunk {chunk_id}", ordinal=chunk_id, fused=fused)
