@@ -206,7 +206,7 @@ def measure(kb_id: int, qs: list[str], efs: list[int]) -> None:
     vectors, embed_ms = [], []
     for q in qs:
         started = time.perf_counter()
-        vectors.append(embedding.embed([q])[0])
+        vectors.append(retrieval.embed_question(q))  # as search embeds it (the asked and the content-word form)
         embed_ms.append((time.perf_counter() - started) * 1000)
     print(
         f"  question embedding: p50 {percentile(embed_ms, 50):.1f} ms, p95 {percentile(embed_ms, 95):.1f} ms"
