@@ -207,7 +207,8 @@ def main() -> int:
             print(f"  Redis used memory {first['redis'] / 1e6:.1f} → {last['redis'] / 1e6:.1f} MB, keys "
                   f"{first['keys']} → {last['keys']}")
         print(f"  PostgreSQL connections: at most {max((s['pg'] for s in samples), default=0)} "
-              f"(bound: 3 worker processes' pools of 5 + 10 overflow each, plus this process)")
+              f"(each process's engine holds at most 5 + 10 overflow; samples "
+              f"{[s['pg'] for s in samples]})")
         print(f"  Redis keys without expiry: {dict(keys_without_expiry().most_common(12))}", flush=True)
     finally:
         if asker is not None:
