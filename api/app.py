@@ -242,11 +242,7 @@ async def upload(kb_id: KbId, actor: Caller, request: Request,
         (outcome,) = await run_in_threadpool(documents.upload_files, queue, actor, kb_id=kb_id,
                                              files=[(part.filename, data)])
         del data
-        entry = outcome.to_dict()
-        if outcome.status == "queued" and outcome.document_id is not None:
-            entry["task_id"] = (await run_in_threadpool(documents.get_document, actor,
-                                                        document_id=outcome.document_id)).task_id
-        results.append(entry)
+        results.append(outcome.to_dict())
     return {"documents": results}
 
 
