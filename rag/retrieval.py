@@ -57,9 +57,9 @@ def search(
         text_weight={"vector": 0.0, "fulltext": None}.get(mode, settings.fulltext_weight),
     )
     if mode == "hybrid" and text_query and settings.page_evidence_weight > 0:
-        pages = sorted({(h.document_id, h.page) for h in hits if h.page is not None})
+        on_pages = sorted({(h.document_id, h.page, h.ordinal) for h in hits if h.page is not None})
         matched = chunk_repo.page_matches(
-            session=session, kb_id=kb_id, pages=pages, queries=[q for q, _ in text_query.weighted]
+            session=session, kb_id=kb_id, chunks=on_pages, queries=[q for q, _ in text_query.weighted]
         )
         hits = with_page_evidence(hits, matched, text_query, settings.page_evidence_weight)
     hits = collapse_duplicates(hits[: k * 3])[:k]

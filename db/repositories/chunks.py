@@ -283,33 +283,42 @@ def hybrid_candidates(
 
 
 # Per (document, page) of the candidates: the indexes (0-based) of the weighted queries that any chunk of that
-# page matches. Only the candidates' pages are read (the (document_id, ordinal) index finds their chunks).
+# page matches. A page's chunks have consecutive ordinals (a chunk never crosses a page), so only the chunks within
+# ``:radius`` ordinals of a candidate are read, through the (document_id, ordinal) index: the statement's time stays
+# bounded however long the document or crowded the page.
 _PAGE_MATCHES = text("""
 WITH wanted AS (
-    SELECT DISTINCT d AS document_id, p AS page
-    FROM unnest(CAST(:documents AS bigint[]), CAST(:pages AS int[])) AS t(d, p)
+    SELECT DISTINCT d AS document_id, p AS page, o AS ordinal
+    FROM unnest(CAST(:documents AS bigint[]), CAST(:pages AS int[]), CAST(:ordinals AS int[])) AS t(d, p, o)
+),
+page_chunks AS (
+    SELECT DISTINCT c.id
+    FROM wanted x
+    JOIN chunks c ON c.document_id = x.document_id AND c.ordinal BETWEEN x.ordinal - :radius AND x.ordinal + :radius
+    WHERE c.page = x.page AND c.kb_id = :kb_id
 ),
 weighted AS MATERIALIZED (
     SELECT CAST(q AS tsquery) AS query, i - 1 AS i
     FROM unnest(CAST(:queries AS text[])) WITH ORDINALITY AS t(q, i)
 )
 SELECT c.document_id, c.page, array_agg(DISTINCT w.i) AS matched
-FROM wanted x
-JOIN chunks c ON c.document_id = x.document_id AND c.page = x.page AND c.kb_id = :kb_id
+FROM page_chunks pc
+JOIN chunks c ON c.id = pc.id
 JOIN weighted w ON c.tsv @@ w.query
 GROUP BY c.document_id, c.page
 """)
 
 
 def page_matches(
-    *, session: Session, kb_id: int, pages: Sequence[tuple[int, int]], queries: Sequence[str]
+    *, session: Session, kb_id: int, chunks: Sequence[tuple[int, int, int]], queries: Sequence[str], radius: int = 10
 ) -> dict[tuple[int, int], frozenset[int]]:
-    """For each (document id, page): which of ``queries`` (by index) some chunk of that page matches."""
-    if not pages or not queries:
+    """For each (document id, page) of ``chunks`` ((document id, page, ordinal) of the candidates): which of
+    ``queries`` (by index) some chunk of that page, within ``radius`` ordinals of a candidate, matches."""
+    if not chunks or not queries:
         return {}
     rows = session.execute(_PAGE_MATCHES, {
-        "kb_id": kb_id, "documents": [int(d) for d, _ in pages], "pages": [int(p) for _, p in pages],
-        "queries": list(queries),
+        "kb_id": kb_id, "documents": [int(d) for d, _, _ in chunks], "pages": [int(p) for _, p, _ in chunks],
+        "ordinals": [int(o) for _, _, o in chunks], "queries": list(queries), "radius": int(radius),
     }).all()
     return {(int(r.document_id), int(r.page)): frozenset(int(i) for i in r.matched) for r in rows}
 

@@ -171,8 +171,12 @@ def test_page_matches_name_the_question_words_each_page_holds(kb, two_pdfs):
         question = full_text_query(session=session, kb_id=kb_id, question="foghorn wicks glacier")
         assert question is not None
         lexemes = [q for q, _ in question.weighted]
+        ordinals = dict(session.execute(
+            text("SELECT page, ordinal FROM chunks WHERE document_id = :d"), {"d": lighthouse}
+        ).all())
         matched = chunk_repo.page_matches(
-            session=session, kb_id=kb_id, pages=[(lighthouse, 2), (lighthouse, 3), (lighthouse, 1)], queries=lexemes
+            session=session, kb_id=kb_id, chunks=[(lighthouse, page, ordinals[page]) for page in (2, 3, 1)],
+            queries=lexemes,
         )
     named = {page: {lexemes[i].strip("'") for i in found} for (_, page), found in matched.items()}
     assert named == {2: {"wick"}, 3: {"foghorn"}}  # page 1 holds none of them; no glacier page was asked for
