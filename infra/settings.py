@@ -66,6 +66,11 @@ class Settings(BaseSettings):
         default=0,
         description="CPU threads per embedding call; 0 = all cores, except in an ingest worker, whose tasks share them.",
     )
+    embedding_share_cores: bool = Field(
+        default=False,
+        description="Ingest workers' tasks share the host's cores: each embedding batch runs on all of them while no "
+        "other task embeds, on its share otherwise (onnx-int8; `kbchat worker` sets it for ingest queues).",
+    )
     model_cache_dir: str = Field(default="", description="Where exported models are kept; empty = <data dir>/models.")
     embedding_batch_size: int = 64
     chunk_tokens: int = 200
