@@ -116,6 +116,25 @@ def _scanned_pages(path: Path) -> int:
         document.close()
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds so far of a process and its children (a worker and its task processes)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def stage_shares(log_text: str, wall: float, slots: int, documents: list) -> dict[str, float]:
     """Where the worker slots' time (``slots`` × ``wall``) went, from the round's ``ingest stages`` lines: each
     stage's share, the rest of the tasks' time (``other``) and slots with no task (``idle``); plus the documents'
@@ -389,13 +408,16 @@ def main() -> int:
         rounds, shares = [], []
         for number in range(args.rounds):
             offset = log_path.stat().st_size
+            cpu_before = tree_cpu_seconds(worker.pid)
             secs, docs = ingest_through_worker(files, f"bench-{number}")
+            cpu = tree_cpu_seconds(worker.pid) - cpu_before
             time.sleep(0.5)  # the last task's log line is written just after its document is ready
             with open(log_path, "rb") as handle:
                 handle.seek(offset)
                 round_log = handle.read().decode("utf-8", "replace")
             rounds.append((secs, docs))
             shares.append(stage_shares(round_log, secs, args.concurrency, docs))
+            shares[-1]["cpu"] = cpu / (secs * (os.cpu_count() or 1))
         seconds = statistics.median(secs for secs, _ in rounds)
         documents = rounds[0][1]
         failed = [f"{d.filename}: {d.error}" for d in documents if d.status != "ready"]
@@ -417,6 +439,8 @@ def main() -> int:
              f"{statistics.median(s['queue_wait_s'] for s in shares):.1f} s  "
              f"({statistics.median(s['queue_wait_share'] for s in shares):.0%} of upload → ready)")
         line("ingest tasks per round", f"{int(shares[0]['tasks'])}")
+        line("worker CPU time ÷ (wall × cores), median",
+             f"{statistics.median(s['cpu'] for s in shares):.0%}  (the rest: idle cores, or other processes' use)")
         stop_worker(worker)
         worker = None
 
