@@ -57,14 +57,14 @@ def start_services(data_dir: Path):
     return services, urls
 
 
-def start_worker(concurrency: int, log_path: Path) -> subprocess.Popen:
+def start_worker(concurrency: int, log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     from telemetry import events
 
     log = open(log_path, "ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "kbchat.cli", "worker", "--queues", "ingest,maintenance",
          "--concurrency", str(concurrency)],
-        env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         start_new_session=True,
     )
     log.close()
@@ -360,6 +360,63 @@ def compare(label: str, before: np.ndarray, after: np.ndarray) -> None:
              f"only with onnx-int8 {int(np.sum((after < k) & (before >= k)))})")
 
 
+# --- rounds through the worker ---------------------------------------------------------------------------
+
+
+def worker_round(files: list[Path], concurrency: int, env: dict[str, str], data_dir: Path, tag: str) -> dict:
+    """One round: a fresh worker (with ``env`` over the settings), warmed up, then the files into a base of their
+    own; its seconds, documents, stage shares and CPU use."""
+    log_path = data_dir / f"worker-{tag}.log"
+    worker = start_worker(concurrency, log_path, env)
+    try:
+        # Load the model in the worker processes before timing (a once-per-process cost, not throughput).
+        warm = data_dir / f"warm-up-{tag}"
+        warm.mkdir()
+        for number in range(concurrency * 2):
+            (warm / f"w{number}.txt").write_text(f"Warm-up document {tag} {number}. It loads the embedding model.\n")
+        warm_seconds, _ = ingest_through_worker(sorted(warm.iterdir()), f"warm-up-{tag}")
+        offset = log_path.stat().st_size
+        cpu_before = tree_cpu_seconds(worker.pid)
+        seconds, documents = ingest_through_worker(files, f"bench-{tag}")
+        cpu = tree_cpu_seconds(worker.pid) - cpu_before
+        time.sleep(0.5)  # the last task's log line is written just after its document is ready
+        with open(log_path, "rb") as handle:
+            handle.seek(offset)
+            round_log = handle.read().decode("utf-8", "replace")
+    finally:
+        stop_worker(worker)
+    shares = stage_shares(round_log, seconds, concurrency, documents)
+    shares["cpu"] = cpu / (seconds * (os.cpu_count() or 1))
+    return {"seconds": seconds, "documents": documents, "shares": shares, "warm": warm_seconds,
+            "load": os.getloadavg()[0], "kb": f"bench-{tag}"}
+
+
+def report_rounds(rounds: list[dict], concurrency: int) -> None:
+    seconds = statistics.median(r["seconds"] for r in rounds)
+    documents = rounds[0]["documents"]
+    shares = [r["shares"] for r in rounds]
+    failed = [f"{d.filename}: {d.error}" for d in documents if d.status != "ready"]
+    pages = sum(d.pages or 0 for d in documents)
+    chunks = sum(d.chunk_count for d in documents)
+    line("model load + warm-up (not counted), median", f"{statistics.median(r['warm'] for r in rounds):.1f} s")
+    line("documents / pages / chunks", f"{len(documents)} / {pages} / {chunks}")
+    for reason in failed:  # e.g. a scanned protocol without a text layer: a correct, explained failure
+        line("  not ingested", reason)
+    line(f"wall time, median of {len(rounds)} rounds", f"{seconds:.1f} s  (rounds: "
+         + ", ".join(f"{r['seconds']:.1f} at load {r['load']:.1f}" for r in rounds) + ")")
+    line("pages/s", f"{pages / seconds:.2f}")
+    line("chunks/s", f"{chunks / seconds:.2f}")
+    keys = ("parse", "chunk", "embed", "store", "other", "idle")
+    line(f"worker slot time ({concurrency} × wall), median",
+         "  ".join(f"{k} {statistics.median(s[k] for s in shares):.0%}" for k in keys))
+    line("waiting in the queue: mean per document, median",
+         f"{statistics.median(s['queue_wait_s'] for s in shares):.1f} s  "
+         f"({statistics.median(s['queue_wait_share'] for s in shares):.0%} of upload → ready)")
+    line("ingest tasks per round", f"{int(shares[0]['tasks'])}")
+    line("worker CPU time ÷ (wall × cores), median",
+         f"{statistics.median(s['cpu'] for s in shares):.0%}  (the rest: idle cores, or other processes' use)")
+
+
 # --- main -----------------------------------------------------------------------------------------------
 
 
@@ -368,6 +425,8 @@ def main() -> int:
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--concurrency", type=int, default=2, help="ingest worker processes (make run uses 2)")
     parser.add_argument("--questions", type=int, default=800)
+    parser.add_argument("--versus", default="", help="also run each round with these settings (KBCHAT_X=v,...), "
+                        "interleaved with the default, e.g. KBCHAT_EMBEDDING_BATCH_SIZE=64,KBCHAT_EMBEDDING_THREADS=1")
     parser.add_argument("--docs", type=int, default=None, help="only this many PDFs, spread over the corpus")
     parser.add_argument("--skip-onnx", action="store_true", help="no torch-vs-onnx quality comparison")
     parser.add_argument("--skip-baseline", action="store_true", help="no LangChain-style baseline (quicker)")
@@ -384,7 +443,7 @@ def main() -> int:
     from infra.settings import get_settings
 
     data_dir = Path(tempfile.mkdtemp(prefix="kbchat-bench-"))
-    services = worker = None
+    services = None
     try:
         services, urls = start_services(data_dir)
         settings = get_settings()
@@ -395,56 +454,25 @@ def main() -> int:
               f"load average {' / '.join(f'{x:.2f}' for x in os.getloadavg())}, "
               f"backend {settings.task_backend}, embedder {settings.embedding_backend}, "
               f"worker concurrency {args.concurrency}, batch {settings.embedding_batch_size}")
-        worker = start_worker(args.concurrency, data_dir / "worker.log")
-        # Load the model in the worker processes before timing (a once-per-process cost, not throughput).
-        warm = data_dir / "warm-up"
-        warm.mkdir()
-        for number in range(args.concurrency):
-            (warm / f"w{number}.txt").write_text(f"Warm-up document {number}. It loads the embedding model.\n")
-        warm_seconds, _ = ingest_through_worker(sorted(warm.iterdir()), "warm-up")
-
-        # Each round ingests the corpus into a base of its own (duplicates are per base); the median round counts.
-        log_path = data_dir / "worker.log"
-        rounds, shares = [], []
+        versus = dict(item.split("=", 1) for item in args.versus.split(",")) if args.versus else None
+        configs = [("default", {})] + ([("versus " + args.versus, versus)] if versus else [])
+        results: dict[str, list] = {label: [] for label, _ in configs}
         for number in range(args.rounds):
-            offset = log_path.stat().st_size
-            cpu_before = tree_cpu_seconds(worker.pid)
-            secs, docs = ingest_through_worker(files, f"bench-{number}")
-            cpu = tree_cpu_seconds(worker.pid) - cpu_before
-            time.sleep(0.5)  # the last task's log line is written just after its document is ready
-            with open(log_path, "rb") as handle:
-                handle.seek(offset)
-                round_log = handle.read().decode("utf-8", "replace")
-            rounds.append((secs, docs))
-            shares.append(stage_shares(round_log, secs, args.concurrency, docs))
-            shares[-1]["cpu"] = cpu / (secs * (os.cpu_count() or 1))
-        seconds = statistics.median(secs for secs, _ in rounds)
-        documents = rounds[0][1]
-        failed = [f"{d.filename}: {d.error}" for d in documents if d.status != "ready"]
+            for label, env in configs:  # interleaved, so both see the same load
+                results[label].append(worker_round(files, args.concurrency, env, data_dir, f"{number}-{len(env)}"))
+        for label, _ in configs:
+            print(f"\nthrough the real worker path (upload → queue → parse → chunk → embed → store), {label}")
+            report_rounds(results[label], args.concurrency)
+        default_rounds = results["default"]
+        seconds = statistics.median(r["seconds"] for r in default_rounds)
+        documents = default_rounds[0]["documents"]
         pages = sum(d.pages or 0 for d in documents)
         chunks = sum(d.chunk_count for d in documents)
-        print("\nthrough the real worker path (upload → queue → parse → chunk → embed → store)")
-        line("model load + warm-up (not counted)", f"{warm_seconds:.1f} s")
-        line("documents / pages / chunks", f"{len(documents)} / {pages} / {chunks}")
-        for reason in failed:  # e.g. a scanned protocol without a text layer: a correct, explained failure
-            line("  not ingested", reason)
-        line(f"wall time, median of {args.rounds} rounds", f"{seconds:.1f} s  (rounds: "
-             + ", ".join(f"{secs:.1f}" for secs, _ in rounds) + ")")
-        line("pages/s", f"{pages / seconds:.2f}")
-        line("chunks/s", f"{chunks / seconds:.2f}")
-        keys = ("parse", "chunk", "embed", "store", "other", "idle")
-        line(f"worker slot time ({args.concurrency} × wall), median",
-             "  ".join(f"{k} {statistics.median(s[k] for s in shares):.0%}" for k in keys))
-        line("waiting in the queue: mean per document, median",
-             f"{statistics.median(s['queue_wait_s'] for s in shares):.1f} s  "
-             f"({statistics.median(s['queue_wait_share'] for s in shares):.0%} of upload → ready)")
-        line("ingest tasks per round", f"{int(shares[0]['tasks'])}")
-        line("worker CPU time ÷ (wall × cores), median",
-             f"{statistics.median(s['cpu'] for s in shares):.0%}  (the rest: idle cores, or other processes' use)")
-        stop_worker(worker)
-        worker = None
+        if versus:
+            other = statistics.median(r["seconds"] for r in results[configs[1][0]])
+            line("default ÷ versus pages/s (median rounds)", f"{other / seconds:.2f}")
 
-        texts = chunk_texts("bench-0")
+        texts = chunk_texts(default_rounds[0]["kb"])
         need_torch = not (args.skip_baseline and args.skip_onnx and settings.embedding_backend == "onnx-int8")
         torch = torch_model() if need_torch else None
         if settings.embedding_backend == "torch" or not args.skip_onnx:  # the limit, or the vectors compared
@@ -499,8 +527,6 @@ def main() -> int:
                             ranks(onnx, onnx_vectors, texts, questions))
         return 0
     finally:
-        if worker is not None:
-            stop_worker(worker)
         if services is not None:
             services.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
