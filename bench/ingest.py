@@ -387,6 +387,7 @@ def worker_round(files: list[Path], concurrency: int, env: dict[str, str], data_
         stop_worker(worker)
     shares = stage_shares(round_log, seconds, concurrency, documents)
     shares["cpu"] = cpu / (seconds * (os.cpu_count() or 1))
+    shares["cpu_per_chunk"] = cpu / max(1, sum(d.chunk_count for d in documents))
     return {"seconds": seconds, "documents": documents, "shares": shares, "warm": warm_seconds,
             "load": os.getloadavg()[0], "kb": f"bench-{tag}"}
 

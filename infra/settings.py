@@ -95,6 +95,11 @@ class Settings(BaseSettings):
         "false = such a PDF fails saying it has no text layer.",
     )
     ocr_dpi: int = Field(default=150, description="Resolution scanned pages are rendered at for OCR.")
+    ingest_max_memory_mb: int = Field(
+        default=500, ge=0,
+        description="Celery: a task process whose resident memory passed this after a task is replaced by a fresh "
+        "one (worker_max_memory_per_child); 0 = never. bench/ingest_memory.py measures the peak.",
+    )
     ingest_split_pages: int = Field(
         default=200,
         description="A PDF with more pages than this is split into page-range parts of at most this many pages, "
