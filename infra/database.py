@@ -70,6 +70,15 @@ def session_scope() -> Iterator[Session]:
         session.close()
 
 
+def relaxed_commit(session: Session) -> None:
+    """This transaction's commit returns without waiting for its write-ahead log to reach the disk (PostgreSQL's
+    ``synchronous_commit = off`` for this transaction alone). A crash of the database server may lose the last
+    fraction of a second of such transactions, never tear one. Only for rows that record what happened (audit
+    entries, last-used times) in transactions that change nothing else: a flush costs several milliseconds on a busy
+    disk, more than the search it would follow."""
+    session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+
+
 def check_database(url: str) -> None:
     """Raise ServiceUnavailable with a plain message if the database does not answer or lacks pgvector."""
     engine = create_engine(url, connect_args={"connect_timeout": 3}, poolclass=None)

@@ -8,6 +8,7 @@ import redis
 
 from infra.discovery import service_urls
 
+RedisError = redis.RedisError  # what a call raises when Redis does not answer
 _client: redis.Redis | None = None
 
 

@@ -16,8 +16,11 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
+
+from sqlalchemy.orm import Session
 
 from db.repositories import conversations as conversation_repo
 from db.repositories import knowledge_bases as kb_repo
@@ -138,13 +141,21 @@ def answer_question(
     emit: Emit,
     should_stop: ShouldStop | None = None,
     document_ids: list[int] | None = None,
+    authorize: Callable[[Session], object] | None = None,
 ) -> dict:
-    """Answer ``question`` from one knowledge base and stream it; saves the answer to the conversation."""
+    """Answer ``question`` from one knowledge base and stream it; saves the answer to the conversation.
+
+    ``authorize`` (the asker's access check) runs in the first transaction. A question that needs no rewrite is
+    looked up, checked and retrieved in that one transaction; a rewrite by the model happens with none open, and
+    nothing is held open while the answer is generated."""
     started = time.perf_counter()
     out = _Output(emit, should_stop or (lambda: False))
     timings: dict[str, float] = {}
 
-    with session_scope() as session:
+    with ExitStack() as transaction:
+        session = transaction.enter_context(session_scope())
+        if authorize is not None:
+            authorize(session)
         kb = kb_repo.get(session=session, kb_id=kb_id)
         if kb is None:
             raise ValueError(f"knowledge base {kb_id} does not exist (deleted?)")
@@ -154,18 +165,28 @@ def answer_question(
             if conversation_id is not None
             else conversation.History()
         )
+        if conversation.needs_rewrite(history.turns):
+            transaction.close()  # the model may take seconds: no transaction waits on it
+            session = None
 
-    try:
-        rewrite = conversation.standalone_question(
-            question, history.turns, on_retry=out.retrying, should_stop=out.should_stop
-        )
-    except llm.GenerationStopped:
-        rewrite = conversation.Rewrite(question, "stopped")
-    standalone = rewrite.question
-    timings["rewrite_ms"] = _ms(started)
+        try:
+            rewrite = conversation.standalone_question(
+                question, history.turns, on_retry=out.retrying, should_stop=out.should_stop
+            )
+        except llm.GenerationStopped:
+            rewrite = conversation.Rewrite(question, "stopped")
+        standalone = rewrite.question
+        timings["rewrite_ms"] = _ms(started)
 
-    use_cache = not document_ids and rewrite.how != "stopped"
-    cached = answer_cache.get(kb_id, version, standalone) if use_cache else None
+        use_cache = not document_ids and rewrite.how != "stopped"
+        cached = answer_cache.get(kb_id, version, standalone) if use_cache else None
+        hits: list[Hit] | None = None
+        if rewrite.how != "stopped" and not isinstance(rewrite.error, llm.FirstTokenTimeout) and cached is None:
+            if session is None:
+                session = transaction.enter_context(session_scope())
+            hits = retrieval.search(session=session, kb_id=kb_id, question=standalone, document_ids=document_ids)
+            timings["retrieval_ms"] = round(_ms(started) - timings["rewrite_ms"], 1)
+
     if rewrite.how == "stopped":
         outcome = Outcome(mode="llm", stopped=True, notice="Stopped.")
     elif isinstance(rewrite.error, llm.FirstTokenTimeout):  # asking again now would only wait as long again
@@ -173,11 +194,6 @@ def answer_question(
     elif cached is not None:
         outcome = _from_cache(out, cached)
     else:
-        with session_scope() as session:
-            hits = retrieval.search(
-                session=session, kb_id=kb_id, question=standalone, document_ids=document_ids
-            )
-        timings["retrieval_ms"] = round(_ms(started) - timings["rewrite_ms"], 1)
         passages = relevant_passages(hits)
         if not passages:
             _record_empty_retrieval(kb_id, standalone, max((h.score for h in hits), default=None))

@@ -67,6 +67,11 @@ class Rewrite:
     error: llm.LLMError | None = None  # why the model could not rewrite it, if it could not
 
 
+def needs_rewrite(turns: list[dict[str, str]]) -> bool:
+    """Whether ``standalone_question`` has work to do: the conversation has an earlier question."""
+    return any(turn["role"] == "user" for turn in turns)
+
+
 def standalone_question(
     question: str,
     turns: list[dict[str, str]],
@@ -75,7 +80,7 @@ def standalone_question(
     should_stop: llm.ShouldStop | None = None,
 ) -> Rewrite:
     """The question made self-contained: by the model when there is one, else by ``fallback_standalone``."""
-    if not any(turn["role"] == "user" for turn in turns):
+    if not needs_rewrite(turns):
         return Rewrite(question, "as-is")
     error: llm.LLMError | None = None
     if llm_client.configured():

@@ -35,6 +35,7 @@ class UploadOutcome:
     error: str | None = None
     # An older document with the same name but other content, which the user may want this one to replace.
     same_name_as: int | None = None
+    task_id: str | None = None  # the ingest task of a queued document (set once it is queued)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +62,33 @@ def http_client(timeout: float) -> httpx2.Client:
     return httpx2.Client(headers=headers, timeout=timeout, follow_redirects=True)
 
 
+_shared: tuple[object, httpx2.Client] | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_client() -> httpx2.Client:
+    """The process's client for the generation server, shared by every answer (its connections are kept open and
+    reused). Making a client costs tens of milliseconds (its certificate store), which an answer would otherwise
+    pay before its first token. Made again when the server's key setting changes; forgotten after a fork."""
+    global _shared
+    key = get_settings().tgi_api_key
+    identity = key.get_secret_value() if key is not None else None
+    with _shared_lock:
+        if _shared is None or _shared[0] != identity:
+            if _shared is not None:
+                _shared[1].close()
+            _shared = (identity, http_client(timeout=get_settings().llm_timeout_seconds))
+        return _shared[1]
+
+
+def _forget_shared() -> None:
+    global _shared, _shared_lock
+    _shared, _shared_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_shared)
+
+
 def chat_url() -> str:
     """The OpenAI-compatible Messages endpoint under the configured URL (which may end in ``/v1``)."""
     base = base_url()
@@ -67,13 +96,15 @@ def chat_url() -> str:
 
 
 def stream_chat(
-    client: httpx2.Client, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
+    client: httpx2.Client, messages: list[dict[str, str]], *, max_tokens: int, temperature: float,
+    timeout: float | None = None,
 ) -> Iterator[str]:
     """The answer's text pieces as the server streams them (server-sent events); closing the iterator closes the
     response, which tells the server to stop. Raises ServerRefused, StreamFailed or httpx2's transport errors."""
     body = {"model": get_settings().tgi_model or "tgi", "messages": messages, "max_tokens": max_tokens,
             "temperature": temperature, "stream": True}
-    with client.stream("POST", chat_url(), json=body) as response:
+    with client.stream("POST", chat_url(), json=body,
+                       timeout=timeout if timeout is not None else httpx2.USE_CLIENT_DEFAULT) as response:
         if response.status_code >= 400:
             response.read()
             raise ServerRefused(response.status_code, _error_message(response), _retry_after(response))
@@ -111,8 +142,7 @@ def _retry_after(response: httpx2.Response) -> float | None:
 
 
 def _get(path: str) -> httpx2.Response:
-    with http_client(timeout=5) as client:
-        return client.get(f"{base_url()}{path}")
+    return shared_client().get(f"{base_url()}{path}", timeout=5)
 
 
 # --- server information -------------------------------------------------------------------------------------

@@ -26,15 +26,15 @@ class StreamRequest:
         settings = get_settings()
         self.items: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.cancelled = threading.Event()
-        self._client = llm_client.http_client(timeout=settings.llm_timeout_seconds)
-        self._pieces = llm_client.stream_chat(self._client, messages, max_tokens=max_tokens, temperature=temperature)
+        self._pieces = llm_client.stream_chat(llm_client.shared_client(), messages, max_tokens=max_tokens,
+                                              temperature=temperature, timeout=settings.llm_timeout_seconds)
         self._pending: tuple[str, Any] | None = None  # an item read past the tokens handed out together
         self._thread = threading.Thread(target=self._run, name="kbchat-llm", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
-            with closing(self._pieces), self._client:  # closing ends the response: the server stops generating
+            with closing(self._pieces):  # closing ends the response: the server stops generating
                 for piece in self._pieces:
                     if self.cancelled.is_set():
                         break

@@ -28,9 +28,15 @@ def level_of(session: Session, actor: Actor, kb_id: int) -> str | None:
 
 
 def require_kb(session: Session, actor: Actor, kb_id: int, level: str = VIEWER) -> KnowledgeBase:
-    """The base, when the actor holds ``level`` on it; NotFound when it is missing or not theirs to see."""
-    kb = kb_repo.get(session=session, kb_id=int(kb_id))
-    have = level_of(session, actor, int(kb_id)) if kb is not None else None
+    """The base, when the actor holds ``level`` on it; NotFound when it is missing or not theirs to see. One query:
+    the base with the actor's level on it."""
+    kb_id = int(kb_id)
+    if (actor.scope is not None and kb_id not in actor.scope) or (not actor.is_admin and actor.user_id is None):
+        raise kb_not_found(kb_id)
+    if actor.is_admin:
+        kb, have = kb_repo.get(session=session, kb_id=kb_id), "owner"
+    else:
+        kb, have = identity_repo.base_and_level(session=session, kb_id=kb_id, user_id=actor.user_id)
     if kb is None or have is None:
         raise kb_not_found(kb_id)
     if not at_least(have, level):

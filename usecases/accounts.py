@@ -7,6 +7,7 @@ out a random session token of which only the SHA-256 is stored. Nothing here log
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from db.repositories import audit as audit_repo
 from db.repositories import identity as identity_repo
 from infra import secrets
 from infra.database import session_scope
+from infra.redis_client import RedisError, get_redis
 from infra.settings import get_settings
 from rag.access import Actor, Forbidden, NotFound
 from usecases.access import require_admin, require_kb
@@ -29,7 +31,20 @@ from usecases.audit import record
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 INITIAL_PASSWORD_FILE = "initial-admin-password"  # holds the first admin's password until it is changed
 INITIAL_ADMIN = "admin"
+log = logging.getLogger(__name__)
 TOUCH_EVERY = timedelta(seconds=60)  # a session's last-seen time is written at most this often
+IDENTITY_REVISION = "kbchat:identity:revision"  # bumped after every change of who someone is or may be
+
+
+def identity_changed() -> None:
+    """Tell every process that an account or a key changed (disabled, role, revoked): what they hold in memory
+    about it is out of date. Called after the change commits. Without Redis the API answers nothing anyway (its rate
+    limit lives there), and what a process holds expires within a minute."""
+    try:
+        get_redis().incr(IDENTITY_REVISION)
+    except RedisError as exc:
+        log.warning("Could not announce an account change through Redis (%s); API processes see it within a minute.",
+                    type(exc).__name__)
 
 
 class LoginRefused(Exception):
@@ -132,6 +147,7 @@ def set_disabled(actor: Actor, *, username: str, disabled: bool = True) -> None:
         if disabled:
             identity_repo.delete_sessions_of(session=session, user_id=user.id)
         record(session, actor, "user.disable" if disabled else "user.enable", target=user.username)
+    identity_changed()
 
 
 def set_role(actor: Actor, *, username: str, role: str) -> None:
@@ -145,6 +161,7 @@ def set_role(actor: Actor, *, username: str, role: str) -> None:
         user.role = role
         identity_repo.delete_sessions_of(session=session, user_id=user.id)  # the menu and checks change: sign in again
         record(session, actor, "user.role", target=user.username, role=role)
+    identity_changed()
 
 
 def set_password(actor: Actor, *, username: str, password: str, current_password: str | None = None) -> None:
@@ -380,6 +397,7 @@ def sso_sign_in(identity: SignOnIdentity, *, client_addr: str = "", user_agent: 
     memberships follow the provider on every sign-in. LoginRefused for a disabled account."""
     now = datetime.now(UTC)
     refusal = None
+    role_changed = False
     with session_scope() as session:
         user = identity_repo.user_by_subject(session=session, subject=identity.subject)
         if user is None:
@@ -399,6 +417,7 @@ def sso_sign_in(identity: SignOnIdentity, *, client_addr: str = "", user_agent: 
                 record(session, Actor.operator("single sign-on"), "user.role", target=user.username,
                        role=identity.role)
                 user.role = identity.role
+                role_changed = True
             user.display_name = identity.display_name
             current = set(identity_repo.groups_of(session=session, user_id=user.id))
             for name in identity.groups:
@@ -413,6 +432,8 @@ def sso_sign_in(identity: SignOnIdentity, *, client_addr: str = "", user_agent: 
                     identity_repo.remove_member(session=session, group_id=group.id, user_id=user.id)
             signed_in = _open_session(session, user, now, client_addr, user_agent)
             record(session, signed_in.actor, "login.success", target=user.username, sso=True)
+    if role_changed:
+        identity_changed()
     if refusal is not None:
         raise LoginRefused(refusal)
     return signed_in

@@ -1,24 +1,33 @@
 """API keys: made for a user (optionally limited to some bases, optionally expiring), shown once, kept as a
-SHA-256; a key acts as its user within its bases. Admins (and the operator) manage every key."""
+SHA-256; a key acts as its user within its bases. Admins (and the operator) manage every key.
+
+Each API process remembers a key it has checked for a minute, so a call costs one Redis round trip (its rate
+counter and the identity revision together) rather than a database transaction. A revoke, a disabled account or a
+changed role bumps the revision (``accounts.identity_changed``), and the next call of every process looks again:
+revocation takes effect at once everywhere.
+"""
 
 from __future__ import annotations
 
 import secrets as random
+import threading
 import time
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from db.repositories import identity as identity_repo
 from infra import secrets
-from infra.database import session_scope
+from infra.database import relaxed_commit, session_scope
 from infra.redis_client import get_redis
 from infra.settings import get_settings
 from rag.access import Actor, NotFound
 from usecases.access import require_admin, require_kb
-from usecases.accounts import actor_of
+from usecases.accounts import IDENTITY_REVISION, actor_of, identity_changed
 from usecases.audit import record
 
 KEY_PREFIX = "kbk_"  # every key starts with it: easy to recognise (and to find when one leaks into a file)
 RATE_KEY = "kbchat:apirate:{}:{}"
+REMEMBER_SECONDS = 60.0  # how long a process trusts a key it checked (if the identity revision holds)
 
 
 class KeyRefused(Exception):
@@ -84,13 +93,71 @@ def revoke_key(actor: Actor, *, prefix: str) -> None:
         if found[0].revoked_at is None:
             found[0].revoked_at = datetime.now(UTC)
             record(session, actor, "apikey.revoke", target=found[0].prefix, user=found[1].username)
+    identity_changed()
+
+
+@dataclass(frozen=True)
+class _Checked:
+    digest: str
+    actor: Actor
+    expires_at: datetime | None
+    revision: str | None  # the identity revision read before the check
+    checked_at: float  # time.monotonic()
+
+
+_checked: dict[str, _Checked] = {}
+_checked_lock = threading.Lock()
+
+
+def admit(key: str | None, *, client_addr: str = "") -> Actor:
+    """The actor a key stands for, with the call counted against the key's rate limit: KeyRefused (401) or
+    RateLimited (429) otherwise. A key this process checked in the last minute costs one Redis round trip; a
+    changed identity revision, an expired memory or an unknown key go to the database."""
+    prefix = _shape(key)
+    digest = secrets.token_digest(key)
+    known = _checked.get(prefix)
+    if (known is not None and secrets.same(known.digest, digest)
+            and time.monotonic() - known.checked_at < REMEMBER_SECONDS
+            and (known.expires_at is None or known.expires_at > datetime.now(UTC))):
+        pipe = get_redis().pipeline()
+        pipe.get(IDENTITY_REVISION)
+        _count(pipe, prefix)
+        revision, count, _ = pipe.execute()
+        if revision == known.revision:
+            _enforce(count)
+            return replace(known.actor, client_addr=client_addr)
+        actor = _check_and_remember(key, prefix, digest, revision, client_addr)  # counted already
+        _enforce(count)
+        return actor
+    actor = _check_and_remember(key, prefix, digest, get_redis().get(IDENTITY_REVISION), client_addr)
+    check_rate(prefix)  # an unknown key is refused before it is counted: nobody spends another's limit
+    return actor
+
+
+def _check_and_remember(key: str, prefix: str, digest: str, revision: str | None, client_addr: str) -> Actor:
+    with _checked_lock:
+        _checked.pop(prefix, None)
+    actor, expires_at = _look_up(key, client_addr)
+    with _checked_lock:
+        if len(_checked) > 10_000:  # a process serves a bounded number of keys; forget them all now and then
+            _checked.clear()
+        _checked[prefix] = _Checked(digest, replace(actor, client_addr=""), expires_at, revision, time.monotonic())
+    return actor
+
+
+def _shape(key: str | None) -> str:
+    if not key or not key.startswith(KEY_PREFIX) or len(key) < len(KEY_PREFIX) + 12:
+        raise KeyRefused("Send an API key as `Authorization: Bearer kbk_…` (`kbchat apikey create` makes one).")
+    return key_prefix(key)
 
 
 def actor_for_key(key: str | None, *, client_addr: str = "") -> Actor:
-    """The actor a key stands for (its user, limited to its bases); KeyRefused otherwise."""
-    if not key or not key.startswith(KEY_PREFIX) or len(key) < len(KEY_PREFIX) + 12:
-        raise KeyRefused("Send an API key as `Authorization: Bearer kbk_…` (`kbchat apikey create` makes one).")
-    prefix = key[: len(KEY_PREFIX) + 8]
+    """The actor a key stands for (its user, limited to its bases), from the database; KeyRefused otherwise."""
+    return _look_up(key, client_addr)[0]
+
+
+def _look_up(key: str | None, client_addr: str) -> tuple[Actor, datetime | None]:
+    prefix = _shape(key)
     now = datetime.now(UTC)
     with session_scope() as session:
         found = identity_repo.api_key_with_user(session=session, prefix=prefix)
@@ -103,25 +170,32 @@ def actor_for_key(key: str | None, *, client_addr: str = "") -> Actor:
             raise KeyRefused("This API key has expired; ask an admin for a new one.")
         if user.disabled:
             raise KeyRefused("The account of this API key is disabled.")
-        if row.last_used_at is None or now - row.last_used_at > timedelta(seconds=60):
+        if row.last_used_at is None or now - row.last_used_at > timedelta(seconds=30):
+            relaxed_commit(session)  # a last-used time, nothing else
             identity_repo.touch_api_key(session=session, key_id=row.id, at=now)
         scope = frozenset(row.kb_ids) if row.kb_ids is not None else None
         return Actor(user_id=user.id, username=user.username, role=user.role, client_addr=client_addr,
-                     scope=scope)
+                     scope=scope), row.expires_at
 
 
 def check_rate(prefix: str) -> None:
     """At most ``api_rate_limit_per_minute`` calls per key in each minute (a Redis counter); RateLimited else."""
-    limit = get_settings().api_rate_limit_per_minute
-    now = time.time()
-    window = int(now // 60)
-    key = RATE_KEY.format(prefix, window)
     pipe = get_redis().pipeline()
+    _count(pipe, prefix)
+    count, _ = pipe.execute()
+    _enforce(count)
+
+
+def _count(pipe, prefix: str) -> None:
+    key = RATE_KEY.format(prefix, int(time.time() // 60))
     pipe.incr(key)
     pipe.expire(key, 120)
-    count, _ = pipe.execute()
-    if int(count) > limit:
-        raise RateLimited(max(1, int((window + 1) * 60 - now) + 1))
+
+
+def _enforce(count) -> None:
+    if int(count) > get_settings().api_rate_limit_per_minute:
+        now = time.time()
+        raise RateLimited(max(1, int((int(now // 60) + 1) * 60 - now) + 1))
 
 
 def key_prefix(key: str) -> str:

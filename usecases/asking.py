@@ -74,15 +74,14 @@ def answer(
     """Retrieve and answer, streaming through ``emit`` (the asker's access checked again first); a conversation
     grown long is queued for a summary; the question is audited with the chunks retrieved."""
     actor = actor or Actor.operator()
-    try:
-        with session_scope() as session:
-            kb_id = require_kb(session, actor, kb_id).id
+    try:  # the access check runs in retrieval's own transaction
+        result = answering.answer_question(kb_id=int(kb_id), question=question, conversation_id=conversation_id,
+                                           task_id=task_id, emit=emit, should_stop=should_stop,
+                                           document_ids=document_ids,
+                                           authorize=lambda session: require_kb(session, actor, kb_id))
     except (NotFound, PermissionError) as exc:
         emit("error", str(exc))
         return {"error": str(exc)}
-    result = answering.answer_question(kb_id=kb_id, question=question, conversation_id=conversation_id,
-                                       task_id=task_id, emit=emit, should_stop=should_stop,
-                                       document_ids=document_ids)
     record_now(actor, "question", kb_id=kb_id, target=question[:300], task_id=task_id, mode=result.get("mode"),
                chunk_ids=[c.get("chunk_id") for c in result.get("citations", [])])
     if result.get("summarize") and conversation_id is not None:

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from db.repositories import audit as audit_repo
-from infra.database import session_scope
+from infra.database import relaxed_commit, session_scope
 from infra.settings import get_settings
 from rag.access import Actor
 from usecases.access import require_admin
@@ -35,6 +35,7 @@ def record(session: Session, actor: Actor, action: str, *, kb_id: int | None = N
 def record_now(actor: Actor, action: str, *, kb_id: int | None = None, target: str = "", **details: Any) -> None:
     """``record`` in a transaction of its own (for what happens outside one, e.g. a question answered)."""
     with session_scope() as session:
+        relaxed_commit(session)
         record(session, actor, action, kb_id=kb_id, target=target, **details)
 
 

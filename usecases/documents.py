@@ -53,7 +53,7 @@ def upload_files(queue: TaskQueue, actor: Actor, *, kb_id: int,
             outcomes.append(outcome)
     for outcome in outcomes:
         if outcome.status == "queued" and outcome.document_id is not None:
-            enqueue_ingest(queue, outcome.document_id, actor=actor)
+            outcome.task_id = enqueue_ingest(queue, outcome.document_id, actor=actor)
     return outcomes
 
 

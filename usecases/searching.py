@@ -6,7 +6,7 @@ generation client, the answer cache and the task telemetry, a fifth of a second 
 
 from __future__ import annotations
 
-from infra.database import session_scope
+from infra.database import relaxed_commit, session_scope
 from rag.access import Actor
 from rag.retrieval import hit_to_dict, search
 from usecases.access import require_kb
@@ -26,7 +26,8 @@ def search_base(actor: Actor, *, kb_id: int, question: str, k: int = 10, mode: s
         kb = require_kb(session, actor, kb_id)
         kb_id, name = kb.id, kb.name
         hits = [hit_to_dict(h) for h in search(session=session, kb_id=kb_id, question=question, k=k, mode=mode)]
-        if audit:
+        if audit:  # the question in the audit log is all this transaction writes
+            relaxed_commit(session)
             record(session, actor, "question", kb_id=kb_id, target=question[:300], search=True,
                    chunk_ids=[h["chunk_id"] for h in hits])
         return name, hits

@@ -126,6 +126,16 @@ def level_on(*, session: Session, user_id: int, kb_id: int) -> str | None:
     return max(levels, key=LEVELS.index) if levels else None
 
 
+def base_and_level(*, session: Session, kb_id: int, user_id: int) -> tuple[KnowledgeBase | None, str | None]:
+    """The base (None when missing) and the highest level the user holds on it (None when none), in one query."""
+    grants = _grants_of(user_id)
+    levels = select(func.array_agg(grants.c.level)).where(grants.c.kb_id == kb_id).scalar_subquery()
+    row = session.execute(select(KnowledgeBase, levels).where(KnowledgeBase.id == kb_id)).first()
+    if row is None:
+        return None, None
+    return row[0], max(row[1], key=LEVELS.index) if row[1] else None
+
+
 def levels_on_all(*, session: Session, user_id: int) -> dict[int, str]:
     grants = _grants_of(user_id)
     best: dict[int, str] = {}

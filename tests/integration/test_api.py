@@ -94,10 +94,12 @@ def test_upload_list_search_ask_and_download(api):
     ids = [o["document_id"] for o in outcomes[:2]]
 
     def ready():
-        rows = {d["id"]: d for d in api("GET", f"/knowledge-bases/{api.kb_id}/documents").json()}
+        listed = api("GET", f"/knowledge-bases/{api.kb_id}/documents")
+        assert listed.status_code == 200, listed.text
+        rows = {d["id"]: d for d in listed.json()}
         return all(rows[i]["status"] == "ready" for i in ids) and rows
 
-    rows = wait_until(ready, 120, "the uploads to be ready")
+    rows = wait_until(ready, 120, "the uploads to be ready", interval=1)  # well inside the rate limit
     assert rows[ids[0]]["pages"] == 2 and rows[ids[0]]["chunks"] >= 1
     one = api("GET", f"/knowledge-bases/{api.kb_id}/documents/{ids[0]}").json()
     assert one["filename"] == "ferry report.pdf" and one["status"] == "ready"
@@ -185,6 +187,19 @@ def test_revoked_and_expired_keys_are_401(api):
         session.execute(text("update api_keys set expires_at = now() - interval '1 minute' where prefix = :p"),
                         {"p": other["prefix"]})
     assert "expired" in _problem(api("GET", "/knowledge-bases", key=other["key"]), 401)["detail"]
+
+
+def test_a_disabled_account_is_refused_at_once_though_its_key_was_just_used(api):
+    from usecases import accounts, api_keys
+
+    user, _ = accounts.add_user(OPERATOR, username=f"{api.user}-d", role="analyst")
+    made = api_keys.create_key(OPERATOR, username=user["username"])
+    for _ in range(3):  # the web process now remembers the key
+        assert api("GET", "/knowledge-bases", key=made["key"]).status_code == 200
+    accounts.set_disabled(OPERATOR, username=user["username"])
+    assert "disabled" in _problem(api("GET", "/knowledge-bases", key=made["key"]), 401)["detail"]
+    accounts.set_disabled(OPERATOR, username=user["username"], disabled=False)
+    assert api("GET", "/knowledge-bases", key=made["key"]).status_code == 200
 
 
 def test_bad_input_gets_a_status_and_a_message_naming_the_field(api):
