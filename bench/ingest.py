@@ -117,7 +117,8 @@ def _scanned_pages(path: Path) -> int:
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds so far of a process and its children (a worker and its task processes)."""
+    """User + system CPU seconds so far of a process and its descendants, live or ended (a worker and its task
+    processes)."""
     import psutil
 
     try:
@@ -131,7 +132,8 @@ def tree_cpu_seconds(pid: int) -> float:
             times = process.cpu_times()
         except psutil.NoSuchProcess:
             continue
-        total += times.user + times.system
+        # children_*: task processes that ended (a pool child replaced) and were reaped by this one
+        total += times.user + times.system + times.children_user + times.children_system
     return total
 
 
@@ -416,6 +418,8 @@ def report_rounds(rounds: list[dict], concurrency: int) -> None:
     line("ingest tasks per round", f"{int(shares[0]['tasks'])}")
     line("worker CPU time ÷ (wall × cores), median",
          f"{statistics.median(s['cpu'] for s in shares):.0%}  (the rest: idle cores, or other processes' use)")
+    line("worker CPU seconds per chunk, median (steadier than wall time under load)",
+         f"{statistics.median(s['cpu_per_chunk'] for s in shares) * 1000:.1f} ms")
 
 
 # --- main -----------------------------------------------------------------------------------------------
