@@ -63,28 +63,38 @@ def burst(count: int, call) -> tuple[list[float], int]:
     return times, errors
 
 
-def paired(api: str, kb_id: int, headers: dict, caller, count: int = 60) -> tuple[list, list, list]:
+def paired(api: str, kb_id: int, headers: dict, caller, web_pid: int | None = None,
+           count: int = 60) -> tuple[list, list, list, float | None]:
     """The same search in-process (as ``caller``, the key's user) and through the API in turn: (in-process ms,
-    API ms, API − in-process per pair). The in-process call is the one the API makes (``search_passages`` with its
-    audit entry)."""
+    API ms, API − in-process per pair, and — with ``web_pid``, the one instance called — the API's CPU time per
+    call in that process less the in-process call's CPU time, in ms; CPU time hardly moves with the neighbours'
+    load). The in-process call is the one the API makes (``search_passages`` with its audit entry)."""
+    import psutil
     import requests
 
     from usecases.searching import search_passages
 
     client = requests.Session()
+    web = psutil.Process(web_pid) if web_pid else None
     local, remote, overhead = [], [], []
+    local_cpu = web_cpu = 0.0
     for i in range(count):
         question = QUESTIONS[i % len(QUESTIONS)]
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         search_passages(caller, kb_id=kb_id, question=question, k=5)
         middle = time.perf_counter()
+        local_cpu += time.process_time() - cpu
+        before = sum(web.cpu_times()[:2]) if web else 0.0
         client.post(f"{api}/search", json={"question": question, "k": 5}, headers=headers,
                     timeout=120).raise_for_status()
         ended = time.perf_counter()
+        time.sleep(0.02)  # the call's audit row is written just after its response
+        web_cpu += (sum(web.cpu_times()[:2]) - before) if web else 0.0
         local.append((middle - started) * 1000)
         remote.append((ended - middle) * 1000)
         overhead.append(remote[-1] - local[-1])
-    return local, remote, overhead
+    cpu_overhead = (web_cpu - local_cpu) * 1000 / count if web else None
+    return local, remote, overhead, cpu_overhead
 
 
 def main() -> int:
@@ -155,7 +165,8 @@ def main() -> int:
                 requests.post(f"{web.url}/api/v1/knowledge-bases/{kb_id}/search", json={"question": "warm"},
                               headers=headers, timeout=120).raise_for_status()
             pairs = {"nginx": paired(api, kb_id, headers, caller),
-                     "direct": paired(f"{webs[0].url}/api/v1/knowledge-bases/{kb_id}", kb_id, headers, caller)}
+                     "direct": paired(f"{webs[0].url}/api/v1/knowledge-bases/{kb_id}", kb_id, headers, caller,
+                                      webs[0].process.pid)}
             search_times, search_errors, ask_times, ask_errors = [], 0, [], 0
             for _ in range(args.rounds):
                 times, errors = burst(args.searches, search)
@@ -170,6 +181,7 @@ def main() -> int:
                 "search_api_p50_ms": round(statistics.median(pairs["nginx"][1]), 1),
                 "api_overhead_p50_ms": round(statistics.median(pairs["nginx"][2]), 1),
                 "api_overhead_direct_p50_ms": round(statistics.median(pairs["direct"][2]), 1),
+                "api_overhead_direct_cpu_ms_per_call": round(pairs["direct"][3], 2),
                 f"burst_{args.searches}_searches_p50_ms": round(percentile(search_times, 50), 1),
                 f"burst_{args.searches}_searches_p95_ms": round(percentile(search_times, 95), 1),
                 "search_errors": search_errors,

@@ -1,7 +1,7 @@
 """Chaos benchmark: the real stack while documents ingest and questions are asked, one fault per round.
 
-    .venv/bin/python bench/chaos.py [--backend celery] [--rounds 4] [--modes main,child,chat,redis] [--docs 3]
-                                    [--pages 80] [--reconcile-every 60]
+    .venv/bin/python bench/chaos.py [--backend celery] [--rounds 5] [--modes main,child,chat,redis,postgres]
+                                    [--docs 3] [--pages 80] [--reconcile-every 60] [--down 5]
 
 It starts embedded PostgreSQL and Redis in a temporary folder, a fake generation server that streams slowly
 (``tests/tgi_server.py``, so answers take seconds), an ingest worker (``ingest,maintenance``, concurrency 2), a chat
@@ -13,7 +13,9 @@ counts. Then each round uploads the files into a fresh knowledge base, keeps two
 - ``child``: SIGKILL one process under the ingest worker's main process (Celery: a pool child; Dramatiq: the
   worker process) while documents embed;
 - ``chat``: SIGKILL the chat worker (main process and children) while answers stream;
-- ``redis``: stop Redis (its data kept) for a few seconds and start it again while documents embed.
+- ``redis``: stop Redis (its data kept) for a few seconds and start it again while documents embed;
+- ``postgres``: stop PostgreSQL (fast shutdown: every connection cut, its data kept) for a few seconds and start it
+  again on the same data folder and socket while documents embed and answers stream.
 
 and reports per round: documents lost (failed, or not final by the deadline), duplicated (chunk rows against the
 clean ingest's count, or ordinals not 0..n-1), stuck (not final by the deadline), the time from the fault until
@@ -47,7 +49,7 @@ from tests.tgi_server import Behaviour, TGIServer  # noqa: E402
 
 OPERATOR = Actor.operator("bench")
 
-MODES = ("main", "child", "chat", "redis")
+MODES = ("main", "child", "chat", "redis", "postgres")
 QUESTIONS = ["Which incidents did the inspectors count?", "How often did the committee on glacier surveys meet?",
              "What does section 12 review?", "Which district is the harbour pilots section about?"]
 ANSWER = " ".join(f"word{i}" for i in range(60)) + " [1]."  # 60 tokens at 50 ms: three seconds of streaming
@@ -203,7 +205,29 @@ class Askers:
             self._stop.wait(1.0)  # a person reads the answer before asking the next question
 
 
-def strike(mode: str, ingest: Supervised, chat: Supervised, services) -> None:
+def restart_redis(services, down: float) -> None:
+    """Stop the embedded Redis and start it again on the same port and data files (bench only)."""
+    server = services._redis
+    argv = server.args
+    server.terminate()
+    server.wait(timeout=30)
+    time.sleep(down)
+    services._redis = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def restart_postgres(services, down: float) -> None:
+    """Fast-stop the embedded PostgreSQL (its sessions end, its data stays) and start it again on the same data
+    folder, hence the same socket: the URL every process holds stays right (bench only)."""
+    from kbchat.services import stop_embedded_postgres
+
+    server = services._postgres
+    stop_embedded_postgres(server)
+    time.sleep(down)
+    with server._lock:
+        server.ensure_postgres_running()
+
+
+def strike(mode: str, ingest: Supervised, chat: Supervised, services, down: float = 3) -> None:
     import psutil
 
     if mode == "main":
@@ -216,16 +240,13 @@ def strike(mode: str, ingest: Supervised, chat: Supervised, services) -> None:
         if busy is not None:
             busy.kill()
     elif mode == "redis":
-        server = services._redis  # the embedded Redis (bench only): the same command line, the same data files
-        argv = server.args
-        server.terminate()
-        server.wait(timeout=30)
-        time.sleep(3)
-        services._redis = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        restart_redis(services, down)
+    elif mode == "postgres":
+        restart_postgres(services, down)
 
 
 def run_round(number: int, mode: str, files, reference: dict[str, int], ask_kb: int, ingest, chat, services,
-              deadline: float, chat_timeout: float) -> dict:
+              deadline: float, chat_timeout: float, down: float = 3) -> dict:
     kb_id, ids = upload_all(f"chaos-{number}-{mode}", files)
     with Askers(ask_kb, chat_timeout) as askers:
         started = time.monotonic()
@@ -240,7 +261,7 @@ def run_round(number: int, mode: str, files, reference: dict[str, int], ask_kb: 
         askers.streaming.clear()
         struck = time.monotonic()
         if ready:
-            strike(mode, ingest, chat, services)
+            strike(mode, ingest, chat, services, down)
         finished: dict[int, float] = {}
         while len(finished) < len(ids) and time.monotonic() - struck < deadline:
             for document in safely(lambda: documents(ids), []):
@@ -270,11 +291,13 @@ def run_round(number: int, mode: str, files, reference: dict[str, int], ask_kb: 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", choices=("celery", "dramatiq"), default="celery")
-    parser.add_argument("--rounds", type=int, default=4, help="rounds, the modes taken in turn (default 4)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds, the modes taken in turn (default 5)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     parser.add_argument("--docs", type=int, default=3, help="documents uploaded each round")
     parser.add_argument("--pages", type=int, default=80, help="pages per document")
     parser.add_argument("--reconcile-every", type=int, default=60, help="the scheduler's reconcile interval (s)")
+    parser.add_argument("--logs", type=Path, help="copy the workers' and scheduler's logs here at the end")
+    parser.add_argument("--down", type=float, default=5, help="seconds Redis or PostgreSQL stays stopped")
     parser.add_argument("--deadline", type=float, default=300, help="seconds after a fault before a document counts "
                         "as stuck")
     args = parser.parse_args()
@@ -309,24 +332,36 @@ def main() -> int:
         reference = {d.filename: d.chunk_count for d in clean}
         print(f"chaos: backend {args.backend}, {args.docs} documents of {args.pages}+ pages, reconcile every "
               f"{args.reconcile_every} s; clean ingest {time.monotonic() - clean_started:.0f} s, "
-              f"{sum(reference.values())} chunks, {[d.status for d in clean]}", flush=True)
+              f"{sum(reference.values())} chunks, {[d.status for d in clean]}; load average {os.getloadavg()[0]:.1f}",
+              flush=True)
         rows = []
         for number in range(1, args.rounds + 1):
             mode = modes[(number - 1) % len(modes)]
             row = run_round(number, mode, files, reference, ask_kb, ingest, chat, services, args.deadline,
-                            chat_timeout=75)
+                            chat_timeout=75, down=args.down)
             rows.append(row)
             recovered = "—" if row["recovered_s"] is None else f"{row['recovered_s']:.0f} s"
             print(f"  round {number:>2} {mode:<6} lost {row['lost']} duplicated {row['duplicated']} stuck "
                   f"{row['stuck']} last final {recovered:>6} after the fault · questions {row['asked']}: "
                   f"{row['answered']} answered, {row['told']} told why, {row['silent']} silent"
-                  + (f" · failed: {row['errors']}" if row["errors"] else ""), flush=True)
+                  + (f" · failed: {row['errors']}" if row["errors"] else "")
+                  + f" · load {os.getloadavg()[0]:.1f}", flush=True)
         if rows:
             longest = max((r["recovered_s"] or 0) for r in rows)
             print(f"total over {len(rows)} rounds: lost {sum(r['lost'] for r in rows)}, duplicated "
                   f"{sum(r['duplicated'] for r in rows)}, stuck {sum(r['stuck'] for r in rows)}, longest time to "
                   f"every document final {longest:.0f} s, questions {sum(r['asked'] for r in rows)} with "
                   f"{sum(r['silent'] for r in rows)} silent; worker restarts {rows[-1]['restarts']}")
+            for mode in modes:
+                mine = [r for r in rows if r["mode"] == mode]
+                if mine:
+                    print(f"  {mode:<8} {len(mine)} rounds: lost {sum(r['lost'] for r in mine)}, duplicated "
+                          f"{sum(r['duplicated'] for r in mine)}, stuck {sum(r['stuck'] for r in mine)}, longest "
+                          f"{max((r['recovered_s'] or 0) for r in mine):.0f} s, questions "
+                          f"{sum(r['asked'] for r in mine)}: {sum(r['silent'] for r in mine)} silent")
+            skipped = [r["round"] for r in rows if r["mode"] not in modes]
+            if skipped:
+                print(f"  rounds with nothing under way at the strike (no fault): {skipped}")
     finally:
         for child in reversed(children):
             child.stop()
@@ -334,6 +369,10 @@ def main() -> int:
             tgi.stop()
         if services is not None:
             services.stop()
+        if args.logs is not None:
+            args.logs.mkdir(parents=True, exist_ok=True)
+            for log in data_dir.glob("*.log"):
+                shutil.copy(log, args.logs / log.name)
         shutil.rmtree(data_dir, ignore_errors=True)
     return 0
 

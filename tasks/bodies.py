@@ -7,7 +7,7 @@ from rag import alerts, cleanup, ingestion, page_ranges
 from rag.access import Actor, NotFound
 from tasks.context import current_backend, current_task_id, current_worker
 from tasks.queues import is_transient
-from telemetry.answer_streams import StopFlag, StreamPublisher
+from telemetry.answer_streams import StopFlag, StreamPublisher, end_with_error
 from usecases import accounts, asking, audit, documents, upkeep
 
 # A task queued for a person carries their id last (``usecases.asking.PERSONAL_TASKS``); the body acts as them,
@@ -134,3 +134,9 @@ def give_up_pages(args: list, error: str, task_id: str) -> None:
     """When a part fails for good, its document fails with the reason (unless a newer run owns it)."""
     if len(args) >= 2:
         page_ranges.fail_run(int(args[0]), str(args[1]), error)
+
+
+def give_up_answer(args: list, error: str, task_id: str) -> None:
+    """When chat.answer fails for good on a service that stayed down past its retries (the body stays quiet on a
+    failure a retry may mend), its reader is told now, not at its timeout."""
+    end_with_error(task_id, error)

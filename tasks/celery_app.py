@@ -16,7 +16,7 @@ from infra.database import set_application_name
 from infra.settings import get_settings
 from tasks import monitoring
 from tasks.context import reset_current_task, set_current_task
-from tasks.queues import QUEUES, TRANSIENT_ERRORS
+from tasks.queues import QUEUES, TRANSIENT_ERRORS, retry_delay_seconds
 from tasks.registry import (
     Periodic,
     TaskSpec,
@@ -38,6 +38,11 @@ def _register(app: Celery, item: TaskSpec) -> None:
         token = set_current_task(self.request.id, CeleryBackend(self.app), self.request.hostname or None)
         try:
             return item.fn(*args, **kwargs)
+        except TRANSIENT_ERRORS as exc:
+            # Our own backoff rather than autoretry's: its jitter may draw 0 s for every retry. Past max_retries,
+            # retry() raises ``exc`` itself, so the failure handlers see the real cause.
+            delay = retry_delay_seconds(self.request.retries, settings.retry_backoff_max_seconds)
+            raise self.retry(exc=exc, countdown=delay) from exc
         finally:
             reset_current_task(token)
 
@@ -46,10 +51,6 @@ def _register(app: Celery, item: TaskSpec) -> None:
         name=item.name,
         bind=True,
         queue=item.queue,
-        autoretry_for=TRANSIENT_ERRORS,
-        retry_backoff=2,
-        retry_backoff_max=settings.retry_backoff_max_seconds,
-        retry_jitter=True,
         max_retries=item.max_retries,
         # Chat answers are read from their stream and our task record: Celery's result (and the STARTED state it
         # would store first, a round trip before the answer begins) is for nobody.

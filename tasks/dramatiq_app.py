@@ -28,7 +28,7 @@ from infra.database import dispose_engine, set_application_name
 from infra.settings import get_settings
 from tasks import monitoring
 from tasks.context import reset_current_task, set_current_task
-from tasks.queues import DRAMATIQ_NAMESPACE, QUEUES, is_transient
+from tasks.queues import DRAMATIQ_NAMESPACE, QUEUES, RETRY_BACKOFF_SECONDS, is_transient
 from tasks.registry import TaskSpec, give_up_message, heartbeat_lapse_seconds, spec, task_specs
 from telemetry import events
 
@@ -125,7 +125,7 @@ def _register(broker: RedisBroker, item: TaskSpec) -> dramatiq.Actor:
         broker=broker,
         max_retries=item.max_retries,
         retry_when=_retry_when(item.max_retries),
-        min_backoff=2000,
+        min_backoff=RETRY_BACKOFF_SECONDS * 1000,  # the same rule as retry_delay_seconds on Celery
         max_backoff=get_settings().retry_backoff_max_seconds * 1000,
         time_limit=item.time_limit * 1000,
         store_results=True,

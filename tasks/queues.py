@@ -3,6 +3,8 @@ and the monitoring readers."""
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import redis.exceptions
@@ -27,6 +29,18 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` is worth a retry with backoff."""
     return isinstance(exc, TRANSIENT_ERRORS)
+
+
+# The first retry waits at least this long; each further one twice as long (Dramatiq's ``min_backoff``).
+RETRY_BACKOFF_SECONDS = 2
+
+
+def retry_delay_seconds(retries: int, maximum: float, draw: Callable[[float, float], float] = random.uniform) -> float:
+    """How long retry number ``retries + 1`` waits: the exponential step times a jitter of 1–2 (Dramatiq's rule),
+    at most ``maximum``. Never less than the step: a jitter down to zero (Celery's ``retry_jitter``) can spend every
+    retry within a second, before a restarting database is back."""
+    step = min(maximum, RETRY_BACKOFF_SECONDS * 2 ** min(retries, 32))
+    return min(maximum, step * draw(1.0, 2.0))
 
 
 @dataclass

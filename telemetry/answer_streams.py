@@ -63,8 +63,12 @@ class StreamPublisher:
 
 
 def end_with_error(task_id: str, message: str) -> None:
-    """End a stream whose worker is gone with an error its reader shows (a late redelivery finds it streamed)."""
+    """End a stream whose worker is gone, or whose task gave up, with an error its reader shows (a late redelivery
+    finds it streamed); a stream that has ended already is left as it is."""
     ttl = get_settings().stream_ttl_seconds
+    last = get_redis().xrevrange(STREAM_KEY.format(task_id), count=1)
+    if last and last[0][1].get("kind") in TERMINAL:
+        return
     pipe = get_redis().pipeline()
     pipe.xadd(STREAM_KEY.format(task_id), {"kind": "error", "data": message})
     pipe.expire(STREAM_KEY.format(task_id), ttl)

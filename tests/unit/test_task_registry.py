@@ -200,3 +200,15 @@ def test_ingest_workers_share_the_cores_between_their_tasks_for_embedding(settin
     assert embedding_threads(["chat"], 10) == 0  # chat: every question may use all cores
     settings_env(embedding_threads=3)
     assert embedding_threads(["ingest"], 2) == 3  # an explicit setting wins
+
+
+def test_retry_delays_grow_from_a_floor_and_stop_at_the_maximum():
+    """Each retry waits at least the exponential step (never 0 s: a restarting database has time to come back),
+    at most twice that, and never more than the maximum."""
+    from tasks.queues import retry_delay_seconds
+
+    lowest, highest = (lambda a, b: a), (lambda a, b: b)
+    assert [retry_delay_seconds(n, 120, lowest) for n in range(5)] == [2, 4, 8, 16, 32]
+    assert [retry_delay_seconds(n, 120, highest) for n in range(5)] == [4, 8, 16, 32, 64]
+    assert retry_delay_seconds(10, 120, lowest) == 120 and retry_delay_seconds(10, 120, highest) == 120
+    assert sum(retry_delay_seconds(n, 120, lowest) for n in range(2)) >= 6  # chat.answer's two retries
