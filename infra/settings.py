@@ -66,8 +66,17 @@ class Settings(BaseSettings):
         default=0,
         description="CPU threads per embedding call; 0 = all cores, except in an ingest worker, whose tasks share them.",
     )
+    embedding_share_cores: bool = Field(
+        default=False,
+        description="Ingest workers' tasks share the host's cores: each embedding batch runs on all of them while no "
+        "other task embeds, on its share otherwise (onnx-int8; `kbchat worker` sets it for ingest queues).",
+    )
     model_cache_dir: str = Field(default="", description="Where exported models are kept; empty = <data dir>/models.")
-    embedding_batch_size: int = 64
+    embedding_batch_size: int = Field(
+        default=16,
+        description="Texts per embedding call: on a CPU, batches of 16 ~250-token chunks embed about 15 % more chunks "
+        "per CPU-second than batches of 64 (their activations stay in cache) and hold less memory.",
+    )
     chunk_tokens: int = 200
     chunk_overlap_tokens: int = 40
     text_search_config: str = "english"
@@ -86,6 +95,11 @@ class Settings(BaseSettings):
         "false = such a PDF fails saying it has no text layer.",
     )
     ocr_dpi: int = Field(default=150, description="Resolution scanned pages are rendered at for OCR.")
+    ingest_max_memory_mb: int = Field(
+        default=500, ge=0,
+        description="Celery: a task process whose resident memory passed this after a task is replaced by a fresh "
+        "one (worker_max_memory_per_child); 0 = never. bench/ingest_memory.py measures the peak.",
+    )
     ingest_split_pages: int = Field(
         default=200,
         description="A PDF with more pages than this is split into page-range parts of at most this many pages, "

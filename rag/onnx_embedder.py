@@ -202,7 +202,7 @@ class OnnxEncoder:
         self.max_seq_length = max_seq_length or configured or 256
         self.threads = threads
         self._tokenizer: _Tokenizer | _TransformersTokenizer | None = None
-        self._session = None
+        self._sessions: dict[int, object] = {}
         self._inputs: set[str] = set()
         self._dimension: int | None = None
         self._lock = threading.Lock()
@@ -219,20 +219,29 @@ class OnnxEncoder:
 
     @property
     def session(self):
-        if self._session is None:
+        """The ONNX session on the configured threads (all cores when 0), opened on first use."""
+        return self.session_for(self.threads)
+
+    def session_for(self, threads: int):
+        """An ONNX session whose batches run on ``threads`` CPU threads (0: all cores); one per thread count, each
+        opened on first use (an int8 MiniLM session is about 25 MB)."""
+        threads = threads or os.cpu_count() or 1
+        session = self._sessions.get(threads)
+        if session is None:
             with self._lock:
-                if self._session is None:
+                session = self._sessions.get(threads)
+                if session is None:
                     import onnxruntime as ort  # 0.2 s: only a process that embeds pays it
 
                     options = ort.SessionOptions()
                     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                    options.intra_op_num_threads = self.threads or os.cpu_count() or 1
+                    options.intra_op_num_threads = threads
                     # Idle threads sleep instead of spinning: workers share the cores with other processes.
                     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
                     session = ort.InferenceSession(str(self.model_file), options, providers=["CPUExecutionProvider"])
                     self._inputs = {i.name for i in session.get_inputs()}
-                    self._session = session
-        return self._session
+                    self._sessions[threads] = session
+        return session
 
     def get_embedding_dimension(self) -> int:
         """The pooled vector's size: the model's hidden size (CLS and mean pooling keep it), else a probe."""
@@ -247,10 +256,11 @@ class OnnxEncoder:
         return self.tokenizer.count(list(texts))
 
     def encode(self, texts: Sequence[str], batch_size: int = 32, normalize_embeddings: bool = True,
-               **_: object) -> np.ndarray:
-        """Mean-pooled, optionally unit-length float32 vectors; batches sorted by length to pad little."""
+               threads: int | None = None, **_: object) -> np.ndarray:
+        """Mean-pooled, optionally unit-length float32 vectors; batches sorted by length to pad little.
+        ``threads`` overrides the configured CPU threads for this call."""
         texts = list(texts)
-        session, tokenizer = self.session, self.tokenizer
+        session, tokenizer = self.session_for(self.threads if threads is None else threads), self.tokenizer
         order = np.argsort([-len(t) for t in texts], kind="stable")
         results: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
         for start in range(0, len(texts), batch_size):

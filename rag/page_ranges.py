@@ -23,6 +23,7 @@ from db.repositories import knowledge_bases as kb_repo
 from infra.database import session_scope
 from infra.settings import get_settings
 from rag.ingestion import SUPERSEDED, IngestResult, chunk, embed_rows, fail_document, gave_up_message
+from rag.ingestion_timing import StageClock
 from rag.parsing import ParseError, parse_pdf_pages
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ def ingest_pages(
     again when that worker's heartbeat lapses (an older delivery of the part then stands down); a part whose
     attempts are used up fails its document instead of running again."""
     settings = get_settings()
+    clock = StageClock()
     with session_scope() as session:
         document = document_repo.lock(session=session, document_id=document_id)
         stale = _stale(session, document, document_id, run, first_page, task_id)
@@ -95,21 +97,25 @@ def ingest_pages(
 
     report = _PartProgress(document_id, run, first_page, task_id)
     try:
-        parsed = parse_pdf_pages(data, first_page, last_page)
-        drafts = chunk(parsed, filename, max_tokens, overlap)
+        with clock.stage("parse"):
+            parsed = parse_pdf_pages(data, first_page, last_page)
+        with clock.stage("chunk"):
+            drafts = chunk(parsed, filename, max_tokens, overlap)
 
         def report_pages(embedded: int) -> None:
             # Pages before the next chunk still to embed are done (a page's chunks are consecutive).
             pages_done = drafts[embedded].page - first_page if embedded < len(drafts) else last_page - first_page + 1
             report(pages_done, force=embedded == len(drafts))
 
-        rows = embed_rows(drafts, on_batch=report_pages, context=context)
+        with clock.stage("embed"):
+            rows = embed_rows(drafts, on_batch=report_pages, context=context)
     except ParseError as exc:
         return fail_run(document_id, run, str(exc))
     except _StandDown as stop:
         return stop.result
 
-    with session_scope() as session:
+    part = f"{first_page}-{last_page}"
+    with clock.stage("store"), session_scope() as session:
         # The document's row lock orders the parts' last steps: exactly one of them sees every part done.
         document = document_repo.lock(session=session, document_id=document_id)
         stale = _stale(session, document, document_id, run, first_page, task_id)
@@ -121,20 +127,26 @@ def ingest_pages(
             pages_done = part_repo.pages_done_total(session=session, document_id=document_id, run=run)
             document_repo.set_stage(session=session, document_id=document_id, status=EMBEDDING, done=pages_done,
                                     total=document.pages or 0, pages=document.pages)
-            return IngestResult(document_id, STAGED, pages=document.pages, chunks=len(rows))
-        if part_repo.count_staged(session=session, document_id=document_id) == 0:
+            staged = IngestResult(document_id, STAGED, pages=document.pages, chunks=len(rows))
+        elif part_repo.count_staged(session=session, document_id=document_id) == 0:
             document_repo.mark_failed(session=session, document_id=document_id, error=NO_TEXT)
             part_repo.delete_for_document(session=session, document_id=document_id)
             return IngestResult(document_id, "failed", pages=document.pages, error=NO_TEXT)
-        stored = chunk_repo.replace_from_staging(
-            session=session, kb_id=kb_id, document_id=document_id, run=run,
-            text_search_config=settings.text_search_config,
-        )
-        pages = document.pages or last_page
-        document_repo.set_stage(session=session, document_id=document_id, status=EMBEDDING, done=pages, total=pages)
-        document_repo.mark_ready(session=session, document_id=document_id, pages=pages, chunk_count=stored)
-        part_repo.delete_for_document(session=session, document_id=document_id)
-        kb_repo.bump_version(session=session, kb_id=kb_id)
+        else:
+            staged = None
+            stored = chunk_repo.replace_from_staging(
+                session=session, kb_id=kb_id, document_id=document_id, run=run,
+                text_search_config=settings.text_search_config,
+            )
+            pages = document.pages or last_page
+            document_repo.set_stage(session=session, document_id=document_id, status=EMBEDDING, done=pages,
+                                    total=pages)
+            document_repo.mark_ready(session=session, document_id=document_id, pages=pages, chunk_count=stored)
+            part_repo.delete_for_document(session=session, document_id=document_id)
+            kb_repo.bump_version(session=session, kb_id=kb_id)
+    clock.report(document_id, last_page - first_page + 1, len(rows), part=part)
+    if staged is not None:
+        return staged
     log.info("ingested document %s (%s) from %d parts: %d pages, %d chunks", document_id, filename, parts, pages,
              stored)
     return IngestResult(document_id, READY, pages=pages, chunks=stored)

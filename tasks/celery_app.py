@@ -117,6 +117,9 @@ def create_app(redis_url: str) -> Celery:
         task_reject_on_worker_lost=True,
         task_track_started=True,
         worker_prefetch_multiplier=1,
+        # A pool child that grew past the bound (a huge document's text, the embedder's arena) is replaced after
+        # its task, so an ingest worker's processes stay bounded (KiB; None = never).
+        worker_max_memory_per_child=settings.ingest_max_memory_mb * 1024 or None,
         task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
         task_default_queue="maintenance",
         task_default_exchange="maintenance",

@@ -54,4 +54,7 @@ def exec_worker(queues: list[str], concurrency: int) -> None:
     env = {"TOKENIZERS_PARALLELISM": "false", **os.environ}
     if threads:
         env["KBCHAT_EMBEDDING_THREADS"] = str(threads)
+    if "ingest" in queues and not get_settings().embedding_threads:
+        # A batch runs on all cores while the other tasks have nothing to embed (the last document of an upload).
+        env["KBCHAT_EMBEDDING_SHARE_CORES"] = "true"
     os.execve(argv[0], argv, env)
