@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from db.models import AuditEvent
@@ -15,8 +15,10 @@ def add(
     *, session: Session, action: str, user_id: int | None, username: str, kb_id: int | None = None,
     target: str = "", details: dict[str, Any] | None = None, client_addr: str = "",
 ) -> None:
-    session.add(AuditEvent(action=action, user_id=user_id, username=username[:64], kb_id=kb_id, target=target[:500],
-                           details=details or {}, client_addr=client_addr[:64]))
+    # A plain INSERT (no unit of work, no id read back): an entry is written on every search and API call.
+    session.execute(insert(AuditEvent).values(action=action, user_id=user_id, username=username[:64], kb_id=kb_id,
+                                              target=target[:500], details=details or {},
+                                              client_addr=client_addr[:64]))
 
 
 def count_since(*, session: Session, action: str, since: datetime, username: str | None = None,
