@@ -97,6 +97,17 @@ def paired(api: str, kb_id: int, headers: dict, caller, web_pid: int | None = No
     return local, remote, overhead, cpu_overhead
 
 
+def idle_cpu_percent(pids: list[int], seconds: float = 2.0) -> list[float]:
+    """Each web process's CPU use while nobody calls it (a process that keeps working after its calls ended would
+    show here, and in every figure after)."""
+    import psutil
+
+    processes = [psutil.Process(pid) for pid in pids]
+    before = [sum(p.cpu_times()[:2]) for p in processes]
+    time.sleep(seconds)
+    return [round((sum(p.cpu_times()[:2]) - b) * 100 / seconds, 1) for p, b in zip(processes, before, strict=True)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--searches", type=int, default=50)
@@ -164,6 +175,7 @@ def main() -> int:
             for web in webs:  # warm: each web process loads the embedder on its first search
                 requests.post(f"{web.url}/api/v1/knowledge-bases/{kb_id}/search", json={"question": "warm"},
                               headers=headers, timeout=120).raise_for_status()
+            idle_cpu = idle_cpu_percent([w.process.pid for w in webs])
             pairs = {"nginx": paired(api, kb_id, headers, caller),
                      "direct": paired(f"{webs[0].url}/api/v1/knowledge-bases/{kb_id}", kb_id, headers, caller,
                                       webs[0].process.pid)}
@@ -177,6 +189,7 @@ def main() -> int:
                 ask_errors += errors
             print(json.dumps({
                 "web_instances": instances,
+                "web_idle_cpu_percent": idle_cpu,
                 "search_in_process_p50_ms": round(statistics.median(pairs["nginx"][0]), 1),
                 "search_api_p50_ms": round(statistics.median(pairs["nginx"][1]), 1),
                 "api_overhead_p50_ms": round(statistics.median(pairs["nginx"][2]), 1),
