@@ -40,8 +40,12 @@ def identity_changed() -> None:
     """Tell every process that an account or a key changed (disabled, role, revoked): what they hold in memory
     about it is out of date. Called after the change commits. Without Redis the API answers nothing anyway (its rate
     limit lives there), and what a process holds expires within a minute."""
-    try:
-        get_redis().incr(IDENTITY_REVISION)
+    try:  # expiring a day on (a process trusts what it remembers for a minute at most, so a counter that starts
+        # again from nothing can never look unchanged to it): like every key kbchat writes, it does not stay forever
+        pipe = get_redis().pipeline()
+        pipe.incr(IDENTITY_REVISION)
+        pipe.expire(IDENTITY_REVISION, 86400)
+        pipe.execute()
     except RedisError as exc:
         log.warning("Could not announce an account change through Redis (%s); API processes see it within a minute.",
                     type(exc).__name__)
