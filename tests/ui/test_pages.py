@@ -257,7 +257,8 @@ def test_chat_answers_with_the_passage_and_a_page_citation_and_keeps_the_convers
 
     assert "took the divers four days" in assistant_text(at)
     labels = [e.label for e in at.expander]
-    assert any(label.startswith("[1]") and f"{library.ready_name}, p. 2" in label for label in labels), labels
+    # The answer's page (2) among the first two passages (the first may be the merged pp. 1–2 around it).
+    assert any(label.startswith(("[1]", "[2]")) and f"{library.ready_name}, p. 2" in label for label in labels), labels
 
     # Saved by the worker: a fresh session (a reload) reopens it from the database with its citations.
     conversation_id = at.session_state[f"chat_conversation_{library.kb_id}"]
@@ -266,7 +267,7 @@ def test_chat_answers_with_the_passage_and_a_page_citation_and_keeps_the_convers
                  for m in conversation_repo.messages(session=session, conversation_id=conversation_id)]
     assert [role for role, _, _ in saved] == ["user", "assistant"]
     assert saved[0][1] == question and "took the divers four days" in saved[1][1]
-    assert saved[1][2][0]["document"] == library.ready_name and saved[1][2][0]["page"] == 2
+    assert any(c["document"] == library.ready_name and c["page"] == 2 for c in saved[1][2][:2]), saved[1][2]
 
     at.run()  # the rerun shows the conversation from the database
     assert [m.name for m in at.chat_message] == ["user", "assistant"]
@@ -285,7 +286,7 @@ def test_chat_answers_with_the_passage_and_a_page_citation_and_keeps_the_convers
     title, conversation = export.load(at.session_state["_kbchat_actor"], library.kb_id, conversation_id)
     markdown = export.conversation_markdown(title, library.kb_name, conversation, datetime.now(UTC))
     assert f"## 1. {question}" in markdown and "took the divers four days" in markdown
-    assert f"- [1] {library.ready_name}, p. 2" in markdown
+    assert f"- [2] {library.ready_name}, p. 2" in markdown or f"- [1] {library.ready_name}, p. 2" in markdown, markdown
 
 
 # --- task status ------------------------------------------------------------------------------------------------
