@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import multiprocessing
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 from rag.embedding_cores import CoreShare
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_batch_alone_gets_all_cores(tmp_path):
@@ -26,26 +31,34 @@ def test_batches_at_once_share_the_cores(tmp_path):
         assert threads == 2
 
 
-def _hold(folder, started, release) -> None:
-    with CoreShare(folder, cores=2).claim():
-        started.set()
-        release.wait(10)
+HOLD = """
+import sys
+from pathlib import Path
+from rag.embedding_cores import CoreShare
+with CoreShare(Path(sys.argv[1]), cores=2).claim():
+    print("holding", flush=True)
+    sys.stdin.readline()
+"""
 
 
 def test_another_process_holding_a_slot_counts_and_its_death_frees_it(tmp_path):
     folder = tmp_path / "slots"
     share = CoreShare(folder, cores=2)
-    context = multiprocessing.get_context("spawn")
-    started, release = context.Event(), context.Event()
-    other = context.Process(target=_hold, args=(folder, started, release))
-    other.start()
-    assert started.wait(30)
-    with share.claim() as threads:
-        assert threads == 1
-    other.kill()  # killed mid-batch: the kernel drops its lock
-    other.join()
-    with share.claim() as threads:
-        assert threads == 2
+    # A plain child process (not multiprocessing's spawn, which re-imports this module through pytest's state).
+    other = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], cwd=ROOT, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert other.stdout.readline().strip() == "holding"
+        with share.claim() as threads:
+            assert threads == 1
+        other.kill()  # killed mid-batch: the kernel drops its lock
+        other.wait(timeout=30)
+        with share.claim() as threads:
+            assert threads == 2
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait(timeout=30)
 
 
 def test_threads_of_one_process_count_each_other(tmp_path):
