@@ -80,7 +80,8 @@ def test_anonymous_page_goes_to_the_sign_in_form(web):
     assert page.status_code == 303 and page.headers["location"].startswith("/login?next=%2Fknowledge-bases")
     form = requests.get(f"{web}/login", timeout=10)
     assert form.status_code == 200 and 'name="username"' in form.text and 'name="password"' in form.text
-    for path in ("/_stcore/upload_file/x/y", "/static/js/index.js", "/_stcore/host-config", "/media/x.png"):
+    for path in ("/_stcore/upload_file/x/y", "/static/js/index.js", "/_stcore/host-config", "/media/x.png",
+                 "/api/v2/knowledge-bases", "/api/"):  # only /api/v1 is the API, which checks its own keys
         assert requests.get(f"{web}{path}", allow_redirects=False, timeout=10).status_code == 401, path
 
 
@@ -176,7 +177,8 @@ def test_a_new_password_ends_sessions(web):
 
 def test_security_headers_on_every_response(web):
     for response in (requests.get(f"{web}/login", timeout=10),
-                     requests.get(f"{web}/", allow_redirects=False, timeout=10)):
+                     requests.get(f"{web}/", allow_redirects=False, timeout=10),
+                     requests.get(f"{web}/api/v1/knowledge-bases", timeout=10)):  # the API is routed apart
         csp = response.headers["content-security-policy"]
         for rule in ("img-src 'self' data: blob:", "connect-src 'self'", "frame-ancestors 'none'",
                      "object-src 'none'", "default-src 'self'"):
