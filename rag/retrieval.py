@@ -3,11 +3,15 @@ search fused by score, near-duplicates collapsed, each hit with its cosine score
 
 from __future__ import annotations
 
+import contextvars
+import os
 import re
 import threading
-from collections.abc import Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import asdict, replace
+from typing import TypeVar
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -16,6 +20,9 @@ from db.repositories import chunks as chunk_repo
 from db.repositories.chunks import Candidate, Hit
 from infra.settings import get_settings
 from rag import embedding, query
+
+D = TypeVar("D")
+M = TypeVar("M")
 
 # Two passages whose word 3-gram sets overlap this much say the same thing (a re-uploaded file, boilerplate).
 DUPLICATE_JACCARD = 0.8
@@ -31,41 +38,84 @@ def search(
     mode: str | None = None,
 ) -> list[Hit]:
     """The ``k`` best passages for ``question``, near-duplicates collapsed. ``mode`` (default: the setting):
-    ``hybrid`` fuses the vector and full-text halves, ``vector`` and ``fulltext`` use one half alone."""
+    ``hybrid`` fuses the vector and full-text halves, ``vector`` and ``fulltext`` use one half alone.
+
+    The question is embedded while a helper thread runs the full-text half on the session (the question's terms,
+    then its matches): the model and the database work at the same time. Then one statement takes the vector half,
+    merges the two and reads each candidate's page evidence."""
     settings = get_settings()
     question = " ".join(question.split())
     if not question:
         return []
     k = k or settings.top_k
     mode = mode or settings.retrieval_mode
-    vector = embed_question(question)
-    text_query = full_text_query(session=session, kb_id=kb_id, question=question) if mode != "vector" else None
-    candidates = chunk_repo.hybrid_candidates(
+    candidates = max(settings.retrieval_candidates, k * 3)  # more than k: collapsing removes some
+
+    def text_side() -> tuple[query.FullTextQuery | None, list[tuple[int, float]]]:
+        chunk_repo.set_search_options(session, settings.hnsw_ef_search)
+        if mode == "vector":
+            return None, []
+        text_query = full_text_query(session=session, kb_id=kb_id, question=question)
+        if text_query is None:
+            return None, []
+        return text_query, chunk_repo.text_candidates(
+            session=session, kb_id=kb_id, match=text_query.match, weighted=text_query.weighted,
+            candidates=candidates, rank_limit=settings.fulltext_rank_limit, document_ids=document_ids,
+        )
+
+    (text_query, text_hits), vector = _alongside(text_side, lambda: embed_question(question))
+    evidence = mode == "hybrid" and text_query is not None and settings.page_evidence_weight > 0
+    text_total = text_query.total if text_query else 0.0
+    found = chunk_repo.hybrid_candidates(
         session=session,
         kb_id=kb_id,
         embedding=vector,
-        match=text_query.match if text_query else None,
+        text_hits=text_hits,
         weighted=text_query.weighted if text_query else (),
-        candidates=max(settings.retrieval_candidates, k * 3),  # more than k: collapsing removes some
-        ef_search=settings.hnsw_ef_search,
+        candidates=candidates,
         document_ids=document_ids,
-        rank_limit=settings.fulltext_rank_limit,
+        page_evidence=chunk_repo.PageEvidence(keep=k * 3, text_weight=settings.fulltext_weight, text_total=text_total,
+                                              weight=settings.page_evidence_weight) if evidence else None,
     )
     hits = fuse(
-        candidates,
-        text_total=text_query.total if text_query else 0.0,
+        found,
+        text_total=text_total,
         text_weight={"vector": 0.0, "fulltext": None}.get(mode, settings.fulltext_weight),
     )
-    if mode == "hybrid" and text_query and settings.page_evidence_weight > 0:
-        on_pages = sorted({(h.document_id, h.page, h.ordinal) for h in hits if h.page is not None})
-        matched = chunk_repo.page_matches(
-            session=session, kb_id=kb_id, chunks=on_pages, queries=[q for q, _ in text_query.weighted]
-        )
+    if evidence:
+        matched = {(c.hit.document_id, c.hit.page): c.page_matched for c in found if c.page_matched}
         hits = with_page_evidence(hits, matched, text_query, settings.page_evidence_weight)
     hits = collapse_duplicates(hits[: k * 3])[:k]
     if settings.context_neighbours > 0:
         hits = [with_neighbours(session=session, hit=hit, radius=settings.context_neighbours) for hit in hits]
     return hits
+
+
+_helpers: tuple[int, ThreadPoolExecutor] | None = None
+_helpers_lock = threading.Lock()
+
+
+def _helper_pool() -> ThreadPoolExecutor:
+    """This process's helper threads (made after a fork, never inherited from the parent)."""
+    global _helpers
+    with _helpers_lock:
+        if _helpers is None or _helpers[0] != os.getpid():
+            _helpers = (os.getpid(), ThreadPoolExecutor(max_workers=8, thread_name_prefix="kbchat-search"))
+        return _helpers[1]
+
+
+def _alongside(database: Callable[[], D], model: Callable[[], M]) -> tuple[D, M]:
+    """``database()`` on a helper thread while ``model()`` runs here; both results. The session is the helper's
+    until it is done; when every helper is busy, ``database()`` runs here after the model, as it would have
+    without helpers."""
+    future = _helper_pool().submit(contextvars.copy_context().run, database)
+    try:
+        modelled = model()
+    finally:
+        started = not future.cancel()
+        if started:
+            futures_wait([future])
+    return (future.result() if started else database()), modelled
 
 
 def full_text_query(*, session: Session, kb_id: int, question: str) -> query.FullTextQuery | None:

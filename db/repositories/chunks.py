@@ -136,11 +136,15 @@ def count_for_document(*, session: Session, document_id: int) -> int:
     return session.scalar(select(func.count()).select_from(Chunk).where(Chunk.document_id == document_id)) or 0
 
 
-def _set_search_options(session: Session, ef_search: int) -> None:
-    """HNSW settings for this transaction: ``ef_search``, and iterative scans so a filter (the knowledge base,
-    chosen documents) cannot starve the index of candidates (pgvector >= 0.8)."""
+def set_search_options(session: Session, ef_search: int) -> None:
+    """Search settings for this transaction: HNSW's ``ef_search``, iterative scans so a filter (the knowledge
+    base, chosen documents) cannot starve the index of candidates (pgvector >= 0.8), and a plan made for each
+    question's own values: after a few runs of a prepared statement PostgreSQL may switch to a generic plan, and
+    the full-text half's generic plan (blind to how rare the matched words are) took 200 ms instead of 5 at 100k
+    chunks."""
     session.execute(
-        text("SELECT set_config('hnsw.ef_search', :ef, true), set_config('hnsw.iterative_scan', 'relaxed_order', true)"),
+        text("SELECT set_config('hnsw.ef_search', :ef, true), set_config('hnsw.iterative_scan', 'relaxed_order', true),"
+             " set_config('plan_cache_mode', 'force_custom_plan', true)"),
         {"ef": str(int(ef_search))},
     )
 
@@ -153,6 +157,7 @@ class Candidate:
     vector_rank: int | None  # 1 = nearest; None: not among the vector half's candidates
     text_score: float  # the summed weights of the question words and phrases it holds (0: none)
     text_listed: bool = False  # among the full-text half's own candidates
+    page_matched: frozenset[int] = frozenset()  # the weighted queries some chunk of its page matches (by index)
 
 
 # The question's lexemes (the text search configuration's normalisation, stop words out), where they stand, and
@@ -175,14 +180,45 @@ def question_terms(
     return [(row.lexeme, tuple(row.positions or ()), int(row.chunks)) for row in rows], total
 
 
-# Vector (HNSW, cosine) and full-text (GIN) candidates in one statement. Iterative scans may return neighbours
-# slightly out of order, so ranks are recomputed from the distances. The full-text side takes the chunks that hold
-# any of the question's rarer words (``:match``, at most ``:rank_limit`` of them, which bounds the statement's
-# time), keeps the ``:prerank`` that ts_rank puts first (one cheap rank per match instead of a test per word), and
-# scores each by the weights of the words and phrases it holds (``:queries``/``:weights``, BM25-style
-# inverse document frequencies). Every candidate gets both scores, whichever half found it: its cosine similarity
-# (also the relevance threshold's) and its full-text score, so fusion compares like with like; fusing is the
-# caller's.
+# The full-text half: the chunks that hold any of the question's rarer words (``:match``, at most ``:rank_limit``
+# of them, which bounds the statement's time), the ``:prerank`` that ts_rank puts first (one cheap rank per match
+# instead of a test per word), each scored by the weights of the words and phrases it holds (``:queries``/
+# ``:weights``, BM25-style inverse document frequencies). It needs no question vector, so it runs while the
+# question is embedded.
+_TEXT_HITS = """
+WITH weighted AS MATERIALIZED (
+    SELECT CAST(q AS tsquery) AS query, w AS weight
+    FROM unnest(CAST(:queries AS text[]), CAST(:weights AS float8[])) AS t(q, w)
+)
+SELECT m.id, sum(w.weight) AS text_score
+FROM (
+    SELECT found.id, found.tsv
+    FROM (
+        SELECT c.id, c.tsv
+        FROM chunks c
+        WHERE c.kb_id = :kb_id AND c.tsv @@ CAST(:match AS tsquery) {document_filter}
+        LIMIT :rank_limit
+    ) found
+    ORDER BY ts_rank(found.tsv, CAST(:match AS tsquery)) DESC
+    LIMIT :prerank
+) m
+JOIN weighted w ON m.tsv @@ w.query
+GROUP BY m.id
+ORDER BY text_score DESC, m.id
+LIMIT :candidates
+"""
+
+# The vector half (HNSW, cosine) merged with the full-text half's list (``:text_ids``/``:text_scores``) in one
+# statement. Iterative scans may return neighbours slightly out of order, so ranks are recomputed from the
+# distances. Every candidate gets both scores, whichever half found it: its cosine similarity (also the relevance
+# threshold's) and its full-text score, so fusion compares like with like; fusing is the caller's. With
+# ``:evidence``, a candidate also carries its page's evidence: the indexes (0-based) of the weighted queries that
+# some chunk of its page matches. Only candidates that the evidence could lift into the first ``:keep`` get it:
+# the fused score (``rag.retrieval.fuse``'s: cosine + ``:text_weight`` × the share of the question's word weight)
+# plus the most the evidence can add (``:evidence_weight``) must reach the ``:keep``-th best fused score; the
+# others stay below it whatever their pages hold. A page's chunks have consecutive ordinals (a chunk never
+# crosses a page), so only the chunks within ``:radius`` ordinals of a candidate are read, through the
+# (document_id, ordinal) index: the time stays bounded however long the document or crowded the page.
 _CANDIDATES = """
 WITH vector_hits AS (
     SELECT id, row_number() OVER (ORDER BY distance, id) AS rank
@@ -195,39 +231,96 @@ WITH vector_hits AS (
     ) nearest
 ),
 weighted AS MATERIALIZED (
-    SELECT CAST(q AS tsquery) AS query, w AS weight
-    FROM unnest(CAST(:queries AS text[]), CAST(:weights AS float8[])) AS t(q, w)
+    SELECT CAST(q AS tsquery) AS query, w AS weight, i - 1 AS i
+    FROM unnest(CAST(:queries AS text[]), CAST(:weights AS float8[])) WITH ORDINALITY AS t(q, w, i)
 ),
 text_hits AS (
-    SELECT m.id, sum(w.weight) AS text_score
+    SELECT id, text_score FROM unnest(CAST(:text_ids AS bigint[]), CAST(:text_scores AS float8[])) AS t(id, text_score)
+),
+found AS MATERIALIZED (
+    SELECT coalesce(v.id, t.id) AS id, c.document_id, d.filename, c.page, c.locator, c.ordinal, c.text,
+           1 - (c.embedding <=> :embedding) AS score, v.rank AS vector_rank, t.id IS NOT NULL AS text_listed,
+           coalesce(t.text_score, (SELECT sum(w.weight) FROM weighted w WHERE c.tsv @@ w.query), 0) AS text_score
+    FROM vector_hits v
+    FULL OUTER JOIN text_hits t ON t.id = v.id
+    JOIN chunks c ON c.id = coalesce(v.id, t.id)
+    JOIN documents d ON d.id = c.document_id
+),
+fused AS (
+    SELECT id, document_id, page, ordinal,
+           score + :text_weight * least(1.0, coalesce(text_score / nullif(:text_total, 0), 0)) AS fused
+    FROM found
+),
+cutoff AS (
+    SELECT coalesce((SELECT fused FROM fused ORDER BY fused DESC OFFSET :keep - 1 LIMIT 1), '-infinity') AS fused
+),
+page_chunks AS (
+    SELECT DISTINCT c.id
     FROM (
-        SELECT found.id, found.tsv
-        FROM (
-            SELECT c.id, c.tsv
-            FROM chunks c
-            WHERE c.kb_id = :kb_id AND c.tsv @@ CAST(:match AS tsquery) {document_filter}
-            LIMIT :rank_limit
-        ) found
-        ORDER BY ts_rank(found.tsv, CAST(:match AS tsquery)) DESC
-        LIMIT :prerank
-    ) m
-    JOIN weighted w ON m.tsv @@ w.query
-    GROUP BY m.id
-    ORDER BY text_score DESC, m.id
-    LIMIT :candidates
+        SELECT DISTINCT f.document_id, f.page, f.ordinal
+        FROM fused f, cutoff
+        WHERE :evidence AND f.page IS NOT NULL AND f.fused + :evidence_weight >= cutoff.fused - 0.0001
+    ) x
+    JOIN chunks c ON c.document_id = x.document_id AND c.ordinal BETWEEN x.ordinal - :radius AND x.ordinal + :radius
+    WHERE c.page = x.page AND c.kb_id = :kb_id
+),
+page_evidence AS (
+    SELECT c.document_id, c.page, array_agg(DISTINCT w.i) AS matched
+    FROM page_chunks pc
+    JOIN chunks c ON c.id = pc.id
+    JOIN weighted w ON c.tsv @@ w.query
+    GROUP BY c.document_id, c.page
 )
-SELECT coalesce(v.id, t.id) AS id, c.document_id, d.filename, c.page, c.locator, c.ordinal, c.text,
-       1 - (c.embedding <=> :embedding) AS score, v.rank AS vector_rank, t.id IS NOT NULL AS text_listed,
-       coalesce(t.text_score, (SELECT sum(w.weight) FROM weighted w WHERE c.tsv @@ w.query), 0) AS text_score
-FROM vector_hits v
-FULL OUTER JOIN text_hits t ON t.id = v.id
-JOIN chunks c ON c.id = coalesce(v.id, t.id)
-JOIN documents d ON d.id = c.document_id
+SELECT f.*, p.matched
+FROM found f
+LEFT JOIN page_evidence p ON p.document_id = f.document_id AND p.page = f.page
 """
+_DOCUMENT_FILTER = "AND c.document_id = ANY(CAST(:document_ids AS bigint[]))"
+_TEXT_HITS_ALL = text(_TEXT_HITS.format(document_filter=""))
+_TEXT_HITS_DOCUMENTS = text(_TEXT_HITS.format(document_filter=_DOCUMENT_FILTER))
 _CANDIDATES_ALL = text(_CANDIDATES.format(document_filter="")).bindparams(EMBEDDING)
-_CANDIDATES_DOCUMENTS = text(
-    _CANDIDATES.format(document_filter="AND c.document_id = ANY(CAST(:document_ids AS bigint[]))")
-).bindparams(EMBEDDING)
+_CANDIDATES_DOCUMENTS = text(_CANDIDATES.format(document_filter=_DOCUMENT_FILTER)).bindparams(EMBEDDING)
+
+
+@dataclass(frozen=True)
+class PageEvidence:
+    """Page evidence for the candidates that it could lift into the ``keep`` first: fused as ``rag.retrieval.fuse``
+    does (cosine + ``text_weight`` × the full-text score ÷ ``text_total``, at most 1), plus at most ``weight``."""
+
+    keep: int
+    text_weight: float
+    text_total: float
+    weight: float
+
+
+def text_candidates(
+    *,
+    session: Session,
+    kb_id: int,
+    match: str,
+    weighted: Sequence[tuple[str, float]],
+    candidates: int,
+    rank_limit: int,
+    document_ids: Sequence[int] | None = None,
+) -> list[tuple[int, float]]:
+    """The full-text half: the ``candidates`` best matches of ``match`` in one knowledge base (optionally of some
+    documents), best first, as (chunk id, full-text score)."""
+    if not match:
+        return []
+    params = {
+        "kb_id": kb_id,
+        "match": match,
+        "queries": [q for q, _ in weighted],
+        "weights": [float(w) for _, w in weighted],
+        "candidates": candidates,
+        "prerank": 4 * candidates,
+        "rank_limit": max(rank_limit, candidates),
+    }
+    statement = _TEXT_HITS_ALL
+    if document_ids:
+        statement = _TEXT_HITS_DOCUMENTS
+        params["document_ids"] = [int(d) for d in document_ids]
+    return [(int(row.id), float(row.text_score)) for row in session.execute(statement, params).all()]
 
 
 def hybrid_candidates(
@@ -235,26 +328,32 @@ def hybrid_candidates(
     session: Session,
     kb_id: int,
     embedding: Sequence[float],
-    match: str | None,
+    text_hits: Sequence[tuple[int, float]],
     weighted: Sequence[tuple[str, float]],
     candidates: int,
-    ef_search: int,
-    rank_limit: int,
     document_ids: Sequence[int] | None = None,
+    page_evidence: PageEvidence | None = None,
+    radius: int = 10,
 ) -> list[Candidate]:
-    """The ``candidates`` nearest chunks and the ``candidates`` best full-text matches of one knowledge base
-    (optionally of some documents), each once. With no ``match`` (no question word occurs in the base) only the
-    vector half runs."""
-    _set_search_options(session, ef_search)
+    """The ``candidates`` nearest chunks of one knowledge base (optionally of some documents) and the full-text
+    half's ``text_hits`` (``text_candidates``), each once, with both halves' scores; with ``page_evidence``, the
+    candidates it could lift into its ``keep`` first with which of ``weighted`` (by index) some chunk of their
+    page, within ``radius`` ordinals, matches. The HNSW options are the transaction's (``set_search_options``)."""
+    evidence = page_evidence or PageEvidence(keep=1, text_weight=0.0, text_total=0.0, weight=0.0)
     params = {
         "kb_id": kb_id,
         "embedding": embedding,
-        "match": match or "",
-        "queries": [query for query, _ in weighted] if match else [],
-        "weights": [float(weight) for _, weight in weighted] if match else [],
+        "queries": [q for q, _ in weighted],
+        "weights": [float(w) for _, w in weighted],
+        "text_ids": [int(i) for i, _ in text_hits],
+        "text_scores": [float(score) for _, score in text_hits],
         "candidates": candidates,
-        "prerank": 4 * candidates,
-        "rank_limit": max(rank_limit, candidates),
+        "evidence": bool(page_evidence and weighted),
+        "keep": max(1, int(evidence.keep)),
+        "text_weight": float(evidence.text_weight),
+        "text_total": float(evidence.text_total),
+        "evidence_weight": float(evidence.weight),
+        "radius": int(radius),
     }
     statement = _CANDIDATES_ALL
     if document_ids:
@@ -277,50 +376,10 @@ def hybrid_candidates(
             vector_rank=row.vector_rank,
             text_score=float(row.text_score or 0.0),
             text_listed=bool(row.text_listed),
+            page_matched=frozenset(int(i) for i in row.matched) if row.matched else frozenset(),
         )
         for row in rows
     ]
-
-
-# Per (document, page) of the candidates: the indexes (0-based) of the weighted queries that any chunk of that
-# page matches. A page's chunks have consecutive ordinals (a chunk never crosses a page), so only the chunks within
-# ``:radius`` ordinals of a candidate are read, through the (document_id, ordinal) index: the statement's time stays
-# bounded however long the document or crowded the page.
-_PAGE_MATCHES = text("""
-WITH wanted AS (
-    SELECT DISTINCT d AS document_id, p AS page, o AS ordinal
-    FROM unnest(CAST(:documents AS bigint[]), CAST(:pages AS int[]), CAST(:ordinals AS int[])) AS t(d, p, o)
-),
-page_chunks AS (
-    SELECT DISTINCT c.id
-    FROM wanted x
-    JOIN chunks c ON c.document_id = x.document_id AND c.ordinal BETWEEN x.ordinal - :radius AND x.ordinal + :radius
-    WHERE c.page = x.page AND c.kb_id = :kb_id
-),
-weighted AS MATERIALIZED (
-    SELECT CAST(q AS tsquery) AS query, i - 1 AS i
-    FROM unnest(CAST(:queries AS text[])) WITH ORDINALITY AS t(q, i)
-)
-SELECT c.document_id, c.page, array_agg(DISTINCT w.i) AS matched
-FROM page_chunks pc
-JOIN chunks c ON c.id = pc.id
-JOIN weighted w ON c.tsv @@ w.query
-GROUP BY c.document_id, c.page
-""")
-
-
-def page_matches(
-    *, session: Session, kb_id: int, chunks: Sequence[tuple[int, int, int]], queries: Sequence[str], radius: int = 10
-) -> dict[tuple[int, int], frozenset[int]]:
-    """For each (document id, page) of ``chunks`` ((document id, page, ordinal) of the candidates): which of
-    ``queries`` (by index) some chunk of that page, within ``radius`` ordinals of a candidate, matches."""
-    if not chunks or not queries:
-        return {}
-    rows = session.execute(_PAGE_MATCHES, {
-        "kb_id": kb_id, "documents": [int(d) for d, _, _ in chunks], "pages": [int(p) for _, p, _ in chunks],
-        "ordinals": [int(o) for _, _, o in chunks], "queries": list(queries), "radius": int(radius),
-    }).all()
-    return {(int(r.document_id), int(r.page)): frozenset(int(i) for i in r.matched) for r in rows}
 
 
 def vector_search(
@@ -330,7 +389,7 @@ def vector_search(
     if exact:
         session.execute(text("SELECT set_config('enable_indexscan', 'off', true)"))
     else:
-        _set_search_options(session, ef_search)
+        set_search_options(session, ef_search)
     distance = Chunk.embedding.cosine_distance(list(embedding)).label("distance")
     rows = session.execute(
         select(

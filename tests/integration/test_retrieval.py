@@ -158,25 +158,40 @@ def test_a_bad_question_file_is_refused_with_the_line_to_fix(kb, tmp_path, conte
         assert session.scalar(text("SELECT count(*) FROM eval_runs")) == runs_before  # nothing recorded
 
 
-def test_page_matches_name_the_question_words_each_page_holds(kb, two_pdfs):
+def test_page_evidence_names_the_question_words_each_page_holds(kb, two_pdfs):
     from db.repositories import chunks as chunk_repo
     from infra.database import session_scope
-    from rag.retrieval import full_text_query
+    from rag.retrieval import embed_question, full_text_query, fuse, with_page_evidence
 
     kb_id, _ = kb
+    words = "foghorn wicks glacier"
     with session_scope() as session:
-        lighthouse = session.execute(
-            text("SELECT id FROM documents WHERE kb_id = :kb AND filename = 'lighthouse.pdf'"), {"kb": kb_id}
-        ).scalar_one()
-        question = full_text_query(session=session, kb_id=kb_id, question="foghorn wicks glacier")
+        question = full_text_query(session=session, kb_id=kb_id, question=words)
         assert question is not None
         lexemes = [q for q, _ in question.weighted]
-        ordinals = dict(session.execute(
-            text("SELECT page, ordinal FROM chunks WHERE document_id = :d"), {"d": lighthouse}
-        ).all())
-        matched = chunk_repo.page_matches(
-            session=session, kb_id=kb_id, chunks=[(lighthouse, page, ordinals[page]) for page in (2, 3, 1)],
-            queries=lexemes,
-        )
-    named = {page: {lexemes[i].strip("'") for i in found} for (_, page), found in matched.items()}
-    assert named == {2: {"wick"}, 3: {"foghorn"}}  # page 1 holds none of them; no glacier page was asked for
+
+        def candidates(keep: int | None) -> list:
+            evidence = chunk_repo.PageEvidence(keep=keep, text_weight=0.8, text_total=question.total,
+                                               weight=0.1) if keep else None
+            return chunk_repo.hybrid_candidates(
+                session=session, kb_id=kb_id, embedding=embed_question(words), text_hits=[],
+                weighted=question.weighted, candidates=40, page_evidence=evidence,
+            )
+
+        every, first, without = candidates(100), candidates(1), candidates(None)
+    named = {c.hit.page: {lexemes[i].strip("'") for i in c.page_matched}
+             for c in every if c.hit.document == "lighthouse.pdf"}
+    assert {1, 2, 3} <= set(named)  # every page of the small document is a vector candidate
+    assert {page: words for page, words in named.items() if page in (1, 2, 3)} == \
+        {1: set(), 2: {"wick"}, 3: {"foghorn"}}  # page 1 holds none of them
+    assert all(not c.page_matched for c in without)
+
+    # Only the candidates the evidence could lift into the first `keep` get it, and the ranking of those is the
+    # same as with evidence for all.
+    def ranked(found: list) -> list[int]:
+        matched = {(c.hit.document_id, c.hit.page): c.page_matched for c in found if c.page_matched}
+        return [h.chunk_id for h in with_page_evidence(fuse(found, text_total=question.total, text_weight=0.8),
+                                                       matched, question, 0.1)]
+
+    assert sum(1 for c in first if c.page_matched) < sum(1 for c in every if c.page_matched)
+    assert ranked(first)[:1] == ranked(every)[:1]

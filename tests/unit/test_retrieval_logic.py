@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from db.repositories.chunks import Candidate, Hit
 from rag import query
 from rag.context import clean_title, document_date, file_label, header
 from rag.query import Term, build, content_words
-from rag.retrieval import fuse, with_page_evidence
+from rag.retrieval import _alongside, _helper_pool, fuse, with_page_evidence
 
 # --- the query builder -------------------------------------------------------------------------------------
 
@@ -203,3 +206,58 @@ def test_a_sentence_is_not_a_heading():
     from rag.context import page_headings
 
     assert page_headings(["The pilot reported engine trouble.\nit was raining"]) == [None]
+
+
+# --- the full-text half alongside the question's embedding ------------------------------------------------
+
+
+def test_the_database_side_runs_on_a_helper_while_the_model_runs_here():
+    here = threading.get_ident()
+    seen: dict[str, int] = {}
+    both = threading.Barrier(2, timeout=5)  # each side waits for the other: they overlap or this fails
+
+    def database() -> str:
+        seen["database"] = threading.get_ident()
+        both.wait()
+        return "rows"
+
+    def model() -> str:
+        seen["model"] = threading.get_ident()
+        both.wait()
+        return "vector"
+
+    assert _alongside(database, model) == ("rows", "vector")
+    assert seen["model"] == here and seen["database"] != here
+
+
+def test_a_model_error_waits_for_the_database_side_to_finish():
+    started, finished = threading.Event(), threading.Event()
+
+    def database() -> None:
+        started.set()
+        time.sleep(0.2)
+        finished.set()
+
+    def model() -> None:
+        assert started.wait(5)
+        raise RuntimeError("the model failed")
+
+    with pytest.raises(RuntimeError, match="the model failed"):
+        _alongside(database, model)
+    assert finished.is_set()  # the session was not handed back while the helper still used it
+
+
+def test_with_every_helper_busy_the_database_side_runs_here_after_the_model():
+    release = threading.Event()
+    pool = _helper_pool()
+    blockers = [pool.submit(release.wait, 10) for _ in range(pool._max_workers)]
+    try:
+        order: list[tuple[str, int]] = []
+        result = _alongside(lambda: order.append(("database", threading.get_ident())) or "rows",
+                            lambda: order.append(("model", threading.get_ident())) or "vector")
+        assert result == ("rows", "vector")
+        assert order == [("model", threading.get_ident()), ("database", threading.get_ident())]
+    finally:
+        release.set()
+        for blocker in blockers:
+            blocker.result(timeout=10)
