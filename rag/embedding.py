@@ -94,14 +94,17 @@ def get_model():
     return model
 
 
-def embed(texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
-    """Unit-length float32 vectors for ``texts``, one row each."""
+def embed(texts: Sequence[str], batch_size: int | None = None, threads: int | None = None) -> np.ndarray:
+    """Unit-length float32 vectors for ``texts``, one row each. ``threads`` (ONNX only) runs this call on that
+    many CPU threads instead of the process's setting or core share."""
     if not texts:
         return np.zeros((0, get_settings().embedding_dim), dtype=np.float32)
     model = get_model()
     batch_size = batch_size or get_settings().embedding_batch_size
     share = core_share() if isinstance(model, OnnxEncoder) else None
-    if share is not None:
+    if threads and isinstance(model, OnnxEncoder):
+        vectors = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, threads=threads)
+    elif share is not None:
         with share.claim() as threads:  # all cores while no other ingest task embeds, its share otherwise
             vectors = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, threads=threads)
     else:

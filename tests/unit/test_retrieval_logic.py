@@ -117,7 +117,7 @@ def test_the_question_vector_is_the_mean_of_the_asked_and_the_content_word_forms
     calls: list[list[str]] = []
     axis = {"What is the lamp oil? Please explain.": [1.0, 0.0], "is the lamp oil": [0.0, 1.0]}
 
-    def fake_embed(texts):
+    def fake_embed(texts, threads=None):
         calls.append(list(texts))
         return np.array([axis.get(t, [0.6, 0.8]) for t in texts], dtype=np.float32)
 
