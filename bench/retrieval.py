@@ -243,7 +243,7 @@ def measure(kb_id: int, qs: list[str], efs: list[int]) -> None:
             total_ms.append((time.perf_counter() - started) * 1000)
             started = time.perf_counter()
             with session_scope() as session:  # the search without the question's embedding
-                chunk_repo.set_search_options(session, ef)
+                scope = chunk_repo.set_search_options(session, ef, kb_id=kb_id)
                 text_query = retrieval.full_text_query(session=session, kb_id=kb_id, question=q)
                 text_hits = chunk_repo.text_candidates(
                     session=session, kb_id=kb_id, match=text_query.match, weighted=text_query.weighted,
@@ -261,6 +261,7 @@ def measure(kb_id: int, qs: list[str], efs: list[int]) -> None:
                         keep=settings.top_k * 3, text_weight=settings.fulltext_weight, text_total=text_query.total,
                         weight=settings.page_evidence_weight,
                     ) if text_query is not None and settings.page_evidence_weight > 0 else None,
+                    approximate=scope.approximate,
                 )
             search_ms.append((time.perf_counter() - started) * 1000)
             started = time.perf_counter()

@@ -55,19 +55,26 @@ def search(
     mode = mode or settings.retrieval_mode
     candidates = max(settings.retrieval_candidates, k * 3)  # more than k: collapsing removes some
 
-    def text_side() -> tuple[query.FullTextQuery | None, list[tuple[int, float]]]:
+    def text_side() -> tuple[chunk_repo.Scope, query.FullTextQuery | None, list[tuple[int, float]]]:
         if mode == "vector":
-            chunk_repo.set_search_options(session, settings.hnsw_ef_search)
-            return None, []
-        text_query = full_text_query(session=session, kb_id=kb_id, question=question, ef_search=settings.hnsw_ef_search)
+            scope = chunk_repo.set_search_options(session, settings.hnsw_ef_search, kb_id=kb_id,
+                                                  document_ids=document_ids)
+            return scope, None, []
+        terms = chunk_repo.question_terms(
+            session=session, kb_id=kb_id, question=query.content_words(question),
+            text_search_config=settings.text_search_config, ef_search=settings.hnsw_ef_search,
+            document_ids=document_ids,
+        )
+        scope = terms.scope or chunk_repo.Scope(terms.total, approximate=False)  # always set with the options
+        text_query = _built(terms)
         if text_query is None:
-            return None, []
-        return text_query, chunk_repo.text_candidates(
+            return scope, None, []
+        return scope, text_query, chunk_repo.text_candidates(
             session=session, kb_id=kb_id, match=text_query.match, weighted=text_query.weighted,
             candidates=candidates, rank_limit=settings.fulltext_rank_limit, document_ids=document_ids,
         )
 
-    (text_query, text_hits), vector = _alongside(text_side, lambda: embed_question(question))
+    (scope, text_query, text_hits), vector = _alongside(text_side, lambda: embed_question(question))
     evidence = mode == "hybrid" and text_query is not None and settings.page_evidence_weight > 0
     text_total = text_query.total if text_query else 0.0
     found = chunk_repo.hybrid_candidates(
@@ -80,6 +87,7 @@ def search(
         document_ids=document_ids,
         page_evidence=chunk_repo.PageEvidence(keep=k * 3, text_weight=settings.fulltext_weight, text_total=text_total,
                                               weight=settings.page_evidence_weight) if evidence else None,
+        approximate=scope.approximate,
     )
     hits = fuse(
         found,
@@ -151,18 +159,17 @@ def _alongside(database: Callable[[], D], model: Callable[[], M]) -> tuple[D, M]
     return (future.result() if started else database()), modelled
 
 
-def full_text_query(
-    *, session: Session, kb_id: int, question: str, ef_search: int | None = None
-) -> query.FullTextQuery | None:
-    """The full-text half's query for ``question`` in this base (None when none of its words occurs there). With
-    ``ef_search`` the same round trip sets the transaction's search options (``chunk_repo.set_search_options``)."""
-    settings = get_settings()
-    rows, total = chunk_repo.question_terms(
+def full_text_query(*, session: Session, kb_id: int, question: str) -> query.FullTextQuery | None:
+    """The full-text half's query for ``question`` in this base (None when none of its words occurs there)."""
+    return _built(chunk_repo.question_terms(
         session=session, kb_id=kb_id, question=query.content_words(question),
-        text_search_config=settings.text_search_config, ef_search=ef_search,
-    )
-    terms = [query.Term(lexeme, positions, chunks) for lexeme, positions, chunks in rows]
-    return query.build(terms, total, rank_limit=settings.fulltext_rank_limit)
+        text_search_config=get_settings().text_search_config,
+    ))
+
+
+def _built(found: chunk_repo.QuestionTerms) -> query.FullTextQuery | None:
+    terms = [query.Term(lexeme, positions, chunks) for lexeme, positions, chunks in found.terms]
+    return query.build(terms, found.total, rank_limit=get_settings().fulltext_rank_limit)
 
 
 def fuse(candidates: Sequence[Candidate], *, text_total: float, text_weight: float | None) -> list[Hit]:

@@ -136,19 +136,64 @@ def count_for_document(*, session: Session, document_id: int) -> int:
     return session.scalar(select(func.count()).select_from(Chunk).where(Chunk.document_id == document_id)) or 0
 
 
-_SEARCH_OPTIONS = (
-    "SELECT set_config('hnsw.ef_search', :ef, true), set_config('hnsw.iterative_scan', 'relaxed_order', true),"
-    " set_config('plan_cache_mode', 'force_custom_plan', true)"
-)
+# The vector half's plan, decided per search from how many chunks it covers: an exact scan of those chunks (about
+# 2 µs a chunk) up to ``EXACT_MAX_CHUNKS``, or also when they are too small a share of the chunks table for an
+# HNSW scan to find enough of them (a filtered HNSW scan reads about ``candidates / share`` index entries and gives
+# up at ``hnsw.max_scan_tuples``); the HNSW index otherwise (2-7 ms whatever the size). PostgreSQL's own choice
+# was an exact scan for a base of 19,000 chunks beside others (36 ms instead of 2) and for any choice of documents;
+# it prices a 384-dimension distance like an addition.
+EXACT_MAX_CHUNKS = 2000
+HNSW_MIN_SHARE = 0.01
+
+_SEARCH_OPTIONS = """
+SELECT set_config('hnsw.ef_search', :ef, true), set_config('hnsw.iterative_scan', 'relaxed_order', true),
+       set_config('plan_cache_mode', 'force_custom_plan', true),
+       set_config('enable_seqscan', CASE WHEN scope.approximate THEN 'off' ELSE 'on' END, true),
+       scope.searched, scope.approximate
+FROM (
+    SELECT n.searched, n.searched >= :exact_max AND n.searched >= :min_share * greatest(n.table_rows, n.searched) AS approximate
+    FROM (
+        SELECT (SELECT coalesce(sum(d.chunk_count), 0) FROM documents d
+                WHERE d.kb_id = :kb_id AND d.status = 'ready' {document_filter}) AS searched,
+               (SELECT reltuples FROM pg_class WHERE oid = 'chunks'::regclass) AS table_rows  -- -1: not counted yet
+    ) n
+) scope
+"""
+_SCOPE_DOCUMENTS = "AND d.id = ANY(CAST(:document_ids AS bigint[]))"
 
 
-def set_search_options(session: Session, ef_search: int) -> None:
-    """Search settings for this transaction: HNSW's ``ef_search``, iterative scans so a filter (the knowledge
-    base, chosen documents) cannot starve the index of candidates (pgvector >= 0.8), and a plan made for each
-    question's own values: after a few runs of a prepared statement PostgreSQL may switch to a generic plan, and
-    the full-text half's generic plan (blind to how rare the matched words are) took 200 ms instead of 5 at 100k
-    chunks."""
-    session.execute(text(_SEARCH_OPTIONS), {"ef": str(int(ef_search))})
+@dataclass(frozen=True)
+class Scope:
+    """What one search covers: ``searched`` chunks (the base's, or the chosen documents'), and whether its vector
+    half scans the HNSW index (``approximate``) or those chunks exactly."""
+
+    searched: int
+    approximate: bool
+
+
+def _scope_params(kb_id: int, ef_search: int, document_ids: Sequence[int] | None) -> dict:
+    params = {"kb_id": kb_id, "ef": str(int(ef_search)), "exact_max": EXACT_MAX_CHUNKS, "min_share": HNSW_MIN_SHARE}
+    if document_ids:
+        params["document_ids"] = [int(d) for d in document_ids]
+    return params
+
+
+def _options_statement(document_ids: Sequence[int] | None) -> str:
+    return _SEARCH_OPTIONS.format(document_filter=_SCOPE_DOCUMENTS if document_ids else "")
+
+
+def set_search_options(
+    session: Session, ef_search: int, *, kb_id: int = 0, document_ids: Sequence[int] | None = None
+) -> Scope:
+    """Search settings for this transaction, and the scope of a search of base ``kb_id`` (optionally of some
+    documents): HNSW's ``ef_search``, iterative scans so a filter (the knowledge base, chosen documents) cannot
+    starve the index of candidates (pgvector >= 0.8), a plan made for each question's own values (after a few
+    runs of a prepared statement PostgreSQL may switch to a generic plan, and the full-text half's generic plan,
+    blind to how rare the matched words are, took 200 ms instead of 5 at 100k chunks), and, when the vector half
+    is to scan the HNSW index, no sequential scans for the rest of the transaction (so the planner cannot choose
+    an exact scan of a large base instead: see ``EXACT_MAX_CHUNKS``)."""
+    row = session.execute(text(_options_statement(document_ids)), _scope_params(kb_id, ef_search, document_ids)).one()
+    return Scope(int(row.searched), bool(row.approximate))
 
 
 @dataclass(frozen=True)
@@ -166,34 +211,50 @@ class Candidate:
 # in how many chunks of the base each occurs; with the base's chunk count. Each lexeme's count is its own index
 # lookup on (kb_id, lexeme): a join let the planner, with statistics that did not yet know a new base, read every
 # lexeme of the base into a hash table (6,500 rows for 20 reports, 2 ms; far more for a large base).
-# With search options, the same statement applies them first (``set_search_options``: one round trip fewer), and
-# returns one row with no lexeme when the question has none.
+# With search options, the same statement applies them first (``set_search_options``: one round trip fewer) and
+# returns the search's scope, with one row with no lexeme when the question has none.
 _QUESTION_TERMS = """
 SELECT q.lexeme, q.positions,
        (SELECT coalesce(sum(l.chunks), 0) FROM document_lexemes l WHERE l.kb_id = :kb_id AND l.lexeme = q.lexeme)
            AS chunks,
        (SELECT coalesce(sum(d.chunk_count), 0) FROM documents d WHERE d.kb_id = :kb_id AND d.status = 'ready') AS total
+       {scope}
 FROM {source}
 """
 _TERMS = "unnest(to_tsvector(CAST(:cfg AS regconfig), :question)) AS q"
-_QUESTION_TERMS_ONLY = text(_QUESTION_TERMS.format(source=_TERMS))
-_QUESTION_TERMS_WITH_OPTIONS = text(
-    _QUESTION_TERMS.format(source=f"({_SEARCH_OPTIONS}) AS options LEFT JOIN LATERAL {_TERMS} ON true")
-)
+_QUESTION_TERMS_ONLY = text(_QUESTION_TERMS.format(scope="", source=_TERMS))
+
+
+@dataclass(frozen=True)
+class QuestionTerms:
+    """The question's lexemes in a base: (lexeme, positions in the question, chunks holding it), the base's chunk
+    count, and, when search options were set by the same statement, the search's scope."""
+
+    terms: list[tuple[str, tuple[int, ...], int]]
+    total: int
+    scope: Scope | None = None
 
 
 def question_terms(
-    *, session: Session, kb_id: int, question: str, text_search_config: str, ef_search: int | None = None
-) -> tuple[list[tuple[str, tuple[int, ...], int]], int]:
-    """((lexeme, positions, chunks holding it), …) of ``question`` in the base, and the base's chunk count. With
-    ``ef_search``, the transaction's search options are set by the same statement (``set_search_options``)."""
+    *, session: Session, kb_id: int, question: str, text_search_config: str, ef_search: int | None = None,
+    document_ids: Sequence[int] | None = None,
+) -> QuestionTerms:
+    """The lexemes of ``question`` in the base and how many chunks hold each. With ``ef_search``, the same
+    statement sets the transaction's search options for a search of the base (optionally of ``document_ids``)
+    and returns its scope (``set_search_options``)."""
     params = {"kb_id": kb_id, "question": question, "cfg": text_search_config}
     statement = _QUESTION_TERMS_ONLY
     if ef_search is not None:
-        statement, params["ef"] = _QUESTION_TERMS_WITH_OPTIONS, str(int(ef_search))
+        params |= _scope_params(kb_id, ef_search, document_ids)
+        statement = text(_QUESTION_TERMS.format(
+            scope=", options.searched, options.approximate",
+            source=f"({_options_statement(document_ids)}) AS options LEFT JOIN LATERAL {_TERMS} ON true",
+        ))
     rows = session.execute(statement, params).all()
     total = int(rows[0].total) if rows else 0
-    return [(row.lexeme, tuple(row.positions or ()), int(row.chunks)) for row in rows if row.lexeme is not None], total
+    scope = Scope(int(rows[0].searched), bool(rows[0].approximate)) if rows and ef_search is not None else None
+    terms = [(row.lexeme, tuple(row.positions or ()), int(row.chunks)) for row in rows if row.lexeme is not None]
+    return QuestionTerms(terms, total, scope)
 
 
 # The full-text half: the chunks that hold any of the question's rarer words (``:match``, at most ``:rank_limit``
@@ -238,13 +299,7 @@ LIMIT :candidates
 _CANDIDATES = """
 WITH vector_hits AS (
     SELECT id, row_number() OVER (ORDER BY distance, id) AS rank
-    FROM (
-        SELECT c.id, c.embedding <=> :embedding AS distance
-        FROM chunks c
-        WHERE c.kb_id = :kb_id {document_filter}
-        ORDER BY distance
-        LIMIT :candidates
-    ) nearest
+    FROM ({nearest}) nearest
 ),
 weighted AS MATERIALIZED (
     SELECT CAST(q AS tsquery) AS query, w AS weight, i - 1 AS i
@@ -291,11 +346,35 @@ SELECT f.*, p.matched
 FROM found f
 LEFT JOIN page_evidence p ON p.document_id = f.document_id AND p.page = f.page
 """
+# The vector half's nearest chunks. Exact: the distances of the chunks searched, sorted (the subquery's OFFSET 0
+# keeps the HNSW index out). Approximate: the HNSW index, filtered during the scan; ``+ 0`` keeps the planner off
+# the kb_id and document indexes, and with sequential scans off (``set_search_options``) the index is its one plan.
+_EXACT = """
+        SELECT id, distance FROM (
+            SELECT c.id, c.embedding <=> :embedding AS distance
+            FROM chunks c
+            WHERE c.kb_id = :kb_id {document_filter}
+            OFFSET 0
+        ) scanned
+        ORDER BY distance
+        LIMIT :candidates"""
+_APPROXIMATE = """
+        SELECT c.id, c.embedding <=> :embedding AS distance
+        FROM chunks c
+        WHERE c.kb_id + 0 = :kb_id {document_filter}
+        ORDER BY distance
+        LIMIT :candidates"""
 _DOCUMENT_FILTER = "AND c.document_id = ANY(CAST(:document_ids AS bigint[]))"
+_DOCUMENT_FILTER_UNINDEXED = "AND c.document_id + 0 = ANY(CAST(:document_ids AS bigint[]))"
 _TEXT_HITS_ALL = text(_TEXT_HITS.format(document_filter=""))
 _TEXT_HITS_DOCUMENTS = text(_TEXT_HITS.format(document_filter=_DOCUMENT_FILTER))
-_CANDIDATES_ALL = text(_CANDIDATES.format(document_filter="")).bindparams(EMBEDDING)
-_CANDIDATES_DOCUMENTS = text(_CANDIDATES.format(document_filter=_DOCUMENT_FILTER)).bindparams(EMBEDDING)
+_CANDIDATES_STATEMENTS = {
+    (approximate, documents): text(_CANDIDATES.format(nearest=(_APPROXIMATE if approximate else _EXACT).format(
+        document_filter=(_DOCUMENT_FILTER_UNINDEXED if approximate else _DOCUMENT_FILTER) if documents else ""
+    ))).bindparams(EMBEDDING)
+    for approximate in (False, True)
+    for documents in (False, True)
+}
 
 
 @dataclass(frozen=True)
@@ -350,11 +429,13 @@ def hybrid_candidates(
     document_ids: Sequence[int] | None = None,
     page_evidence: PageEvidence | None = None,
     radius: int = 10,
+    approximate: bool = False,
 ) -> list[Candidate]:
     """The ``candidates`` nearest chunks of one knowledge base (optionally of some documents) and the full-text
     half's ``text_hits`` (``text_candidates``), each once, with both halves' scores; with ``page_evidence``, the
     candidates it could lift into its ``keep`` first with which of ``weighted`` (by index) some chunk of their
-    page, within ``radius`` ordinals, matches. The HNSW options are the transaction's (``set_search_options``)."""
+    page, within ``radius`` ordinals, matches. ``approximate``: the vector half scans the HNSW index (the
+    transaction's options and scope, ``set_search_options``), else the searched chunks exactly."""
     evidence = page_evidence or PageEvidence(keep=1, text_weight=0.0, text_total=0.0, weight=0.0)
     params = {
         "kb_id": kb_id,
@@ -371,9 +452,8 @@ def hybrid_candidates(
         "evidence_weight": float(evidence.weight),
         "radius": int(radius),
     }
-    statement = _CANDIDATES_ALL
+    statement = _CANDIDATES_STATEMENTS[(approximate, bool(document_ids))]
     if document_ids:
-        statement = _CANDIDATES_DOCUMENTS
         params["document_ids"] = [int(d) for d in document_ids]
     rows = session.execute(statement, params).all()
     return [
@@ -401,11 +481,13 @@ def hybrid_candidates(
 def vector_search(
     *, session: Session, kb_id: int, embedding: Sequence[float], k: int, ef_search: int, exact: bool = False
 ) -> list[Hit]:
-    """Top ``k`` chunks of one knowledge base by cosine similarity: HNSW, or an exact scan (recall baseline)."""
+    """Top ``k`` chunks of one knowledge base by cosine similarity, planned like the vector half of
+    ``hybrid_candidates`` (HNSW for a large base), or an exact scan (recall baseline)."""
+    in_base = Chunk.kb_id == kb_id
     if exact:
         session.execute(text("SELECT set_config('enable_indexscan', 'off', true)"))
-    else:
-        set_search_options(session, ef_search)
+    elif set_search_options(session, ef_search, kb_id=kb_id).approximate:
+        in_base = (Chunk.kb_id + 0) == kb_id
     distance = Chunk.embedding.cosine_distance(list(embedding)).label("distance")
     rows = session.execute(
         select(
@@ -419,7 +501,7 @@ def vector_search(
             distance,
         )
         .join(Document, Document.id == Chunk.document_id)
-        .where(Chunk.kb_id == kb_id)
+        .where(in_base)
         .order_by(distance)
         .limit(k)
     ).all()

@@ -195,3 +195,48 @@ def test_page_evidence_names_the_question_words_each_page_holds(kb, two_pdfs):
 
     assert sum(1 for c in first if c.page_matched) < sum(1 for c in every if c.page_matched)
     assert ranked(first)[:1] == ranked(every)[:1]
+
+
+def test_the_vector_half_scans_the_index_for_a_large_base_and_the_chunks_exactly_for_a_small_one(
+    kb, two_pdfs, monkeypatch
+):
+    from db.repositories import chunks as chunk_repo
+    from infra.database import session_scope
+    from rag.retrieval import search
+
+    kb_id, _ = kb
+    question = "What does the lighthouse keeper trim before the foghorn sounds?"
+    plans: list[str] = []
+    execute = chunk_repo.Session.execute
+
+    def explained(self, statement, params=None, *args, **kwargs):  # the plan of the statement hybrid search runs
+        if getattr(statement, "text", "").lstrip().startswith("WITH vector_hits"):
+            plan = execute(self, text("EXPLAIN " + statement.text).bindparams(chunk_repo.EMBEDDING), params)
+            plans.append("\n".join(plan.scalars()))
+        return execute(self, statement, params, *args, **kwargs)
+
+    def ranked(**limits) -> tuple[chunk_repo.Scope, list[int]]:
+        for name, value in limits.items():
+            monkeypatch.setattr(chunk_repo, name, value)
+        with session_scope() as session:
+            scope = chunk_repo.set_search_options(session, 300, kb_id=kb_id)
+            seqscan = session.scalar(text("SELECT current_setting('enable_seqscan')"))
+        assert seqscan == ("off" if scope.approximate else "on")
+        monkeypatch.setattr(chunk_repo.Session, "execute", explained)
+        try:
+            with session_scope() as session:
+                hits = search(session=session, kb_id=kb_id, question=question, k=5)
+        finally:
+            monkeypatch.setattr(chunk_repo.Session, "execute", execute)
+        return scope, [h.chunk_id for h in hits]
+
+    small, exact = ranked()  # a few chunks: an exact scan
+    assert small.searched > 0 and not small.approximate
+    assert "hnsw" not in plans[-1]
+    large, approximate = ranked(EXACT_MAX_CHUNKS=1, HNSW_MIN_SHARE=0.0)  # as if the base were large
+    assert large.approximate and large.searched == small.searched
+    assert "ix_chunks_embedding_hnsw" in plans[-1]
+    assert approximate == exact  # every chunk of a small base is within the index scan's reach
+    with session_scope() as session:  # too small a share of the table for the index (no share is above 1): exact
+        monkeypatch.setattr(chunk_repo, "HNSW_MIN_SHARE", 1.5)
+        assert not chunk_repo.set_search_options(session, 300, kb_id=kb_id).approximate
