@@ -21,6 +21,9 @@ from dataclasses import dataclass
 
 # Words that make a sentence a question, a request or an instruction about the answer, in any domain. The text
 # search configuration drops grammatical stop words ("the", "is", "of") already; these are the ones it keeps.
+# Instructions on the answer's form ("round to two decimal places", "in units of", "from the perspective of")
+# are rare in documents, so their words would otherwise weigh as much as a name (all 126 FinanceBench questions
+# on 71 filings: MRR 0.743 -> 0.754, page hit@5 0.452 -> 0.460; NTSB hit@1 0.547 -> 0.573).
 FILLER_WORDS = frozenset(
     """
     what whats which who whom whose when where why how whether
@@ -29,6 +32,8 @@ FILLER_WORDS = frozenset(
     assume assuming suppose imagine pretend
     based according rely relying shown show shows stated mentioned outlined described detail details clearly
     you your yourself we us our i me my
+    round rounded rounding decimal decimals place places nearest unit units format formatted
+    standpoint perspective approach drawing draw conclusion conclusions info information
     can could would should might may must shall will
     does did do doing has have had having
     """.split()

@@ -178,8 +178,11 @@ def _scope_params(kb_id: int, ef_search: int, document_ids: Sequence[int] | None
     return params
 
 
-def _options_statement(document_ids: Sequence[int] | None) -> str:
-    return _SEARCH_OPTIONS.format(document_filter=_SCOPE_DOCUMENTS if document_ids else "")
+def _options_statement(documents: bool) -> str:
+    return _SEARCH_OPTIONS.format(document_filter=_SCOPE_DOCUMENTS if documents else "")
+
+
+_OPTIONS = {documents: text(_options_statement(documents)) for documents in (False, True)}  # by whether chosen
 
 
 def set_search_options(
@@ -192,7 +195,7 @@ def set_search_options(
     blind to how rare the matched words are, took 200 ms instead of 5 at 100k chunks), and, when the vector half
     is to scan the HNSW index, no sequential scans for the rest of the transaction (so the planner cannot choose
     an exact scan of a large base instead: see ``EXACT_MAX_CHUNKS``)."""
-    row = session.execute(text(_options_statement(document_ids)), _scope_params(kb_id, ef_search, document_ids)).one()
+    row = session.execute(_OPTIONS[bool(document_ids)], _scope_params(kb_id, ef_search, document_ids)).one()
     return Scope(int(row.searched), bool(row.approximate))
 
 
@@ -223,6 +226,13 @@ FROM {source}
 """
 _TERMS = "unnest(to_tsvector(CAST(:cfg AS regconfig), :question)) AS q"
 _QUESTION_TERMS_ONLY = text(_QUESTION_TERMS.format(scope="", source=_TERMS))
+_QUESTION_TERMS_WITH_OPTIONS = {  # by whether documents are chosen
+    documents: text(_QUESTION_TERMS.format(
+        scope=", options.searched, options.approximate",
+        source=f"({_options_statement(documents)}) AS options LEFT JOIN LATERAL {_TERMS} ON true",
+    ))
+    for documents in (False, True)
+}
 
 
 @dataclass(frozen=True)
@@ -246,10 +256,7 @@ def question_terms(
     statement = _QUESTION_TERMS_ONLY
     if ef_search is not None:
         params |= _scope_params(kb_id, ef_search, document_ids)
-        statement = text(_QUESTION_TERMS.format(
-            scope=", options.searched, options.approximate",
-            source=f"({_options_statement(document_ids)}) AS options LEFT JOIN LATERAL {_TERMS} ON true",
-        ))
+        statement = _QUESTION_TERMS_WITH_OPTIONS[bool(document_ids)]
     rows = session.execute(statement, params).all()
     total = int(rows[0].total) if rows else 0
     scope = Scope(int(rows[0].searched), bool(rows[0].approximate)) if rows and ef_search is not None else None

@@ -25,6 +25,15 @@ def test_filler_words_of_a_question_are_dropped_and_content_words_kept():
         assert content in " ".join(words)
 
 
+def test_instructions_on_the_answers_form_are_dropped():
+    kept = content_words("What was the gross margin of Acme in FY2022? Round to two decimal places, in units of "
+                         "millions, from the perspective of an analyst.").lower().split()
+    for filler in ("round", "decimal", "places", "units", "perspective"):
+        assert filler not in kept
+    for content in ("gross", "margin", "acme", "fy2022", "2022", "two", "millions", "analyst."):
+        assert content in kept
+
+
 def test_any_word_matches_rarest_first_and_every_word_weighs_by_rarity():
     terms = [Term("compani", (1,), 900), Term("acm", (2,), 12), Term("margin", (3,), 150), Term("absent", (4,), 0)]
     built = build(terms, total_chunks=1000, rank_limit=2000)
