@@ -240,3 +240,15 @@ def test_the_vector_half_scans_the_index_for_a_large_base_and_the_chunks_exactly
     with session_scope() as session:  # too small a share of the table for the index (no share is above 1): exact
         monkeypatch.setattr(chunk_repo, "HNSW_MIN_SHARE", 1.5)
         assert not chunk_repo.set_search_options(session, 300, kb_id=kb_id).approximate
+
+
+def test_the_full_text_index_takes_new_chunks_without_a_pending_list(kb, two_pdfs):
+    # A pending list is read in full by every full-text search until it is merged: after a batch of uploads each
+    # search paid for it (migration 0011). New chunks go straight into the index.
+    from infra.database import session_scope
+
+    with session_scope() as session:
+        options = session.scalar(text("SELECT reloptions FROM pg_class WHERE relname = 'ix_chunks_tsv'"))
+        chunks = session.scalar(text("SELECT count(*) FROM chunks WHERE kb_id = :kb"), {"kb": kb[0]})
+    assert "fastupdate=off" in (options or [])
+    assert chunks > 0
