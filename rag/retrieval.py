@@ -26,10 +26,10 @@ M = TypeVar("M")
 
 # Two passages whose word 3-gram sets overlap this much say the same thing (a re-uploaded file, boilerplate).
 DUPLICATE_JACCARD = 0.8
-# Up to 16 questions embed faster on one CPU thread than on two (a question's two forms: 2.2 against 3.1 ms with
-# warm caches; 8 questions 7.0 against 7.5 ms), and the other core stays free for the database and the other
-# chat process; larger batches (a burst) use the process's threads.
-QUESTION_THREADS = 1
+# Up to QUESTION_BATCH_ON_ONE_THREAD texts (questions) embed faster on one CPU thread than on two (a question's
+# two forms: 2.2 against 3.1 ms with warm caches; 8 questions 7.0 against 7.5 ms), and the other core stays free
+# for the database and the other chat process; larger batches (a burst) use the process's threads.
+QUESTION_BATCH_ON_ONE_THREAD = 16
 
 
 def search(
@@ -56,17 +56,11 @@ def search(
     candidates = max(settings.retrieval_candidates, k * 3)  # more than k: collapsing removes some
 
     def text_side() -> tuple[chunk_repo.Scope, query.FullTextQuery | None, list[tuple[int, float]]]:
+        scope = chunk_repo.set_search_options(session, settings.hnsw_ef_search, kb_id=kb_id,
+                                              document_ids=document_ids)
         if mode == "vector":
-            scope = chunk_repo.set_search_options(session, settings.hnsw_ef_search, kb_id=kb_id,
-                                                  document_ids=document_ids)
             return scope, None, []
-        terms = chunk_repo.question_terms(
-            session=session, kb_id=kb_id, question=query.content_words(question),
-            text_search_config=settings.text_search_config, ef_search=settings.hnsw_ef_search,
-            document_ids=document_ids,
-        )
-        scope = terms.scope or chunk_repo.Scope(terms.total, approximate=False)  # always set with the options
-        text_query = _built(terms)
+        text_query = full_text_query(session=session, kb_id=kb_id, question=question)
         if text_query is None:
             return scope, None, []
         return scope, text_query, chunk_repo.text_candidates(
@@ -161,15 +155,13 @@ def _alongside(database: Callable[[], D], model: Callable[[], M]) -> tuple[D, M]
 
 def full_text_query(*, session: Session, kb_id: int, question: str) -> query.FullTextQuery | None:
     """The full-text half's query for ``question`` in this base (None when none of its words occurs there)."""
-    return _built(chunk_repo.question_terms(
+    settings = get_settings()
+    rows, total = chunk_repo.question_terms(
         session=session, kb_id=kb_id, question=query.content_words(question),
-        text_search_config=get_settings().text_search_config,
-    ))
-
-
-def _built(found: chunk_repo.QuestionTerms) -> query.FullTextQuery | None:
-    terms = [query.Term(lexeme, positions, chunks) for lexeme, positions, chunks in found.terms]
-    return query.build(terms, found.total, rank_limit=get_settings().fulltext_rank_limit)
+        text_search_config=settings.text_search_config,
+    )
+    terms = [query.Term(lexeme, positions, chunks) for lexeme, positions, chunks in rows]
+    return query.build(terms, total, rank_limit=settings.fulltext_rank_limit)
 
 
 def fuse(candidates: Sequence[Candidate], *, text_total: float, text_weight: float | None) -> list[Hit]:
@@ -259,7 +251,7 @@ class _QuestionBatcher:
                     return
             texts = [text for waiting, _ in batch for text in waiting]
             try:
-                vectors = list(embedding.embed(texts, threads=QUESTION_THREADS if len(texts) <= 16 else None))
+                vectors = list(embedding.embed(texts, threads=1 if len(texts) <= QUESTION_BATCH_ON_ONE_THREAD else None))
             except BaseException as exc:  # every waiter hears about it, then the next round may succeed
                 for _, future in batch:
                     future.set_exception(exc)

@@ -171,18 +171,10 @@ class Scope:
     approximate: bool
 
 
-def _scope_params(kb_id: int, ef_search: int, document_ids: Sequence[int] | None) -> dict:
-    params = {"kb_id": kb_id, "ef": str(int(ef_search)), "exact_max": EXACT_MAX_CHUNKS, "min_share": HNSW_MIN_SHARE}
-    if document_ids:
-        params["document_ids"] = [int(d) for d in document_ids]
-    return params
-
-
-def _options_statement(documents: bool) -> str:
-    return _SEARCH_OPTIONS.format(document_filter=_SCOPE_DOCUMENTS if documents else "")
-
-
-_OPTIONS = {documents: text(_options_statement(documents)) for documents in (False, True)}  # by whether chosen
+_OPTIONS = {  # by whether documents are chosen
+    documents: text(_SEARCH_OPTIONS.format(document_filter=_SCOPE_DOCUMENTS if documents else ""))
+    for documents in (False, True)
+}
 
 
 def set_search_options(
@@ -195,7 +187,10 @@ def set_search_options(
     blind to how rare the matched words are, took 200 ms instead of 5 at 100k chunks), and, when the vector half
     is to scan the HNSW index, no sequential scans for the rest of the transaction (so the planner cannot choose
     an exact scan of a large base instead: see ``EXACT_MAX_CHUNKS``)."""
-    row = session.execute(_OPTIONS[bool(document_ids)], _scope_params(kb_id, ef_search, document_ids)).one()
+    params = {"kb_id": kb_id, "ef": str(int(ef_search)), "exact_max": EXACT_MAX_CHUNKS, "min_share": HNSW_MIN_SHARE}
+    if document_ids:
+        params["document_ids"] = [int(d) for d in document_ids]
+    row = session.execute(_OPTIONS[bool(document_ids)], params).one()
     return Scope(int(row.searched), bool(row.approximate))
 
 
@@ -214,54 +209,22 @@ class Candidate:
 # in how many chunks of the base each occurs; with the base's chunk count. Each lexeme's count is its own index
 # lookup on (kb_id, lexeme): a join let the planner, with statistics that did not yet know a new base, read every
 # lexeme of the base into a hash table (6,500 rows for 20 reports, 2 ms; far more for a large base).
-# With search options, the same statement applies them first (``set_search_options``: one round trip fewer) and
-# returns the search's scope, with one row with no lexeme when the question has none.
-_QUESTION_TERMS = """
+_QUESTION_TERMS = text("""
 SELECT q.lexeme, q.positions,
        (SELECT coalesce(sum(l.chunks), 0) FROM document_lexemes l WHERE l.kb_id = :kb_id AND l.lexeme = q.lexeme)
            AS chunks,
        (SELECT coalesce(sum(d.chunk_count), 0) FROM documents d WHERE d.kb_id = :kb_id AND d.status = 'ready') AS total
-       {scope}
-FROM {source}
-"""
-_TERMS = "unnest(to_tsvector(CAST(:cfg AS regconfig), :question)) AS q"
-_QUESTION_TERMS_ONLY = text(_QUESTION_TERMS.format(scope="", source=_TERMS))
-_QUESTION_TERMS_WITH_OPTIONS = {  # by whether documents are chosen
-    documents: text(_QUESTION_TERMS.format(
-        scope=", options.searched, options.approximate",
-        source=f"({_options_statement(documents)}) AS options LEFT JOIN LATERAL {_TERMS} ON true",
-    ))
-    for documents in (False, True)
-}
-
-
-@dataclass(frozen=True)
-class QuestionTerms:
-    """The question's lexemes in a base: (lexeme, positions in the question, chunks holding it), the base's chunk
-    count, and, when search options were set by the same statement, the search's scope."""
-
-    terms: list[tuple[str, tuple[int, ...], int]]
-    total: int
-    scope: Scope | None = None
+FROM unnest(to_tsvector(CAST(:cfg AS regconfig), :question)) AS q
+""")
 
 
 def question_terms(
-    *, session: Session, kb_id: int, question: str, text_search_config: str, ef_search: int | None = None,
-    document_ids: Sequence[int] | None = None,
-) -> QuestionTerms:
-    """The lexemes of ``question`` in the base and how many chunks hold each. With ``ef_search``, the same
-    statement sets the transaction's search options for a search of the base (optionally of ``document_ids``)
-    and returns its scope (``set_search_options``)."""
-    params = {"kb_id": kb_id, "question": question, "cfg": text_search_config}
-    statement = _QUESTION_TERMS_ONLY
-    if ef_search is not None:
-        params |= _scope_params(kb_id, ef_search, document_ids)
-        statement = _QUESTION_TERMS_WITH_OPTIONS[bool(document_ids)]
-    rows = session.execute(statement, params).all()
+    *, session: Session, kb_id: int, question: str, text_search_config: str
+) -> tuple[list[tuple[str, tuple[int, ...], int]], int]:
+    """((lexeme, positions, chunks holding it), …) of ``question`` in the base, and the base's chunk count."""
+    rows = session.execute(_QUESTION_TERMS, {"kb_id": kb_id, "question": question, "cfg": text_search_config}).all()
     total = int(rows[0].total) if rows else 0
-    scope = Scope(int(rows[0].searched), bool(rows[0].approximate)) if rows and ef_search is not None else None
-    terms = [(row.lexeme, tuple(row.positions or ()), int(row.chunks)) for row in rows if row.lexeme is not None]
-    return QuestionTerms(terms, total, scope)
+    return [(row.lexeme, tuple(row.positions or ()), int(row.chunks)) for row in rows], total
 
 
 # The full-text half: the chunks that hold any of the question's rarer words (``:match``, at most ``:rank_limit``
