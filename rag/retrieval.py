@@ -7,7 +7,6 @@ import contextvars
 import os
 import re
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
@@ -27,16 +26,10 @@ M = TypeVar("M")
 
 # Two passages whose word 3-gram sets overlap this much say the same thing (a re-uploaded file, boilerplate).
 DUPLICATE_JACCARD = 0.8
-# Up to QUESTION_BATCH_ON_ONE_THREAD texts (questions) may embed faster on one CPU thread than on the process's
-# threads, and the other core then stays free for the database and the other chat process; larger batches (a
-# burst) always use the process's threads. Which is faster depends on the CPU, so each process measures it once
-# (``_question_threads``): on a Xeon with AMX, a question's two forms took 2.2 ms on one thread against 3.1 on two
-# (8 questions 7.0 against 7.5 ms); on an AVX2-only EPYC, 19 ms on one thread against 11.5 on two.
+# Up to QUESTION_BATCH_ON_ONE_THREAD texts (questions) embed faster on one CPU thread than on two (a question's
+# two forms: 2.2 against 3.1 ms with warm caches; 8 questions 7.0 against 7.5 ms), and the other core stays free
+# for the database and the other chat process; larger batches (a burst) use the process's threads.
 QUESTION_BATCH_ON_ONE_THREAD = 16
-CALIBRATION_ROUNDS = 3
-_CALIBRATION_PROBE = ("What did the report find about the cause of the failure in the second quarter of the year",
-                      "report find cause failure second quarter year")
-_one_thread_faster: tuple[int, bool] | None = None  # (pid, verdict): measured once per process
 
 
 def search(
@@ -258,7 +251,7 @@ class _QuestionBatcher:
                     return
             texts = [text for waiting, _ in batch for text in waiting]
             try:
-                vectors = list(embedding.embed(texts, threads=_question_threads(len(texts))))
+                vectors = list(embedding.embed(texts, threads=1 if len(texts) <= QUESTION_BATCH_ON_ONE_THREAD else None))
             except BaseException as exc:  # every waiter hears about it, then the next round may succeed
                 for _, future in batch:
                     future.set_exception(exc)
@@ -270,32 +263,6 @@ class _QuestionBatcher:
 
 
 _batcher = _QuestionBatcher()
-
-
-def _question_threads(texts: int) -> int | None:
-    """The threads a model call for ``texts`` questions gets: 1 for a small batch when one thread was the faster
-    in this process's measurement, else None (the process's threads)."""
-    global _one_thread_faster
-    if texts > QUESTION_BATCH_ON_ONE_THREAD:
-        return None
-    if _one_thread_faster is None or _one_thread_faster[0] != os.getpid():
-        _one_thread_faster = (os.getpid(), _measure_one_thread_faster())
-    return 1 if _one_thread_faster[1] else None
-
-
-def _measure_one_thread_faster() -> bool:
-    """Whether a question's two forms embed faster on one thread than on the process's threads here: the best of
-    ``CALIBRATION_ROUNDS`` alternating calls each (a few model calls, once per process; the first warms up)."""
-    probe = list(_CALIBRATION_PROBE)
-    embedding.embed(probe, threads=1)
-    one: list[float] = []
-    shared: list[float] = []
-    for _ in range(CALIBRATION_ROUNDS):
-        for threads, times in ((1, one), (None, shared)):
-            started = time.perf_counter()
-            embedding.embed(probe, threads=threads)
-            times.append(time.perf_counter() - started)
-    return min(one) <= min(shared)
 
 
 def embed_question(question: str):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -132,7 +131,6 @@ def test_the_question_vector_is_the_mean_of_the_asked_and_the_content_word_forms
         return np.array([axis.get(t, [0.6, 0.8]) for t in texts], dtype=np.float32)
 
     monkeypatch.setattr(retrieval.embedding, "embed", fake_embed)
-    monkeypatch.setattr(retrieval, "_one_thread_faster", (os.getpid(), True))  # measured already
     assert content_words("What is the lamp oil? Please explain.") == "is the lamp oil"
     vector = retrieval.embed_question("What is the lamp oil? Please explain.")
     assert calls == [["What is the lamp oil? Please explain.", "is the lamp oil"]]  # one model call
@@ -140,34 +138,6 @@ def test_the_question_vector_is_the_mean_of_the_asked_and_the_content_word_forms
     assert np.linalg.norm(vector) == pytest.approx(1.0)
     calls.clear()
     assert np.allclose(retrieval.embed_question("lamp oil"), [0.6, 0.8]) and calls == [["lamp oil"]]
-
-
-@pytest.mark.parametrize("one_thread_ms, shared_ms, expected", [(1, 6, 1), (6, 1, None)])
-def test_a_process_measures_once_whether_questions_embed_faster_on_one_thread(
-    monkeypatch, one_thread_ms, shared_ms, expected
-):
-    import numpy as np
-
-    from rag import retrieval
-
-    calls: list[int | None] = []
-
-    def fake_embed(texts, threads=None):  # one thread or the process's threads, each at its own speed
-        calls.append(threads)
-        time.sleep((one_thread_ms if threads == 1 else shared_ms) / 1000)
-        return np.zeros((len(texts), 2), dtype=np.float32)
-
-    monkeypatch.setattr(retrieval.embedding, "embed", fake_embed)
-    monkeypatch.setattr(retrieval, "_one_thread_faster", None)
-    assert retrieval._question_threads(2) == expected
-    measured = len(calls)
-    assert measured == 1 + 2 * retrieval.CALIBRATION_ROUNDS and set(calls) == {1, None}
-    assert retrieval._question_threads(retrieval.QUESTION_BATCH_ON_ONE_THREAD) == expected  # not measured again
-    assert retrieval._question_threads(retrieval.QUESTION_BATCH_ON_ONE_THREAD + 1) is None  # a burst: all threads
-    assert len(calls) == measured
-    monkeypatch.setattr(retrieval, "_one_thread_faster", (os.getpid() + 1, True))  # a parent's verdict, forked
-    retrieval._question_threads(2)
-    assert len(calls) == 2 * measured
 
 
 def _page_hit(chunk_id: int, page: int, fused: float) -> Hit:
