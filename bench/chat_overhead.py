@@ -30,6 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+
+from bench.machine import describe  # noqa: E402
+
 CORPUS = ROOT.parent / "shared" / "corpus"
 
 from retrieval import percentile, start_services  # noqa: E402  (bench/retrieval.py)
@@ -347,6 +350,7 @@ def main() -> None:
             f"backend {get_settings().task_backend}; embedding {get_settings().embedding_backend}; "
             f"TGI test server: {args.token_latency * 1000:.0f} ms per token; load average {load_average()}"
         )
+        print(f"CPU: {describe()}")
         task_ttft(
             kb_id, [f"{QUESTIONS[i % len(QUESTIONS)]} (warm-up {i})?" for i in range(10)], 5
         )  # load models

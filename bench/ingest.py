@@ -30,6 +30,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.machine import describe  # noqa: E402
+
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpus" / "nih"
 
 
@@ -459,6 +462,7 @@ def main() -> int:
               f"load average {' / '.join(f'{x:.2f}' for x in os.getloadavg())}, "
               f"backend {settings.task_backend}, embedder {settings.embedding_backend}, "
               f"worker concurrency {args.concurrency}, batch {settings.embedding_batch_size}")
+        print(f"CPU: {describe()}")
         versus = dict(item.split("=", 1) for item in args.versus.split(",")) if args.versus else None
         configs = [("default", {})] + ([("versus " + args.versus, versus)] if versus else [])
         results: dict[str, list] = {label: [] for label, _ in configs}

@@ -24,6 +24,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.machine import describe  # noqa: E402
+
 CORPUS = ROOT.parent / "shared" / "corpus"
 KB_NAME = "bench-retrieval-{chunks}"
 CHUNKS_PER_DOCUMENT = 2000
@@ -315,6 +318,7 @@ def main() -> None:
         else:
             kb_id = found[0]
         print(f"{name}: {find_kb(name)[1]} chunks; {args.queries} questions")  # type: ignore[index]
+        print(f"CPU: {describe()}")
         measure(kb_id, questions(kb_id, args.queries, args.seed), [int(x) for x in args.ef.split(",")])
     finally:
         if services is not None:

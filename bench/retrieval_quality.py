@@ -31,6 +31,9 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.machine import describe  # noqa: E402
+
 CORPUS = ROOT.parent / "shared" / "corpus" / "financebench"
 DATA = ROOT / "bench" / ".data"
 KS = (1, 5, 10)
@@ -202,7 +205,7 @@ def main() -> int:
         if services is not None:
             services.stop()
 
-    print(f"\n{len(files)} filings, {len(questions)} questions")
+    print(f"\n{len(files)} filings, {len(questions)} questions; CPU: {describe()}")
     columns = [f"doc@{k}" for k in KS] + [f"page@{k}" for k in KS] + ["mrr", "p50 ms", "p95 ms"]
     print(f"{'pipeline':<28}" + "".join(f"{c:>9}" for c in columns))
     for name, figures in table.items():
