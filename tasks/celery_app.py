@@ -193,7 +193,7 @@ def _on_failure(task_id=None, exception=None, sender=None, args=None, **_):
     item = spec(sender.name)
     if item.on_give_up:
         try:
-            item.on_give_up(list(args or []), give_up_message(item, exception), task_id)
+            item.on_give_up(list(args or []), give_up_message(item, exception, runtime), task_id)
         except Exception:
             log.exception("could not record the failure of %s", task_id)
 

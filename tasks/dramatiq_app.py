@@ -69,7 +69,7 @@ class KbchatEvents(Middleware):
             item = spec(message.actor_name)
             if item.on_give_up:
                 try:
-                    item.on_give_up(list(message.args), give_up_message(item, exception), task_id)
+                    item.on_give_up(list(message.args), give_up_message(item, exception, runtime), task_id)
                 except Exception:
                     log.exception("could not record the failure of %s", task_id)
         else:

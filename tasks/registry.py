@@ -98,10 +98,18 @@ def schedule() -> list[Periodic]:
     ]
 
 
-def give_up_message(spec: TaskSpec, exc: BaseException) -> str:
-    """What a person sees on a document whose task failed for good."""
+def give_up_message(spec: TaskSpec, exc: BaseException, runtime: float | None = None) -> str:
+    """What a person sees on a document whose task failed for good. A time limit is named as such also when it
+    struck inside something that reported it as its own error (an extension module being imported answers
+    "ImportError: initialization failed"): when the time-limit exception is in the error's chain, or the attempt
+    had run ``runtime`` seconds, its limit or more."""
     name = type(exc).__name__
-    if "TimeLimit" in name:
+    chain: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in chain and len(chain) < 20:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    if any("TimeLimit" in type(e).__name__ for e in chain) or (runtime is not None and runtime >= spec.time_limit):
         return f"Processing took longer than the {spec.time_limit} s limit and was stopped."
     if is_transient(exc):
         return f"Gave up after {spec.max_retries} retries: a service was unavailable ({name}: {exc})."[:1000]

@@ -122,6 +122,24 @@ def test_give_up_message_explains_a_time_limit():
     assert f"{ingest.time_limit} s limit" in message
 
 
+def test_a_time_limit_that_struck_inside_an_import_is_still_named():
+    class SoftTimeLimitExceeded(Exception):
+        pass
+
+    ingest = spec("ingest.document")
+    try:
+        try:
+            raise SoftTimeLimitExceeded()
+        except SoftTimeLimitExceeded:
+            raise ImportError("initialization failed")  # noqa: B904  (as an extension module's init reports it)
+    except ImportError as chained:
+        assert f"{ingest.time_limit} s limit" in give_up_message(ingest, chained)
+    unchained = ImportError("initialization failed")
+    assert f"{ingest.time_limit} s limit" in give_up_message(ingest, unchained, runtime=ingest.time_limit + 0.2)
+    assert "Internal error" in give_up_message(ingest, unchained, runtime=ingest.time_limit - 0.5)
+    assert "Internal error" in give_up_message(ingest, unchained)
+
+
 def test_give_up_message_for_transient_and_other_errors():
     ingest = spec("ingest.document")
     transient = give_up_message(ingest, redis_exceptions.ConnectionError("refused"))
