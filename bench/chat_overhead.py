@@ -30,11 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-
-from bench.machine import describe  # noqa: E402
-
 CORPUS = ROOT.parent / "shared" / "corpus"
 
+from machine import describe  # noqa: E402  (bench/machine.py)
 from retrieval import percentile, start_services  # noqa: E402  (bench/retrieval.py)
 
 QUESTIONS = [

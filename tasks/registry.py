@@ -98,19 +98,35 @@ def schedule() -> list[Periodic]:
     ]
 
 
+# The worker's clock for an attempt starts a little after the time limit's own timer (Celery's parent arms it when
+# it hands the job over, before the child's task_prerun), so an attempt stopped by its limit may show a runtime a
+# few milliseconds under it.
+TIME_LIMIT_SLACK_SECONDS = 0.05
+
+
 def give_up_message(spec: TaskSpec, exc: BaseException, runtime: float | None = None) -> str:
     """What a person sees on a document whose task failed for good. A time limit is named as such also when it
     struck inside something that reported it as its own error (an extension module being imported answers
     "ImportError: initialization failed"): when the time-limit exception is in the error's chain, or the attempt
-    had run ``runtime`` seconds, its limit or more."""
+    had run ``runtime`` seconds, about its limit or more."""
     name = type(exc).__name__
-    chain: list[BaseException] = []
-    link: BaseException | None = exc
-    while link is not None and link not in chain and len(chain) < 20:
-        chain.append(link)
-        link = link.__cause__ or link.__context__
-    if any("TimeLimit" in type(e).__name__ for e in chain) or (runtime is not None and runtime >= spec.time_limit):
+    if _chain_holds_time_limit(exc) or (
+        runtime is not None and runtime >= spec.time_limit - TIME_LIMIT_SLACK_SECONDS
+    ):
         return f"Processing took longer than the {spec.time_limit} s limit and was stopped."
     if is_transient(exc):
         return f"Gave up after {spec.max_retries} retries: a service was unavailable ({name}: {exc})."[:1000]
     return f"Internal error while processing ({name}: {exc}). Retry it; if it fails again, report it."[:1000]
+
+
+def _chain_holds_time_limit(exc: BaseException) -> bool:
+    """Whether ``exc`` or an exception it was raised from or during (a bounded, cycle-safe walk) is a time limit's:
+    Celery's SoftTimeLimitExceeded, Dramatiq's TimeLimitExceeded."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen and len(seen) < 20:
+        if "TimeLimit" in type(link).__name__:
+            return True
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return False

@@ -137,6 +137,8 @@ def test_a_time_limit_that_struck_inside_an_import_is_still_named():
     unchained = ImportError("initialization failed")
     assert f"{ingest.time_limit} s limit" in give_up_message(ingest, unchained, runtime=ingest.time_limit + 0.2)
     assert "Internal error" in give_up_message(ingest, unchained, runtime=ingest.time_limit - 0.5)
+    # the worker's clock starts just after the limit's timer: a few milliseconds under the limit is the limit
+    assert f"{ingest.time_limit} s limit" in give_up_message(ingest, unchained, runtime=ingest.time_limit - 0.01)
     assert "Internal error" in give_up_message(ingest, unchained)
 
 
